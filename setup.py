@@ -1,0 +1,23 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="sheepdog_drmaa",
+    version="0.1.0",
+    description="Map a Python function over argument tuples on a Grid Engine cluster, with per-task retries",
+    long_description=open("README.rst", encoding="utf-8").read(),
+    long_description_content_type="text/x-rst",
+    license="MIT",
+    packages=find_packages(include=["sheepdog_drmaa", "sheepdog_drmaa.*"]),
+    python_requires=">=3.9",
+    install_requires=["drmaa>=0.7.9", "cloudpickle>=2.0", "werkzeug>=2.2", "tqdm>=4.0"],
+    extras_require={
+        "test": ["pytest>=7", "numpy"],
+        "docs": ["sphinx>=5"],
+    },
+    entry_points={"console_scripts": ["sheepdog-drmaa = sheepdog_drmaa.cli:main"]},
+    classifiers=[
+        "License :: OSI Approved :: MIT License",
+        "Programming Language :: Python :: 3",
+        "Topic :: System :: Distributed Computing",
+    ],
+)

@@ -1,0 +1,224 @@
+"""``map`` and ``map_async``: check the input, store the sweep, start it, hand back results."""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import os
+import socket
+import sys
+import uuid
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
+
+import cloudpickle
+
+from . import protocol
+from .backends import Backend, WorkerSpec, open_backend
+from .errors import ConfigurationError, SweepLocked, SweepMismatch
+from .handle import Sweep
+from .options import Options, resolve
+from .runner import Run
+from .store import Store, SweepRecord
+
+log = logging.getLogger(__name__)
+
+OPTION_NAMES = frozenset(f.name for f in dataclasses.fields(Options)) | {"namespace"}
+# Forwarded to the workers from the submit host's environment (beside PYTHONPATH and env=).
+FORWARDED_VARIABLES = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "TMPDIR", "VIRTUAL_ENV",
+                       "CONDA_PREFIX")
+
+
+def map(f: Callable[..., Any], args: Iterable[Any], **options: Any) -> List[Any]:
+    """Run ``f`` once per element of ``args`` on the cluster; return the results in input order.
+
+    An element that is a tuple is unpacked into arguments (``f(*item)``); anything else, lists
+    included, is passed as the single argument (``f(item)``). ``f`` travels with cloudpickle, so
+    lambdas, closures and functions defined in ``__main__`` or a notebook work.
+
+    Keyword-only options (each also read from ``SHEEPDOG_<NAME>`` when not given):
+    backend ("auto", "drmaa" or "local"), workers, max_workers, tasks_per_worker, host, bind,
+    port, python, env, queue, native_spec, job_name, log_dir, progress, errors ("raise" or
+    "return"), retries, retry_exceptions, timeout, heartbeat_interval, heartbeat_timeout,
+    store, name, resume, and namespace (extra globals for ``f``, as in the original sheepdog).
+
+    Tasks that fail for good make it raise :class:`SweepFailed` once every other task has
+    finished; it carries ``.failures`` and the partial ``.results``. With ``errors="return"``
+    the failure record stands in the list in place of each failed result instead.
+    """
+    sweep = _start(f, args, options)
+    if isinstance(sweep, list):
+        return sweep
+    if sweep.run is not None:
+        sweep.run.drive()
+    return sweep.results()
+
+
+def map_async(f: Callable[..., Any], args: Iterable[Any], **options: Any) -> Sweep:
+    """Like :func:`map`, but return a :class:`Sweep` handle at once; the sweep runs in a thread."""
+    sweep = _start(f, args, options)
+    if isinstance(sweep, list):
+        raise ConfigurationError("args is empty: there is nothing to run")
+    if sweep.run is not None:
+        sweep._start_in_background()
+    return sweep
+
+
+def _start(f: Callable[..., Any], args: Iterable[Any], given: Dict[str, Any]):
+    unknown = sorted(set(given) - OPTION_NAMES)
+    if unknown:
+        raise TypeError(f"unknown option(s) {', '.join(unknown)}; known options are: {', '.join(sorted(OPTION_NAMES))}")
+    if not callable(f):
+        raise TypeError(f"f must be callable, got {type(f).__name__} {f!r:.80}")
+    namespace = given.get("namespace") or {}
+    if not isinstance(namespace, dict):
+        raise TypeError(f"namespace must be a dict of extra globals for f, got {type(namespace).__name__}")
+    try:
+        items = iter(args)
+    except TypeError:
+        raise TypeError(f"args must be an iterable of argument tuples or single arguments, "
+                        f"got {type(args).__name__}") from None
+    options = resolve({k: v for k, v in given.items() if k != "namespace"})
+    function = _pickle("f", (f, namespace))
+    blobs = [_pickle(f"args[{index}] = {item!r:.80}", item) for index, item in enumerate(items)]
+    if not blobs:
+        return []
+    host, bind = _check_address(options)
+    store = Store(options.store)
+    record = None
+    try:
+        record, done = _prepare_record(store, options, function, blobs)
+        if record.state == "finished" and len(done) == record.n_tasks:
+            return Sweep(store, record, errors=options.errors)
+        backend = open_backend(options.backend)
+        try:
+            _terminate_leftovers(store, record, backend)
+            run = _make_run(store, record, options, function, backend, host, bind, done)
+        except BaseException:
+            backend.close()
+            raise
+    except BaseException:
+        if record is not None and record.name is None:
+            store.delete_sweep(record.id)
+        raise
+    store.claim(record.id, os.getpid(), socket.gethostname())
+    store.set_sweep_state(record.id, "running")
+    return Sweep(store, record, run, errors=options.errors)
+
+
+def _pickle(what: str, value: Any) -> bytes:
+    try:
+        return cloudpickle.dumps(value, protocol=5)
+    except Exception as error:
+        raise ConfigurationError(f"{what} cannot be serialised with cloudpickle to reach the workers: "
+                                 f"{type(error).__name__}: {error}") from error
+
+
+def _digest(blobs: Iterable[bytes]) -> str:
+    digest = hashlib.sha256()
+    for blob in blobs:
+        digest.update(len(blob).to_bytes(8, "little"))
+        digest.update(blob)
+    return digest.hexdigest()
+
+
+def _check_address(options: Options) -> Tuple[str, str]:
+    """The name workers use to reach this host, and the address to listen on; both must work."""
+    host = options.host or socket.getfqdn()
+    bind = options.bind or host
+    for name, value in (("host", host), ("bind", bind)):
+        try:
+            socket.getaddrinfo(value, None)
+        except socket.gaierror as error:
+            raise ConfigurationError(f"{name}={value!r} does not resolve ({error.strerror}); pass host= a name or "
+                                     "address of this submit host that the execution nodes can reach") from None
+    try:
+        family = socket.getaddrinfo(bind, None)[0][0]
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((bind, options.port))
+    except OSError as error:
+        raise ConfigurationError(f"cannot listen on {bind}:{options.port} ({error.strerror}); pass bind= (or host=) "
+                                 "an address of this machine, and port=0 for any free port") from None
+    return host, bind
+
+
+def _prepare_record(store: Store, options: Options, function: bytes, blobs: List[bytes]) -> Tuple[SweepRecord, List[int]]:
+    """The stored sweep to run: a new one, or the named one to resume. Returns it and its done tasks."""
+    function_digest = hashlib.sha256(function).hexdigest()
+    args_digest = _digest(blobs)
+    existing = store.sweep_named(options.name) if options.name else None
+    if existing is not None:
+        _refuse_if_owned(existing)
+        if options.resume and (existing.function_digest, existing.args_digest) != (function_digest, args_digest):
+            what = "arguments" if existing.function_digest == function_digest else "function"
+            raise SweepMismatch(
+                f"sweep {options.name!r} in {options.store} was stored with different {what}; pass resume=False "
+                "to start that name afresh (its stored results are discarded), or choose another name=")
+        if options.resume:
+            done = [index for index, state, _ in store.task_states(existing.id) if state == "done"]
+            log.info("resuming sweep %r: %d of %d tasks already done", options.name, len(done), existing.n_tasks)
+            return existing, done
+        store.delete_sweep(existing.id)
+    sweep_id = uuid.uuid4().hex[:12]
+    stored = {"backend": options.backend, "python": options.python, "job_name": options.job_name}
+    store.create_sweep(sweep_id, options.name, function, function_digest, args_digest, stored, blobs)
+    record = store.sweep(sweep_id)
+    assert record is not None
+    return record, []
+
+
+def _refuse_if_owned(record: SweepRecord) -> None:
+    if record.owner_pid is None:
+        return
+    here = socket.gethostname()
+    if record.owner_host == here:
+        try:
+            os.kill(record.owner_pid, 0)
+        except ProcessLookupError:
+            return
+        except PermissionError:
+            pass
+    raise SweepLocked(f"sweep {record.name!r} is being run by process {record.owner_pid} on {record.owner_host}; "
+                      "wait for it, or cancel it with `sheepdog-drmaa cancel NAME`")
+
+
+def _terminate_leftovers(store: Store, record: SweepRecord, backend: Backend) -> None:
+    """Jobs of an earlier client of this sweep that may still run: remove them before new ones go out."""
+    leftovers = store.live_workers(record.id)
+    if leftovers:
+        log.info("terminating %d workers left by an earlier run of sweep %s", len(leftovers), record.name or record.id)
+        backend.terminate(leftovers)
+        for worker in leftovers:
+            store.record_worker_ended(record.id, worker)
+
+
+def _make_run(store: Store, record: SweepRecord, options: Options, function: bytes, backend: Backend,
+              host: str, bind: str, done: List[int]) -> Run:
+    base = os.path.dirname(os.path.abspath(options.store))
+    key_dir = os.path.join(base, "keys")
+    os.makedirs(key_dir, mode=0o700, exist_ok=True)
+    key = protocol.new_key()
+    key_path = os.path.join(key_dir, f"{record.id}-{os.getpid()}.key")
+    protocol.write_key_file(key_path, key)
+    log_dir = os.path.abspath(options.log_dir or os.path.join(base, "logs", record.id))
+    os.makedirs(log_dir, exist_ok=True)
+    spec = WorkerSpec(python=options.python, environment=_worker_environment(options), working_directory=os.getcwd(),
+                      log_dir=log_dir, job_name=options.job_name, queue=options.queue, native_spec=options.native_spec)
+    failures_so_far: Dict[int, int] = {}
+    try:
+        return Run(store=store, sweep_id=record.id, label=record.name or record.id, n_tasks=record.n_tasks,
+                   function=function, backend=backend, spec_without_url=spec, key=key, key_path=key_path,
+                   host=host, bind=bind, port=options.port, options=options, done=done,
+                   failures_so_far=failures_so_far)
+    except BaseException:
+        os.unlink(key_path)
+        raise
+
+
+def _worker_environment(options: Options) -> Dict[str, str]:
+    """The job environment: this host's import path and basic variables, then the user's env=."""
+    environment = {name: os.environ[name] for name in FORWARDED_VARIABLES if name in os.environ}
+    paths = [os.path.abspath(p or os.curdir) for p in sys.path]
+    environment["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(p for p in paths if os.path.exists(p)))
+    environment.update(options.env)
+    return environment

@@ -1,0 +1,203 @@
+"""Workers as Grid Engine array jobs through the DRMAA C library. The only importer of ``drmaa``.
+
+drmaa-python keeps one error buffer for all threads and DRMAA allows one session per process,
+so every call goes through one process-wide session under one lock. Several sweeps in one
+process share it; exit information that ``wait(ANY)`` hands to the wrong sweep is passed on.
+"""
+from __future__ import annotations
+
+import collections
+import logging
+import shutil
+import subprocess
+import threading
+import time
+from typing import Any, Deque, Dict, List, Optional, Sequence
+
+from ..errors import BackendUnavailable
+from ..failures import ExitInfo
+from . import WorkerSpec, log_paths, worker_command
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_ARRAY_SIZE = 75_000
+POLL_SECONDS = 0.02
+TLS_FIX = "GLIBC_TUNABLES=glibc.rtld.optional_static_tls=4096"
+DEBIAN_LIBRARY = "/usr/lib/gridengine-drmaa/lib/libdrmaa.so.1.0"
+
+
+def _import_drmaa() -> Any:
+    """Import drmaa-python, turning its load failures into messages that say what to do."""
+    try:
+        import drmaa
+    except RuntimeError as error:
+        raise BackendUnavailable(
+            f"the DRMAA library was not found ({error}). Set DRMAA_LIBRARY_PATH to the path of "
+            f"libdrmaa.so (Son of Grid Engine on Debian: {DEBIAN_LIBRARY}).") from error
+    except OSError as error:
+        if "static TLS" in str(error):
+            raise BackendUnavailable(
+                f"the DRMAA library could not be loaded into this running Python ({error}). Start Python "
+                f"with {TLS_FIX} in its environment, e.g. `export {TLS_FIX}` before running it; this cannot "
+                "be fixed from inside the process.") from error
+        raise BackendUnavailable(
+            f"the DRMAA library named by DRMAA_LIBRARY_PATH could not be loaded: {error}. Point "
+            f"DRMAA_LIBRARY_PATH at libdrmaa.so (Debian: {DEBIAN_LIBRARY}).") from error
+    except ImportError as error:
+        raise BackendUnavailable(f"the drmaa package is not installed ({error}): pip install drmaa") from error
+    return drmaa
+
+
+class _SharedSession:
+    """The process's one DRMAA session, its lock, and a mailbox per backend for misdelivered exits."""
+
+    def __init__(self) -> None:
+        self.lock = threading.RLock()
+        self.session: Any = None
+        self.users = 0
+        self.owner: Dict[str, "DrmaaBackend"] = {}
+
+    def open(self, drmaa: Any) -> Any:
+        with self.lock:
+            if self.session is None:
+                session = drmaa.Session()
+                try:
+                    session.initialize()
+                except drmaa.errors.DrmaaException as error:
+                    raise BackendUnavailable(
+                        f"cannot open a DRMAA session with Grid Engine: {error}. Check SGE_ROOT and SGE_CELL "
+                        "and that qmaster is running (qstat should answer).") from error
+                self.session = session
+            self.users += 1
+            return self.session
+
+    def release(self) -> None:
+        with self.lock:
+            self.users -= 1
+            if self.users == 0 and self.session is not None:
+                try:
+                    self.session.exit()
+                finally:
+                    self.session = None
+
+
+_shared = _SharedSession()
+
+
+def _read_max_array_size() -> int:
+    """Grid Engine's max_aj_tasks from ``qconf -sconf``, or its default when that cannot be read."""
+    qconf = shutil.which("qconf")
+    if qconf is None:
+        return DEFAULT_MAX_ARRAY_SIZE
+    try:
+        text = subprocess.run([qconf, "-sconf"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return DEFAULT_MAX_ARRAY_SIZE
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) == 2 and fields[0] == "max_aj_tasks" and fields[1].isdigit() and int(fields[1]) > 0:
+            return int(fields[1])
+    return DEFAULT_MAX_ARRAY_SIZE
+
+
+class DrmaaBackend:
+    name = "drmaa"
+
+    def __init__(self) -> None:
+        self.drmaa = _import_drmaa()
+        self.session = _shared.open(self.drmaa)
+        self.max_array_size = _read_max_array_size()
+        self._mailbox: Deque[ExitInfo] = collections.deque()
+        self._mine: set = set()
+        self._closed = False
+
+    def submit(self, count: int, spec: WorkerSpec) -> List[str]:
+        ids: List[str] = []
+        with _shared.lock:
+            template = self.session.createJobTemplate()
+            try:
+                command = worker_command(spec)
+                template.remoteCommand = command[0]
+                template.args = command[1:]
+                template.jobName = spec.job_name
+                template.workingDirectory = spec.working_directory
+                template.jobEnvironment = spec.environment
+                paths = log_paths(spec, "$JOB_ID.$TASK_ID")
+                template.outputPath = ":" + paths["stdout"]
+                template.errorPath = ":" + paths["stderr"]
+                native = []
+                if spec.queue:
+                    native.append(f"-q {spec.queue}")
+                if spec.native_spec:
+                    native.append(spec.native_spec)
+                if native:
+                    template.nativeSpecification = " ".join(native)
+                remaining = count
+                while remaining:
+                    size = min(remaining, self.max_array_size)
+                    ids.extend(self.session.runBulkJobs(template, 1, size, 1))
+                    remaining -= size
+            finally:
+                self.session.deleteJobTemplate(template)
+            for worker_id in ids:
+                _shared.owner[worker_id] = self
+        self._mine.update(ids)
+        return ids
+
+    def wait_any(self, timeout: float) -> Optional[ExitInfo]:
+        deadline = time.monotonic() + timeout
+        while True:
+            if self._mailbox:
+                return self._mailbox.popleft()
+            with _shared.lock:
+                if self._mailbox:
+                    continue
+                info = self._wait_once()
+                if info is not None:
+                    owner = _shared.owner.pop(info.worker, None)
+                    if owner is not None and owner is not self:
+                        owner._mailbox.append(info)
+                        continue
+                    self._mine.discard(info.worker)
+                    return info
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            time.sleep(min(POLL_SECONDS, remaining))
+
+    def _wait_once(self) -> Optional[ExitInfo]:
+        """One finished job without blocking: DRMAA's wait takes whole seconds, too coarse to block on."""
+        drmaa = self.drmaa
+        try:
+            job = self.session.wait(drmaa.Session.JOB_IDS_SESSION_ANY, drmaa.Session.TIMEOUT_NO_WAIT)
+        except (drmaa.errors.ExitTimeoutException, drmaa.errors.InvalidJobException):
+            return None  # nothing finished yet, or no job of this session left to wait for
+        return ExitInfo(
+            worker=job.jobId,
+            exited=bool(job.hasExited),
+            exit_status=int(job.exitStatus) if job.hasExited else None,
+            signaled=bool(job.hasSignal),
+            signal=str(job.terminatedSignal or ""),
+            core_dumped=bool(job.hasCoreDump),
+            aborted=bool(job.wasAborted),
+            resource_usage=dict(job.resourceUsage or {}),
+        )
+
+    def terminate(self, worker_ids: Sequence[str]) -> None:
+        drmaa = self.drmaa
+        with _shared.lock:
+            for worker_id in worker_ids:
+                try:
+                    self.session.control(worker_id, drmaa.JobControlAction.TERMINATE)
+                except drmaa.errors.DrmaaException as error:  # already gone, most often
+                    log.debug("terminating %s: %s", worker_id, error)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self.terminate(sorted(self._mine))
+        with _shared.lock:
+            for worker_id in self._mine:
+                _shared.owner.pop(worker_id, None)
+        _shared.release()

@@ -1,0 +1,41 @@
+"""Exception classes raised by sheepdog_drmaa."""
+from __future__ import annotations
+
+from typing import Any, List
+
+
+class SheepdogError(Exception):
+    """Base class of every error this library raises on purpose."""
+
+
+class ConfigurationError(SheepdogError, ValueError):
+    """An option or input is wrong; raised before anything is submitted."""
+
+
+class BackendUnavailable(SheepdogError):
+    """The requested scheduler backend cannot be used on this machine."""
+
+
+class WorkersCannotStart(SheepdogError):
+    """Workers keep dying before they reach the server, so the sweep cannot make progress."""
+
+
+class SweepLocked(SheepdogError):
+    """Another live client is running a sweep of the same name."""
+
+
+class SweepMismatch(SheepdogError):
+    """A named sweep exists with different arguments or a different function."""
+
+
+class SweepCancelled(SheepdogError):
+    """The sweep was cancelled before every task finished."""
+
+
+class SweepFailed(SheepdogError):
+    """Some tasks failed for good; ``.failures`` and ``.results`` keep everything that is known."""
+
+    def __init__(self, message: str, failures: List[Any], results: List[Any]) -> None:
+        super().__init__(message)
+        self.failures = failures
+        self.results = results

@@ -1,0 +1,145 @@
+"""The options of a sweep: defaults, ``SHEEPDOG_*`` environment variables, and validation.
+
+Every check here runs before anything is submitted, and every message says what to change.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple
+
+from .errors import ConfigurationError
+
+ENV_PREFIX = "SHEEPDOG_"
+DEFAULT_STORE = os.path.join(".sheepdog", "sweeps.sqlite")
+
+
+@dataclass
+class Options:
+    backend: str = "auto"
+    workers: Optional[int] = None
+    max_workers: int = 1000
+    tasks_per_worker: Optional[int] = None
+    host: Optional[str] = None
+    bind: Optional[str] = None
+    port: int = 0
+    python: str = sys.executable
+    env: Dict[str, str] = field(default_factory=dict)
+    queue: Optional[str] = None
+    native_spec: Optional[str] = None
+    job_name: str = "sheepdog"
+    log_dir: Optional[str] = None
+    progress: Optional[bool] = None
+    errors: str = "raise"
+    retries: int = 3
+    retry_exceptions: Tuple[type, ...] = ()
+    timeout: Optional[float] = None
+    heartbeat_interval: float = 10.0
+    heartbeat_timeout: float = 60.0
+    store: str = DEFAULT_STORE
+    name: Optional[str] = None
+    resume: bool = True
+
+
+def _parse_env_mapping(text: str) -> Dict[str, str]:
+    """``SHEEPDOG_ENV``: a JSON object, or ``KEY=VALUE`` pairs separated by commas."""
+    text = text.strip()
+    if text.startswith("{"):
+        return {str(k): str(v) for k, v in json.loads(text).items()}
+    pairs = [part.split("=", 1) for part in text.split(",") if part.strip()]
+    if any(len(pair) != 2 for pair in pairs):
+        raise ValueError("expected KEY=VALUE pairs separated by commas, or a JSON object")
+    return {key.strip(): value for key, value in pairs}
+
+
+def _parse_bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("expected 1/0, true/false, yes/no or on/off")
+
+
+_FROM_ENV: Dict[str, Callable[[str], Any]] = {
+    "backend": str, "workers": int, "max_workers": int, "tasks_per_worker": int, "host": str,
+    "bind": str, "port": int, "python": str, "env": _parse_env_mapping, "queue": str,
+    "native_spec": str, "job_name": str, "log_dir": str, "progress": _parse_bool, "errors": str,
+    "retries": int, "timeout": float, "heartbeat_interval": float, "heartbeat_timeout": float,
+    "store": str,
+}
+
+
+def resolve(given: Mapping[str, Any], environ: Mapping[str, str] = os.environ) -> Options:
+    """Options from explicit values (None means unset), then ``SHEEPDOG_*`` variables, then defaults."""
+    values: Dict[str, Any] = {}
+    for option in dataclasses.fields(Options):
+        value = given.get(option.name)
+        if value is None and option.name in _FROM_ENV:
+            variable = ENV_PREFIX + option.name.upper()
+            if environ.get(variable, "") != "":
+                try:
+                    value = _FROM_ENV[option.name](environ[variable])
+                except ValueError as error:
+                    raise ConfigurationError(f"{variable}={environ[variable]!r} is not valid: {error}") from None
+        if value is not None:
+            values[option.name] = value
+    options = Options(**values)
+    validate(options)
+    return options
+
+
+def _positive_int(name: str, value: Any, allow_none: bool = True) -> None:
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigurationError(f"{name}={value!r}: expected a whole number of at least 1")
+
+
+def _positive_number(name: str, value: Any, allow_none: bool = True) -> None:
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ConfigurationError(f"{name}={value!r}: expected a number of seconds greater than 0")
+
+
+def validate(options: Options) -> None:
+    from .backends import BACKEND_NAMES
+
+    if options.backend not in BACKEND_NAMES:
+        raise ConfigurationError(f"backend={options.backend!r}: expected one of {', '.join(BACKEND_NAMES)}")
+    _positive_int("workers", options.workers)
+    _positive_int("max_workers", options.max_workers, allow_none=False)
+    _positive_int("tasks_per_worker", options.tasks_per_worker)
+    if isinstance(options.retries, bool) or not isinstance(options.retries, int) or options.retries < 0:
+        raise ConfigurationError(f"retries={options.retries!r}: expected a whole number of at least 0")
+    if isinstance(options.port, bool) or not isinstance(options.port, int) or not 0 <= options.port <= 65535:
+        raise ConfigurationError(f"port={options.port!r}: expected 0 (any free port) to 65535")
+    _positive_number("timeout", options.timeout)
+    _positive_number("heartbeat_interval", options.heartbeat_interval, allow_none=False)
+    _positive_number("heartbeat_timeout", options.heartbeat_timeout, allow_none=False)
+    if options.heartbeat_timeout <= options.heartbeat_interval:
+        raise ConfigurationError(
+            f"heartbeat_timeout={options.heartbeat_timeout!r} must be longer than heartbeat_interval="
+            f"{options.heartbeat_interval!r}, or every running task would look lost")
+    if options.errors not in ("raise", "return"):
+        raise ConfigurationError(f"errors={options.errors!r}: expected 'raise' or 'return'")
+    if not isinstance(options.env, Mapping) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in options.env.items()):
+        raise ConfigurationError("env= must be a dict of str to str (extra environment for the workers)")
+    if isinstance(options.retry_exceptions, type):
+        options.retry_exceptions = (options.retry_exceptions,)
+    options.retry_exceptions = tuple(options.retry_exceptions)
+    if not all(isinstance(t, type) and issubclass(t, BaseException) for t in options.retry_exceptions):
+        raise ConfigurationError("retry_exceptions= must be an exception class or a tuple of them")
+    if not os.path.isabs(options.python) and os.sep in options.python:
+        options.python = os.path.abspath(options.python)
+    if options.job_name and (options.job_name[0].isdigit() or any(c in options.job_name for c in " /:@\\*?")):
+        raise ConfigurationError(
+            f"job_name={options.job_name!r}: Grid Engine job names must not start with a digit or contain "
+            "spaces or any of / : @ \\ * ?")
+    if options.name is not None and (not isinstance(options.name, str) or not options.name.strip()):
+        raise ConfigurationError(f"name={options.name!r}: expected a non-empty string")

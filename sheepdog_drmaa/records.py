@@ -1,0 +1,77 @@
+"""What the user gets back about failed tasks: one record per task, with its attempt history."""
+from __future__ import annotations
+
+import pickle
+from dataclasses import dataclass, field
+from typing import Any, List, Optional
+
+from .store import AttemptRecord, Store
+
+MESSAGE_FAILURES = 20
+
+
+@dataclass
+class TaskFailure:
+    """A task that failed for good: where, with what, why, how often, and its remote traceback."""
+
+    index: int
+    args: Any
+    cause: str
+    attempts: int
+    summary: str
+    traceback: Optional[str] = None
+    exception: Optional[BaseException] = None
+    history: List[AttemptRecord] = field(default_factory=list)
+
+    def describe(self) -> str:
+        plural = "s" if self.attempts != 1 else ""
+        text = (f"task {self.index} {_short_repr(self.args)}: {self.cause} after {self.attempts} attempt{plural}: "
+                f"{self.summary}")
+        if len(self.history) > 1:
+            text += "\n    earlier attempts: " + "; ".join(
+                f"#{a.number} {a.cause} ({a.detail.get('summary', '')})" for a in self.history[:-1])
+        if self.traceback:
+            text += "\n    " + self.traceback.rstrip().replace("\n", "\n    ")
+        return text
+
+
+def _short_repr(value: Any, limit: int = 120) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _load(blob: Optional[bytes]) -> Any:
+    """Unpickle, or None when that fails (an exception class that only exists on the nodes, say)."""
+    if blob is None:
+        return None
+    try:
+        return pickle.loads(blob)
+    except Exception:
+        return None
+
+
+def failure_from_store(store: Store, sweep_id: str, index: int) -> TaskFailure:
+    history = store.attempts(sweep_id, index)
+    last = history[-1] if history else None
+    _, error_blob = store.result(sweep_id, index)
+    exception = _load(error_blob)
+    args = _load(store.task_args(sweep_id, index))
+    return TaskFailure(
+        index=index,
+        args=args,
+        cause=(last.cause if last else None) or "unknown",
+        attempts=len(history),
+        summary=(last.detail.get("summary", "") if last else "") or "",
+        traceback=(last.detail.get("traceback") if last else None) or None,
+        exception=exception if isinstance(exception, BaseException) else None,
+        history=history,
+    )
+
+
+def render_failures(failures: List[TaskFailure], total: int) -> str:
+    """The message of SweepFailed: each failed task (up to a limit) with its cause and traceback."""
+    lines = [f"{len(failures)} of {total} tasks failed:"]
+    lines += ["  " + failure.describe() for failure in failures[:MESSAGE_FAILURES]]
+    if len(failures) > MESSAGE_FAILURES:
+        lines.append(f"  ... and {len(failures) - MESSAGE_FAILURES} more (see .failures)")
+    return "\n".join(lines)

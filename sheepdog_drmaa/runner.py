@@ -1,0 +1,243 @@
+"""A running sweep: ties the pure state, the store, the task server and a backend together.
+
+One thread (the caller's, for ``map``) drives the backend: it submits workers, receives their
+exit information, terminates overdue or surplus ones, and updates the progress display. The
+server's threads handle hellos, leases, reports and heartbeats. Both go through one lock.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+import time
+from typing import Any, Dict, List, Optional
+
+from . import protocol
+from .backends import Backend, WorkerSpec, log_paths
+from .errors import SweepCancelled, WorkersCannotStart
+from .failures import Cause, ExitInfo, qualified_name
+from .progress import Progress
+
+from .server import TaskServer, make_app
+from .store import Store
+from .sweep import Attempt, StartFailure, SweepState
+
+log = logging.getLogger(__name__)
+
+POLL_SECONDS = 0.1
+REAP_SECONDS = 15.0
+LOG_TAIL_BYTES = 1500
+
+
+class Run:
+    """The live side of one sweep in this process."""
+
+    def __init__(self, *, store: Store, sweep_id: str, label: str, n_tasks: int, function: bytes,
+                 backend: Backend, spec_without_url: WorkerSpec, key: bytes, key_path: str,
+                 host: str, bind: str, port: int, options: Any, done: List[int],
+                 failures_so_far: Dict[int, int]) -> None:
+        self.store, self.sweep_id, self.label = store, sweep_id, label
+        self.function, self.backend, self.key_path = function, backend, key_path
+        self.options = options
+        self.lock = threading.RLock()
+        self.state = SweepState(
+            n_tasks, retries=options.retries,
+            retry_exceptions=tuple(qualified_name(t) for t in options.retry_exceptions),
+            tasks_per_worker=options.tasks_per_worker,
+            max_workers=options.workers or options.max_workers, timeout=options.timeout,
+            heartbeat_timeout=options.heartbeat_timeout, done=done, failures_so_far=failures_so_far)
+        self.completed: "queue.Queue[Optional[int]]" = queue.Queue()
+        for index in done:
+            self.completed.put(index)
+        handlers = {protocol.ROUTE_HELLO: self._hello, protocol.ROUTE_LEASE: self._lease,
+                    protocol.ROUTE_HEARTBEAT: self._heartbeat}
+        self.server = TaskServer(make_app(key, handlers), bind, port)
+        url_host = f"[{host}]" if ":" in host else host
+        self.url = f"http://{url_host}:{self.server.port}"
+        environment = dict(spec_without_url.environment)
+        environment[protocol.ENV_URL] = self.url
+        environment[protocol.ENV_KEY_FILE] = key_path
+        self.spec = WorkerSpec(**{**spec_without_url.__dict__, "environment": environment})
+        self.progress = Progress(n_tasks, options.progress, label)
+        self.cancel_requested = threading.Event()
+        self.finished = threading.Event()
+        self.outcome: Optional[BaseException] = None
+
+    # -- server side (server threads) ---------------------------------------------------------
+
+    def _hello(self, message: Dict[str, Any]) -> Dict[str, Any]:
+        with self.lock:
+            accepted = not self.cancel_requested.is_set() and self.state.hello(message["worker"])
+        if not accepted:
+            return {"accepted": False}
+        log.debug("worker %s reached the server from %s", message["worker"], message.get("host"))
+        return {"accepted": True, "function": self.function,
+                "heartbeat_interval": self.options.heartbeat_interval}
+
+    def _lease(self, message: Dict[str, Any]) -> Dict[str, Any]:
+        worker = message["worker"]
+        report = message.get("report")
+        now = time.time()
+        with self.lock:
+            if isinstance(report, dict):
+                self._accept_report(worker, report, now)
+            if self.cancel_requested.is_set():
+                return {"lease": None}
+            attempt = self.state.lease(worker, now)
+            if attempt is None:
+                return {"lease": None}
+            self.store.record_lease(self.sweep_id, attempt.task, attempt.number, worker, now)
+            args = self.store.task_args(self.sweep_id, attempt.task)
+        return {"lease": {"task": attempt.task, "number": attempt.number, "args": args}}
+
+    def _accept_report(self, worker: str, report: Dict[str, Any], now: float) -> None:
+        detail: Dict[str, Any] = {"host": report.get("host"), "seconds": report.get("seconds")}
+        exception = report.get("exception")
+        if isinstance(exception, dict):
+            cause = Cause.EXCEPTION
+            detail.update({"summary": f"{exception.get('type')}: {exception.get('message')}",
+                           "exception_types": list(exception.get("types", ())),
+                           "traceback": exception.get("traceback", "")})
+        else:
+            cause = Cause.RESULT
+        attempt = self.state.finish(worker, report.get("task", -1), report.get("number", -1), cause, now, detail)
+        if attempt is None:
+            log.info("dropped a late report from %s for task %s: that attempt was already closed",
+                     worker, report.get("task"))
+            return
+        error = exception.get("pickle") if isinstance(exception, dict) else None
+        self._persist_end(attempt, result=report.get("result") if cause is Cause.RESULT else None, error=error)
+
+    def _heartbeat(self, message: Dict[str, Any]) -> Dict[str, Any]:
+        with self.lock:
+            current = self.state.heartbeat(message["worker"], message.get("task", -1), message.get("number", -1),
+                                           time.time())
+        return {"current": current}
+
+    def _persist_end(self, attempt: Attempt, result: Optional[bytes] = None, error: Optional[bytes] = None) -> None:
+        task_state = self.state.states[attempt.task].value
+        self.store.record_end(self.sweep_id, attempt.task, attempt.number, attempt.cause.value, attempt.ended,
+                              attempt.detail, task_state, result=result, error=error)
+        if task_state in ("done", "failed"):
+            self.completed.put(attempt.task)
+        if attempt.cause is not Cause.RESULT:
+            log.log(logging.INFO if task_state == "pending" else logging.WARNING,
+                    "task %d attempt %d: %s (%s); task is now %s", attempt.task, attempt.number,
+                    attempt.cause.value, attempt.detail.get("summary", ""), task_state)
+
+    # -- driving side (one thread) -----------------------------------------------------------
+
+    def drive(self) -> None:
+        """Run the sweep to its end; always leaves no worker behind. Raises what ended it early."""
+        try:
+            self._loop()
+        except BaseException as error:
+            self.outcome = error
+            raise
+        finally:
+            self._shut_down()
+
+    def _loop(self) -> None:
+        while True:
+            with self.lock:
+                if self.state.finished:
+                    return
+                if self.cancel_requested.is_set():
+                    raise SweepCancelled(f"sweep {self.label} was cancelled")
+                if self.state.start_failure is not None:
+                    raise WorkersCannotStart(self._start_failure_message(self.state.start_failure))
+                wanted = self.state.workers_to_submit()
+                if wanted:
+                    ids = self.backend.submit(wanted, self.spec)
+                    self.state.add_workers(ids)
+                    self.store.record_workers(self.sweep_id, ids)
+                    log.info("submitted %d workers (%s..%s)", len(ids), ids[0], ids[-1])
+            info = self.backend.wait_any(POLL_SECONDS)
+            while info is not None:
+                self._worker_ended(info)
+                info = self.backend.wait_any(0)
+            with self.lock:
+                now = time.time()
+                for worker, cause in self.state.overdue(now):
+                    attempt = self.state.expire(worker, cause, now)
+                    self.backend.terminate([worker])
+                    if attempt is not None:
+                        self._persist_end(attempt)
+                surplus = self.state.surplus_workers()
+                counts = self.state.counts()
+            if surplus:
+                log.info("removing %d queued workers that are no longer needed", len(surplus))
+                self.backend.terminate(surplus)
+            self.progress.update(counts)
+
+    def _worker_ended(self, info: ExitInfo) -> None:
+        with self.lock:
+            attempt = self.state.worker_ended(info, time.time())
+            self.store.record_worker_ended(self.sweep_id, info.worker)
+            if attempt is not None:
+                self._persist_end(attempt)
+
+    def _shut_down(self) -> None:
+        """Terminate every worker still alive, wait (bounded) until the scheduler let them go, stop serving."""
+        with self.lock:
+            if self.state.finished:
+                leftover = [w.id for w in self.state.live_workers()]
+                for worker in self.state.workers.values():
+                    worker.terminated = True
+                ended: List[Attempt] = []
+            else:
+                self.cancel_requested.set()
+                running = list(self.state.running.values())
+                leftover = self.state.cancel(time.time())
+                ended = running
+            for attempt in ended:
+                self.store.record_end(self.sweep_id, attempt.task, attempt.number, Cause.CANCELLED.value,
+                                      attempt.ended or time.time(), attempt.detail, "pending")
+        try:
+            if leftover:
+                self.backend.terminate(leftover)
+            if not self.state.finished:
+                self._reap_all()
+        finally:
+            self.server.stop()
+            self.backend.close()
+            self.progress.update(self.state.counts())
+            self.progress.close()
+            try:
+                os.unlink(self.key_path)
+            except OSError:
+                pass
+            self.completed.put(None)
+            self.finished.set()
+
+    def _reap_all(self) -> None:
+        deadline = time.monotonic() + REAP_SECONDS
+        while time.monotonic() < deadline:
+            if all(w.ended for w in self.state.workers.values()):
+                return
+            info = self.backend.wait_any(POLL_SECONDS)
+            if info is not None:
+                with self.lock:
+                    self.state.worker_ended(info, time.time())
+                    self.store.record_worker_ended(self.sweep_id, info.worker)
+
+    def _start_failure_message(self, failure: StartFailure) -> str:
+        paths = log_paths(self.spec, failure.worker)
+        tails = "\n".join(f"--- {name} of worker {failure.worker} ({path}):\n{_tail(path)}"
+                          for name, path in paths.items())
+        return (f"{failure.count} workers in a row ended before reaching the server at {self.url}; the last, "
+                f"{failure.worker}: {failure.ending.summary}.\n{tails}\n"
+                f"Check that python={self.spec.python!r} exists on the execution nodes with sheepdog_drmaa and "
+                f"cloudpickle importable, and that the nodes can reach {self.url} (see host=).")
+
+
+def _tail(path: str) -> str:
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            handle.seek(max(0, handle.tell() - LOG_TAIL_BYTES))
+            text = handle.read().decode(errors="replace").strip()
+    except OSError as error:
+        return f"(not readable: {error.strerror})"
+    return text or "(empty)"

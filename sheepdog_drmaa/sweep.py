@@ -1,0 +1,264 @@
+"""Task states, leases and retry decisions of one sweep. Pure: no I/O, no clock, no threads.
+
+The runner feeds it what happens (a worker says hello, asks for a task, reports, dies, goes
+quiet) with the current time, and asks it what to do (how many workers to submit, which to
+terminate). Not thread-safe; the runner serialises calls.
+"""
+from __future__ import annotations
+
+import collections
+import enum
+from dataclasses import dataclass, field
+from typing import Any, Deque, Dict, Iterable, List, Optional, Tuple
+
+from .failures import Cause, Ending, ExitInfo, classify, is_retryable
+
+
+class TaskState(str, enum.Enum):
+    PENDING = "pending"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+
+
+@dataclass
+class Attempt:
+    """One try of one task by one worker; ends with exactly one cause."""
+
+    task: int
+    number: int
+    worker: str
+    started: float
+    last_seen: float
+    cause: Optional[Cause] = None
+    ended: Optional[float] = None
+    detail: Dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Worker:
+    id: str
+    reached: bool = False        # said hello to the server
+    attempt: Optional[Attempt] = None
+    tasks_leased: int = 0
+    retiring: bool = False       # told there is no more work; will exit on its own
+    terminated: bool = False     # we asked the scheduler to remove it; its ending is ours
+    ended: bool = False
+
+
+@dataclass(frozen=True)
+class StartFailure:
+    """Why workers cannot start: the last early death seen."""
+
+    worker: str
+    ending: Ending
+    count: int
+
+
+class SweepState:
+    """Every task's state and every live worker's lease for one sweep."""
+
+    def __init__(
+        self,
+        n_tasks: int,
+        *,
+        retries: int = 3,
+        retry_exceptions: Tuple[str, ...] = (),
+        tasks_per_worker: Optional[int] = None,
+        max_workers: int = 1000,
+        timeout: Optional[float] = None,
+        heartbeat_timeout: float = 60.0,
+        start_failure_limit: int = 5,
+        done: Iterable[int] = (),
+        failures_so_far: Optional[Dict[int, int]] = None,
+    ) -> None:
+        self.n_tasks = n_tasks
+        self.retries = retries
+        self.retry_exceptions = retry_exceptions
+        self.tasks_per_worker = tasks_per_worker
+        self.max_workers = max_workers
+        self.timeout = timeout
+        self.heartbeat_timeout = heartbeat_timeout
+        self.start_failure_limit = start_failure_limit
+        self.states: List[TaskState] = [TaskState.PENDING] * n_tasks
+        for index in done:
+            self.states[index] = TaskState.DONE
+        self.pending: Deque[int] = collections.deque(i for i, s in enumerate(self.states) if s is TaskState.PENDING)
+        self.attempt_numbers: Dict[int, int] = dict(failures_so_far or {})
+        self.failure_counts: Dict[int, int] = dict(failures_so_far or {})
+        self.failed_attempts: Dict[int, List[Attempt]] = {}
+        self.workers: Dict[str, Worker] = {}
+        self.running: Dict[str, Attempt] = {}
+        self.n_done = sum(1 for s in self.states if s is TaskState.DONE)
+        self.n_failed = 0
+        self.early_deaths = 0
+        self.last_early_death: Optional[StartFailure] = None
+
+    # -- workers -------------------------------------------------------------------------
+
+    def add_workers(self, ids: Iterable[str]) -> None:
+        for worker_id in ids:
+            self.workers[worker_id] = Worker(worker_id)
+
+    def live_workers(self) -> List[Worker]:
+        return [w for w in self.workers.values() if not w.ended and not w.terminated]
+
+    def hello(self, worker_id: str) -> bool:
+        """A worker reached the server. False if it is not one of ours (it is told to exit)."""
+        worker = self.workers.get(worker_id)
+        if worker is None or worker.ended or worker.terminated:
+            return False
+        worker.reached = True
+        self.early_deaths = 0
+        return True
+
+    def lease(self, worker_id: str, now: float) -> Optional[Attempt]:
+        """Give the worker the next pending task, or None: it should exit."""
+        worker = self.workers.get(worker_id)
+        if worker is None or worker.ended or worker.terminated or not worker.reached:
+            return None
+        if worker.attempt is not None:  # a worker asks again only after reporting; be safe
+            return None
+        full = self.tasks_per_worker is not None and worker.tasks_leased >= self.tasks_per_worker
+        if full or not self.pending:
+            worker.retiring = True
+            return None
+        task = self.pending.popleft()
+        number = self.attempt_numbers.get(task, 0) + 1
+        self.attempt_numbers[task] = number
+        attempt = Attempt(task=task, number=number, worker=worker_id, started=now, last_seen=now)
+        self.states[task] = TaskState.RUNNING
+        worker.attempt = attempt
+        worker.tasks_leased += 1
+        self.running[worker_id] = attempt
+        return attempt
+
+    def heartbeat(self, worker_id: str, task: int, number: int, now: float) -> bool:
+        """Record a sign of life; False if that attempt is no longer the current one."""
+        attempt = self.running.get(worker_id)
+        if attempt is None or attempt.task != task or attempt.number != number:
+            return False
+        attempt.last_seen = now
+        return True
+
+    def finish(self, worker_id: str, task: int, number: int, cause: Cause, now: float,
+               detail: Optional[Dict[str, Any]] = None) -> Optional[Attempt]:
+        """A worker reported a result or an exception. None if the attempt was superseded."""
+        attempt = self.running.get(worker_id)
+        if attempt is None or attempt.task != task or attempt.number != number:
+            return None
+        self._end(attempt, cause, now, detail or {})
+        return attempt
+
+    def worker_ended(self, info: ExitInfo, now: float) -> Optional[Attempt]:
+        """The scheduler says a worker is gone; end whatever attempt it still held."""
+        worker = self.workers.get(info.worker)
+        if worker is None or worker.ended:
+            return None
+        worker.ended = True
+        ending = classify(info)
+        attempt = self.running.get(info.worker)
+        if worker.terminated:
+            return None
+        if not worker.reached and not ending.clean:
+            self.early_deaths += 1
+            self.last_early_death = StartFailure(info.worker, ending, self.early_deaths)
+        if attempt is None:
+            return None
+        detail = {"summary": ending.summary, "exit_status": info.exit_status, "signal": info.signal,
+                  "core_dumped": info.core_dumped, "resource_usage": dict(info.resource_usage)}
+        self._end(attempt, ending.cause, now, detail)
+        return attempt
+
+    def overdue(self, now: float) -> List[Tuple[str, Cause]]:
+        """Workers whose attempt ran past the timeout or went quiet, with the cause to record."""
+        late = []
+        for worker_id, attempt in self.running.items():
+            if self.timeout is not None and now - attempt.started > self.timeout:
+                late.append((worker_id, Cause.TIMEOUT))
+            elif now - attempt.last_seen > self.heartbeat_timeout:
+                late.append((worker_id, Cause.LOST))
+        return late
+
+    def expire(self, worker_id: str, cause: Cause, now: float) -> Optional[Attempt]:
+        """End a worker's attempt on our own decision (lost, timeout); the job is being terminated."""
+        worker = self.workers[worker_id]
+        worker.terminated = True
+        attempt = self.running.get(worker_id)
+        if attempt is None:
+            return None
+        if cause is Cause.TIMEOUT:
+            summary = f"the task ran longer than the timeout of {self.timeout:g} s; its job was terminated"
+        else:
+            summary = (f"no heartbeat for {now - attempt.last_seen:.1f} s while the scheduler still "
+                       "reported the job running; its job was terminated")
+        self._end(attempt, cause, now, {"summary": summary})
+        return attempt
+
+    def surplus_workers(self) -> List[str]:
+        """Once nothing is pending, workers that never started are not needed: mark and return them."""
+        if self.pending:
+            return []
+        surplus = [w for w in self.workers.values() if not (w.reached or w.ended or w.terminated)]
+        for worker in surplus:
+            worker.terminated = True
+        return [w.id for w in surplus]
+
+    def workers_to_submit(self) -> int:
+        """How many new workers the pending tasks need now (0 while spare workers exist)."""
+        if not self.pending:
+            return 0
+        live = self.live_workers()
+        spare = [w for w in live if w.attempt is None and not w.retiring]
+        if spare:
+            return 0
+        wanted = min(len(self.pending), self.max_workers - len(live))
+        return max(wanted, 0)
+
+    def cancel(self, now: float) -> List[str]:
+        """End every running attempt as cancelled; the tasks stay unfinished. Returns live workers."""
+        for attempt in list(self.running.values()):
+            attempt.cause, attempt.ended = Cause.CANCELLED, now
+            attempt.detail = {"summary": "the sweep was cancelled"}
+            self.states[attempt.task] = TaskState.PENDING
+            self.workers[attempt.worker].attempt = None
+        self.running.clear()
+        live = self.live_workers()
+        for worker in live:
+            worker.terminated = True
+        return [w.id for w in live]
+
+    # -- state -----------------------------------------------------------------------------
+
+    @property
+    def start_failure(self) -> Optional[StartFailure]:
+        if self.early_deaths >= self.start_failure_limit:
+            return self.last_early_death
+        return None
+
+    @property
+    def finished(self) -> bool:
+        return self.n_done + self.n_failed == self.n_tasks
+
+    def counts(self) -> Dict[str, int]:
+        return {"done": self.n_done, "failed": self.n_failed, "running": len(self.running),
+                "queued": len(self.pending)}
+
+    def _end(self, attempt: Attempt, cause: Cause, now: float, detail: Dict[str, Any]) -> None:
+        attempt.cause, attempt.ended, attempt.detail = cause, now, detail
+        del self.running[attempt.worker]
+        self.workers[attempt.worker].attempt = None
+        task = attempt.task
+        if cause is Cause.RESULT:
+            self.states[task] = TaskState.DONE
+            self.n_done += 1
+            return
+        self.failure_counts[task] = self.failure_counts.get(task, 0) + 1
+        self.failed_attempts.setdefault(task, []).append(attempt)
+        exception_types = tuple(detail.get("exception_types", ()))
+        if is_retryable(cause, exception_types, self.retry_exceptions) and self.failure_counts[task] <= self.retries:
+            self.states[task] = TaskState.PENDING
+            self.pending.appendleft(task)
+            return
+        self.states[task] = TaskState.FAILED
+        self.n_failed += 1

@@ -1,0 +1,230 @@
+"""The program a worker runs on an execution node: ``python -m sheepdog_drmaa.worker``.
+
+It says hello to the server on the submit host, receives the function, then leases tasks one at
+a time, runs them, and reports each result or exception together with its next lease, until the
+server has no more work for it. A thread sends heartbeats while a task runs.
+
+The work happens in a forked child. The parent only waits for it, so that whatever the function
+does (``os._exit(99)`` included) the job never exits with a status Grid Engine treats specially,
+and a child killed by a signal makes the job end by the same signal.
+
+Start-up is on every task's path: standard library, cloudpickle and protocol only.
+"""
+from __future__ import annotations
+
+import http.client
+import os
+import signal
+import sys
+import threading
+import time
+import traceback
+import urllib.parse
+from typing import Any, Callable, Dict, Optional
+
+import cloudpickle
+
+from . import protocol
+
+CONNECT_ATTEMPTS = 10
+CONNECT_BACKOFF = 0.5
+
+
+class ChannelError(Exception):
+    """The server could not be reached or did not answer properly."""
+
+
+class Channel:
+    """Signed requests to the server over one keep-alive HTTP connection."""
+
+    def __init__(self, url: str, key: bytes, worker_id: str) -> None:
+        parsed = urllib.parse.urlsplit(url)
+        self.host, self.port = parsed.hostname or "", parsed.port or 80
+        self.key, self.worker_id = key, worker_id
+        self.connection: Optional[http.client.HTTPConnection] = None
+
+    def call(self, route: str, message: Dict[str, Any], attempts: int = CONNECT_ATTEMPTS) -> Dict[str, Any]:
+        message = dict(message, worker=self.worker_id)
+        body = protocol.encode(message)
+        for attempt in range(attempts):
+            try:
+                return self._call_once(route, body)
+            except (OSError, http.client.HTTPException) as error:
+                self.close()
+                if attempt == attempts - 1:
+                    raise ChannelError(f"cannot reach the sheepdog server at {self.host}:{self.port}: {error}")
+                time.sleep(CONNECT_BACKOFF * (attempt + 1))
+        raise AssertionError("unreachable")
+
+    def _call_once(self, route: str, body: bytes) -> Dict[str, Any]:
+        nonce, timestamp = protocol.new_nonce(), repr(time.time())
+        headers = {
+            protocol.HEADER_NONCE: nonce,
+            protocol.HEADER_TIME: timestamp,
+            protocol.HEADER_SIGNATURE: protocol.request_signature(self.key, route, nonce, timestamp, body),
+            "Content-Type": "application/octet-stream",
+        }
+        if self.connection is None:
+            self.connection = http.client.HTTPConnection(self.host, self.port, timeout=60)
+        self.connection.request("POST", route, body=body, headers=headers)
+        response = self.connection.getresponse()
+        reply = response.read()
+        if response.status != 200:
+            raise ChannelError(f"the server refused {route}: HTTP {response.status} {reply[:200]!r}")
+        expected = protocol.response_signature(self.key, nonce, reply)
+        if not protocol.signature_matches(expected, response.getheader(protocol.HEADER_SIGNATURE)):
+            raise ChannelError(f"the answer to {route} is not signed with this sweep's key")
+        return protocol.decode(reply)
+
+    def close(self) -> None:
+        if self.connection is not None:
+            self.connection.close()
+            self.connection = None
+
+
+class Heartbeat:
+    """Tells the server, every ``interval`` seconds, that the current attempt is alive."""
+
+    def __init__(self, channel: Channel, interval: float) -> None:
+        self.channel, self.interval = channel, interval
+        self.current: Optional[Dict[str, int]] = None
+        self.wake = threading.Event()
+        thread = threading.Thread(target=self._run, name="sheepdog-heartbeat", daemon=True)
+        thread.start()
+
+    def _run(self) -> None:
+        while True:
+            self.wake.wait(self.interval)
+            self.wake.clear()
+            current = self.current
+            if current is not None:
+                try:
+                    self.channel.call(protocol.ROUTE_HEARTBEAT, current, attempts=1)
+                except ChannelError:
+                    pass  # the next one may get through; silence is what the server watches
+
+
+def call_function(function: Callable[..., Any], item: Any) -> Any:
+    """Tuples are unpacked into arguments; anything else is the single argument."""
+    if isinstance(item, tuple):
+        return function(*item)
+    return function(item)
+
+
+def run_task(function: Callable[..., Any], lease: Dict[str, Any]) -> Dict[str, Any]:
+    """Run one leased task; return the report for the server."""
+    report: Dict[str, Any] = {"task": lease["task"], "number": lease["number"]}
+    started = time.time()
+    try:
+        item = cloudpickle.loads(lease["args"])
+        value = call_function(function, item)
+        report["result"] = cloudpickle.dumps(value, protocol=5)
+    except BaseException as error:  # SystemExit and KeyboardInterrupt from f are task failures too
+        report["exception"] = describe_exception(error)
+    report["seconds"] = time.time() - started
+    return report
+
+
+def describe_exception(error: BaseException) -> Dict[str, Any]:
+    try:
+        pickled: Optional[bytes] = cloudpickle.dumps(error, protocol=5)
+    except Exception:
+        pickled = None
+    return {
+        "types": [f"{cls.__module__}.{cls.__qualname__}" for cls in type(error).__mro__],
+        "type": type(error).__qualname__,
+        "message": str(error),
+        "traceback": "".join(traceback.format_exception(type(error), error, _user_frames(error.__traceback__))),
+        "pickle": pickled,
+    }
+
+
+def _user_frames(tb: Any) -> Any:
+    """The traceback without this module's own frames, so it starts where f was called."""
+    while tb is not None and tb.tb_frame.f_code.co_filename == __file__:
+        tb = tb.tb_next
+    return tb
+
+
+def worker_id_from_environment() -> str:
+    """The scheduler's id of this worker: set by the local backend, or Grid Engine's job and task ids."""
+    explicit = os.environ.get(protocol.ENV_WORKER_ID)
+    if explicit:
+        return explicit
+    job, task = os.environ.get("JOB_ID", ""), os.environ.get("SGE_TASK_ID", "undefined")
+    if not job:
+        raise KeyError("neither SHEEPDOG_WORKER_ID nor JOB_ID is set")
+    return job if task in ("", "undefined") else f"{job}.{task}"
+
+
+def serve() -> int:
+    """Lease and run tasks until the server has none left; return the exit status."""
+    try:
+        url = os.environ[protocol.ENV_URL]
+        key = protocol.read_key_file(os.environ[protocol.ENV_KEY_FILE])
+        worker_id = worker_id_from_environment()
+    except (KeyError, OSError, ValueError) as error:
+        print(f"sheepdog worker: incomplete configuration: {error!r}", file=sys.stderr)
+        return protocol.EXIT_BAD_CONFIGURATION
+    channel = Channel(url, key, worker_id)
+    try:
+        hello = channel.call(protocol.ROUTE_HELLO, {"host": os.uname().nodename, "pid": os.getpid()})
+        if not hello.get("accepted"):
+            return protocol.EXIT_OK
+        function, namespace = cloudpickle.loads(hello["function"])
+        if namespace:
+            getattr(function, "__globals__", {}).update(namespace)
+        heartbeat = Heartbeat(Channel(url, key, worker_id), hello["heartbeat_interval"])
+        report: Optional[Dict[str, Any]] = None
+        while True:
+            reply = channel.call(protocol.ROUTE_LEASE, {"report": report})
+            lease = reply.get("lease")
+            if lease is None:
+                return protocol.EXIT_OK
+            heartbeat.current = {"task": lease["task"], "number": lease["number"]}
+            report = run_task(function, lease)
+            heartbeat.current = None
+    except ChannelError as error:
+        print(f"sheepdog worker {worker_id}: {error}", file=sys.stderr)
+        return protocol.EXIT_SERVER_UNREACHABLE
+
+
+def safe_status(status: int) -> int:
+    return protocol.EXIT_RESERVED_STATUS if status in protocol.GRID_ENGINE_RESERVED else status
+
+
+def main() -> None:
+    """Fork; the child serves, the parent passes the child's ending on in a form Grid Engine takes."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:
+        status = protocol.EXIT_BAD_CONFIGURATION
+        try:
+            status = serve()
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(safe_status(status))
+    for name in ("SIGTERM", "SIGINT", "SIGHUP", "SIGUSR1", "SIGUSR2", "SIGXCPU"):
+        # Pass signals sent to the job (by qdel or a limit) on to the child.
+        signal.signal(getattr(signal, name), lambda signum, frame: os.kill(pid, signum))
+    while True:
+        try:
+            _, wait_status = os.waitpid(pid, 0)
+            break
+        except InterruptedError:
+            continue
+    if os.WIFSIGNALED(wait_status):
+        signum = os.WTERMSIG(wait_status)
+        try:
+            signal.signal(signum, signal.SIG_DFL)
+        except (OSError, ValueError):
+            pass  # SIGKILL and SIGSTOP keep their default action anyway
+        os.kill(os.getpid(), signum)
+        os._exit(128 + signum)  # only reached for a signal whose default action is to carry on
+    os._exit(safe_status(os.waitstatus_to_exitcode(wait_status)))
+
+
+if __name__ == "__main__":
+    main()
