@@ -9,6 +9,8 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
+from .protocol import EXIT_BAD_CONFIGURATION, EXIT_RESERVED_STATUS, EXIT_SERVER_UNREACHABLE
+
 
 class Cause(str, enum.Enum):
     """The one way each task attempt ended."""
@@ -51,7 +53,8 @@ class Ending:
 
 
 def _aborted(info: ExitInfo) -> Ending:
-    return Ending(Cause.ABORTED, "the scheduler aborted or deleted the job before it finished", False)
+    return Ending(Cause.ABORTED, "the scheduler aborted or deleted the job before it finished (Grid Engine "
+                  "also does this when the job's command cannot be started: check python=)", False)
 
 
 def _signaled(info: ExitInfo) -> Ending:
@@ -59,10 +62,20 @@ def _signaled(info: ExitInfo) -> Ending:
     return Ending(Cause.SIGNAL, f"the worker was killed by {info.signal or 'a signal'}{core}", False)
 
 
+# Statuses the worker itself uses, explained (see protocol).
+_WORKER_STATUSES = {
+    EXIT_RESERVED_STATUS: " (the task exited with 99 or 100, which Grid Engine reserves; the worker passed it on as 98)",
+    EXIT_SERVER_UNREACHABLE: " (the worker could not reach the sheepdog server; see its stderr file)",
+    EXIT_BAD_CONFIGURATION: " (the worker's job environment was incomplete; see its stderr file)",
+    127: " (command not found: check python=)",
+}
+
+
 def _exited(info: ExitInfo) -> Ending:
     if info.exit_status == 0:
-        return Ending(Cause.EXIT, "the worker exited with status 0", True)
-    return Ending(Cause.EXIT, f"the worker exited with status {info.exit_status}", False)
+        return Ending(Cause.EXIT, "the worker exited with status 0 without reporting", True)
+    note = _WORKER_STATUSES.get(info.exit_status or 0, "")
+    return Ending(Cause.EXIT, f"the worker exited with status {info.exit_status}{note}", False)
 
 
 def _unknown(info: ExitInfo) -> Ending:

@@ -10,7 +10,7 @@ from .errors import SweepFailed
 from .options import DEFAULT_STORE
 from .records import TaskFailure, failure_from_store, render_failures
 from .runner import Run
-from .store import Store, SweepRecord
+from .store import AttemptRecord, Store, SweepRecord
 
 
 class Sweep:
@@ -105,6 +105,10 @@ class Sweep:
         counts = self.store.counts(self.id)
         return {"done": counts.get("done", 0), "failed": counts.get("failed", 0),
                 "running": counts.get("running", 0), "queued": counts.get("pending", 0)}
+
+    def attempts(self, index: Optional[int] = None) -> List[AttemptRecord]:
+        """Every recorded attempt (of one task, or of all), with its cause, worker and details."""
+        return self.store.attempts(self.id, index)
 
     def failures(self) -> List[TaskFailure]:
         """One record per task that failed for good, with its whole attempt history."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import os
 import shutil
 import subprocess
 import threading
@@ -24,10 +25,21 @@ DEFAULT_MAX_ARRAY_SIZE = 75_000
 POLL_SECONDS = 0.02
 TLS_FIX = "GLIBC_TUNABLES=glibc.rtld.optional_static_tls=4096"
 DEBIAN_LIBRARY = "/usr/lib/gridengine-drmaa/lib/libdrmaa.so.1.0"
+DEBIAN_SGE_ROOT = "/var/lib/gridengine"
+
+
+def _default_debian_environment() -> None:
+    """Fill in DRMAA_LIBRARY_PATH and SGE_ROOT for Debian's packages when they are unset."""
+    if not os.environ.get("DRMAA_LIBRARY_PATH") and os.path.exists(DEBIAN_LIBRARY):
+        os.environ["DRMAA_LIBRARY_PATH"] = DEBIAN_LIBRARY
+    if not os.environ.get("SGE_ROOT") and os.path.isdir(DEBIAN_SGE_ROOT):
+        os.environ["SGE_ROOT"] = DEBIAN_SGE_ROOT
+        os.environ.setdefault("SGE_CELL", "default")
 
 
 def _import_drmaa() -> Any:
     """Import drmaa-python, turning its load failures into messages that say what to do."""
+    _default_debian_environment()
     try:
         import drmaa
     except RuntimeError as error:

@@ -1,0 +1,103 @@
+"""map() end to end, through the local backend and on the real Grid Engine."""
+import numpy as np
+import pytest
+
+import sheepdog_drmaa
+from sheepdog_drmaa import SweepFailed, TaskFailure
+
+
+def add(a, b):
+    return a + b
+
+
+def norm(values):
+    return float(np.linalg.norm(np.asarray(values)))
+
+
+def fails_on_two(x):
+    if x == 2:
+        raise ValueError(f"no twos please, got {x}")
+    return x * 10
+
+
+@pytest.fixture
+def run(backend, store):
+    def run_map(f, args, **options):
+        return sheepdog_drmaa.map(f, args, backend=backend, store=store, progress=False, **options)
+    return run_map
+
+
+def test_the_readme_example(run):
+    assert run(add, [(1, 1), (1, 2), (2, 2)]) == [2, 3, 4]
+
+
+def test_a_lambda_and_single_arguments(run):
+    assert run(lambda x: x ** 2, [3, 4, 5]) == [9, 16, 25]
+
+
+def test_lists_are_not_unpacked(run):
+    assert run(len, [[1, 2, 3], [4]]) == [3, 1]
+
+
+def test_a_closure(run):
+    offset = 100
+
+    def shifted(x):
+        return x + offset
+    assert run(shifted, [1, 2]) == [101, 102]
+
+
+def test_a_function_using_numpy_imported_at_module_level(run):
+    assert run(norm, [([3, 4],), ([6, 8],)]) == [5.0, 10.0]
+
+
+def test_namespace_supplies_extra_globals(run):
+    assert run(lambda x: x * FACTOR, [1, 2], namespace={"FACTOR": 7}) == [7, 14]  # noqa: F821
+
+
+def test_a_raising_function_reports_the_remote_traceback_after_the_rest_finish(run):
+    with pytest.raises(SweepFailed) as caught:
+        run(fails_on_two, [0, 1, 2, 3])
+    error = caught.value
+    message = str(error)
+    assert "task 2" in message and "no twos please, got 2" in message
+    assert "Traceback" in message and "fails_on_two" in message
+    assert error.results == [0, 10, None, 30]
+    [failure] = error.failures
+    assert (failure.index, failure.args, failure.cause, failure.attempts) == (2, 2, "exception", 1)
+    assert isinstance(failure.exception, ValueError)
+
+
+def test_errors_return_puts_the_failure_record_in_place(run):
+    results = run(fails_on_two, [1, 2], errors="return")
+    assert results[0] == 10
+    assert isinstance(results[1], TaskFailure) and results[1].cause == "exception"
+
+
+def test_two_hundred_tasks_come_back_in_input_order(run):
+    assert run(lambda i: (i, i * i), range(200)) == [(i, i * i) for i in range(200)]
+
+
+def test_classic_one_task_per_worker(run):
+    assert run(add, [(i, 1) for i in range(12)], tasks_per_worker=1) == list(range(1, 13))
+
+
+def test_a_fixed_pool_of_workers(run):
+    import os
+    pids = run(lambda _: os.getpid(), range(30), workers=2)
+    assert len(pids) == 30 and len(set(pids)) <= 2
+
+
+def test_empty_args_returns_an_empty_list_and_submits_nothing(run, store):
+    import os
+    assert run(add, []) == []
+    assert not os.path.exists(store)
+
+
+def test_map_async_handle(backend, store):
+    sweep = sheepdog_drmaa.map_async(lambda x: x + 1, range(20), backend=backend, store=store, progress=False)
+    seen = dict(sweep.as_completed())
+    assert seen == {i: i + 1 for i in range(20)}
+    assert sweep.results() == list(range(1, 21))
+    assert sweep.status() == {"done": 20, "failed": 0, "running": 0, "queued": 0}
+    assert sweep.failures() == []

@@ -1,0 +1,103 @@
+"""The task channel over a real socket: signed requests pass, everything else gets a 4xx and loads nothing."""
+import http.client
+import os
+import pickle
+import time
+
+import pytest
+
+from sheepdog_drmaa import protocol
+from sheepdog_drmaa.server import TaskServer, make_app
+from sheepdog_drmaa.worker import Channel, ChannelError
+
+KEY = b"k" * 32
+
+
+class TouchOnLoad:
+    """Unpickling this creates a file: proof that a pickle was loaded."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+@pytest.fixture
+def served():
+    calls = []
+
+    def echo(message):
+        calls.append(message)
+        return {"echo": message.get("value")}
+
+    server = TaskServer(make_app(KEY, {protocol.ROUTE_HELLO: echo}), "127.0.0.1", 0)
+    yield server, calls
+    server.stop()
+
+
+def post(server, route, body, headers):
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    connection.request("POST", route, body=body, headers=headers)
+    response = connection.getresponse()
+    return response.status, response.read(), response.getheader(protocol.HEADER_SIGNATURE)
+
+
+def signed_headers(key, route, body, nonce=None, timestamp=None):
+    nonce = nonce or protocol.new_nonce()
+    timestamp = timestamp or repr(time.time())
+    return {protocol.HEADER_NONCE: nonce, protocol.HEADER_TIME: timestamp,
+            protocol.HEADER_SIGNATURE: protocol.request_signature(key, route, nonce, timestamp, body)}
+
+
+def test_a_signed_request_is_answered_with_a_signed_response(served):
+    server, calls = served
+    reply = Channel(server.url, KEY, "w1").call(protocol.ROUTE_HELLO, {"value": 42})
+    assert reply == {"echo": 42}
+    assert calls[0]["worker"] == "w1"
+
+
+@pytest.mark.parametrize("headers_for", [
+    lambda body: {},                                                            # unsigned
+    lambda body: signed_headers(b"x" * 32, protocol.ROUTE_HELLO, body),         # wrong key
+    lambda body: signed_headers(KEY, protocol.ROUTE_LEASE, body),               # signed for another route
+    lambda body: signed_headers(KEY, protocol.ROUTE_HELLO, body, timestamp=repr(time.time() - 3600)),  # stale
+], ids=["unsigned", "wrong-key", "other-route", "stale"])
+def test_forged_requests_are_refused_and_nothing_is_unpickled(served, tmp_path, headers_for):
+    server, calls = served
+    marker = str(tmp_path / "loaded")
+    body = pickle.dumps({"worker": "w1", "payload": TouchOnLoad(marker)})
+    status, _, _ = post(server, protocol.ROUTE_HELLO, body, headers_for(body))
+    assert 400 <= status < 500
+    assert not os.path.exists(marker)
+    assert calls == []
+
+
+def test_a_replayed_request_is_refused(served):
+    server, calls = served
+    body = protocol.encode({"worker": "w1", "value": 1})
+    headers = signed_headers(KEY, protocol.ROUTE_HELLO, body)
+    assert post(server, protocol.ROUTE_HELLO, body, headers)[0] == 200
+    assert post(server, protocol.ROUTE_HELLO, body, headers)[0] == 409
+    assert len(calls) == 1
+
+
+@pytest.mark.parametrize("body", [b"not a pickle", pickle.dumps([1, 2]), pickle.dumps({"no": "worker"})])
+def test_malformed_signed_bodies_get_400(served, body):
+    server, calls = served
+    assert post(server, protocol.ROUTE_HELLO, body, signed_headers(KEY, protocol.ROUTE_HELLO, body))[0] == 400
+    assert calls == []
+
+
+def test_unknown_routes_and_methods(served):
+    server, _ = served
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    connection.request("GET", protocol.ROUTE_HELLO)
+    assert connection.getresponse().status == 405
+    assert post(server, "/nope", b"", {})[0] == 404
+
+
+def test_a_worker_holding_another_key_is_refused(served):
+    server, _ = served
+    with pytest.raises(ChannelError, match="refused|not signed"):
+        Channel(server.url, b"y" * 32, "w1").call(protocol.ROUTE_HELLO, {}, attempts=1)

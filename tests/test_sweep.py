@@ -1,0 +1,133 @@
+"""The pure sweep state: leases, reports, deaths, retries, surplus and start failures."""
+from sheepdog_drmaa.failures import Cause, ExitInfo
+from sheepdog_drmaa.sweep import SweepState, TaskState
+
+
+def started(n_tasks, workers=("w1",), **options):
+    state = SweepState(n_tasks, **options)
+    state.add_workers(workers)
+    for worker in workers:
+        assert state.hello(worker)
+    return state
+
+
+def test_tasks_are_leased_in_order_and_finish():
+    state = started(2)
+    first = state.lease("w1", now=0)
+    assert (first.task, first.number) == (0, 1)
+    assert state.finish("w1", 0, 1, Cause.RESULT, now=1) is first
+    second = state.lease("w1", now=1)
+    assert second.task == 1
+    state.finish("w1", 1, 1, Cause.RESULT, now=2)
+    assert state.finished and state.counts() == {"done": 2, "failed": 0, "running": 0, "queued": 0}
+    assert state.lease("w1", now=3) is None
+
+
+def test_a_killed_worker_fails_its_attempt_and_the_task_is_retried_until_the_budget_is_spent():
+    state = SweepState(1, retries=1)
+    for number, worker in enumerate(["w1", "w2"], start=1):
+        state.add_workers([worker])
+        state.hello(worker)
+        attempt = state.lease(worker, now=0)
+        assert attempt.number == number
+        ended = state.worker_ended(ExitInfo(worker, signaled=True, signal="SIGKILL"), now=1)
+        assert ended.cause is Cause.SIGNAL
+    assert state.states[0] is TaskState.FAILED
+    assert [a.cause for a in state.failed_attempts[0]] == [Cause.SIGNAL, Cause.SIGNAL]
+    assert state.finished
+
+
+def test_exceptions_are_final_unless_listed():
+    state = started(2, retry_exceptions=("builtins.KeyError",))
+    state.lease("w1", 0)
+    state.finish("w1", 0, 1, Cause.EXCEPTION, 1, {"exception_types": ["builtins.ValueError"]})
+    assert state.states[0] is TaskState.FAILED
+    state.lease("w1", 1)
+    state.finish("w1", 1, 1, Cause.EXCEPTION, 2, {"exception_types": ["builtins.KeyError"]})
+    assert state.states[1] is TaskState.PENDING
+    assert state.lease("w1", 2).number == 2
+
+
+def test_a_late_report_from_a_superseded_attempt_is_dropped():
+    state = started(1, workers=("w1", "w2"), heartbeat_timeout=5)
+    state.lease("w1", now=0)
+    assert state.overdue(now=10) == [("w1", Cause.LOST)]
+    state.expire("w1", Cause.LOST, now=10)
+    again = state.lease("w2", now=11)
+    assert again.number == 2
+    assert state.finish("w1", 0, 1, Cause.RESULT, now=12) is None  # the lost one comes back
+    assert state.finish("w2", 0, 2, Cause.RESULT, now=13) is again
+    assert state.n_done == 1 and state.finished
+
+
+def test_heartbeats_keep_an_attempt_alive_and_timeouts_are_separate():
+    state = started(1, heartbeat_timeout=5, timeout=20)
+    state.lease("w1", now=0)
+    for now in range(4, 20, 4):
+        assert state.heartbeat("w1", 0, 1, now=now)
+        assert state.overdue(now) == []
+    assert state.overdue(now=21) == [("w1", Cause.TIMEOUT)]
+
+
+def test_workers_that_never_arrive_stop_the_sweep_after_the_limit():
+    state = SweepState(3, start_failure_limit=3)
+    state.add_workers(["a", "b", "c"])
+    for worker in ["a", "b"]:
+        state.worker_ended(ExitInfo(worker, exited=True, exit_status=1), now=0)
+        assert state.start_failure is None
+    state.worker_ended(ExitInfo("c", exited=True, exit_status=1), now=0)
+    assert state.start_failure.count == 3 and state.start_failure.worker == "c"
+
+
+def test_a_worker_reaching_the_server_resets_the_start_failure_count():
+    state = SweepState(3, start_failure_limit=2)
+    state.add_workers(["a", "b", "c"])
+    state.worker_ended(ExitInfo("a", exited=True, exit_status=1), now=0)
+    state.hello("b")
+    state.worker_ended(ExitInfo("c", exited=True, exit_status=1), now=0)
+    assert state.start_failure is None
+
+
+def test_surplus_workers_are_removed_once_all_tasks_are_leased_and_their_endings_ignored():
+    state = SweepState(1)
+    state.add_workers(["a", "b", "c"])
+    state.hello("a")
+    assert state.surplus_workers() == []  # a task is still pending
+    state.lease("a", 0)
+    assert sorted(state.surplus_workers()) == ["b", "c"]
+    state.worker_ended(ExitInfo("b", aborted=True), now=1)
+    assert state.early_deaths == 0
+
+
+def test_workers_are_submitted_only_when_no_spare_worker_exists():
+    state = SweepState(10, max_workers=4)
+    assert state.workers_to_submit() == 4
+    state.add_workers(["a", "b", "c", "d"])
+    assert state.workers_to_submit() == 0  # four queued workers will take the tasks
+    for worker in "abcd":
+        state.hello(worker)
+        state.lease(worker, 0)
+    assert state.workers_to_submit() == 0  # the pool is full
+    state.worker_ended(ExitInfo("a", signaled=True, signal="SIGKILL"), now=1)
+    assert state.workers_to_submit() == 1
+
+
+def test_tasks_per_worker_retires_a_worker():
+    state = started(3, tasks_per_worker=1)
+    state.lease("w1", 0)
+    state.finish("w1", 0, 1, Cause.RESULT, 1)
+    assert state.lease("w1", 1) is None
+    assert state.workers_to_submit() == 2
+
+
+def test_resume_skips_done_tasks():
+    state = started(3, done=[0, 2])
+    assert state.lease("w1", 0).task == 1
+    assert state.lease("w1", 0) is None  # still holding task 1
+
+
+def test_cancel_ends_running_attempts_and_returns_live_workers():
+    state = started(2, workers=("a", "b"))
+    state.lease("a", 0)
+    assert sorted(state.cancel(1)) == ["a", "b"]
+    assert state.states[0] is TaskState.PENDING and not state.running
