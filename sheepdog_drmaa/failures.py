@@ -53,8 +53,7 @@ class Ending:
 
 
 def _aborted(info: ExitInfo) -> Ending:
-    return Ending(Cause.ABORTED, "the scheduler aborted or deleted the job before it finished (Grid Engine "
-                  "also does this when the job's command cannot be started: check python=)", False)
+    return Ending(Cause.ABORTED, "the scheduler aborted or deleted the job before it finished", False)
 
 
 def _signaled(info: ExitInfo) -> Ending:

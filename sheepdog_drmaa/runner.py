@@ -68,7 +68,7 @@ class Run:
 
     def _hello(self, message: Dict[str, Any]) -> Dict[str, Any]:
         with self.lock:
-            accepted = not self.cancel_requested.is_set() and self.state.hello(message["worker"])
+            accepted = not self.cancel_requested.is_set() and self.state.hello(message["worker"], message.get("host"))
         if not accepted:
             return {"accepted": False}
         log.debug("worker %s reached the server from %s", message["worker"], message.get("host"))
@@ -87,12 +87,12 @@ class Run:
             attempt = self.state.lease(worker, now)
             if attempt is None:
                 return {"lease": None}
-            self.store.record_lease(self.sweep_id, attempt.task, attempt.number, worker, now)
+            self.store.record_lease(self.sweep_id, attempt.task, attempt.number, worker, attempt.host, now)
             args = self.store.task_args(self.sweep_id, attempt.task)
         return {"lease": {"task": attempt.task, "number": attempt.number, "args": args}}
 
     def _accept_report(self, worker: str, report: Dict[str, Any], now: float) -> None:
-        detail: Dict[str, Any] = {"host": report.get("host"), "seconds": report.get("seconds")}
+        detail: Dict[str, Any] = {"seconds": report.get("seconds")}
         exception = report.get("exception")
         if isinstance(exception, dict):
             cause = Cause.EXCEPTION

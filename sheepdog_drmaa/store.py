@@ -222,10 +222,11 @@ class Store:
 
     # -- attempts ------------------------------------------------------------------------------
 
-    def record_lease(self, sweep_id: str, task: int, number: int, worker: str, started: float) -> None:
+    def record_lease(self, sweep_id: str, task: int, number: int, worker: str, host: Optional[str],
+                     started: float) -> None:
         with self.lock, self.db:
-            self.db.execute("INSERT OR REPLACE INTO attempts (sweep_id, task, number, worker, started) "
-                            "VALUES (?,?,?,?,?)", (sweep_id, task, number, worker, started))
+            self.db.execute("INSERT OR REPLACE INTO attempts (sweep_id, task, number, worker, host, started) "
+                            "VALUES (?,?,?,?,?,?)", (sweep_id, task, number, worker, host, started))
             self.db.execute("UPDATE tasks SET state = 'running', attempts = ? WHERE sweep_id = ? AND idx = ?",
                             (number, sweep_id, task))
 
@@ -234,10 +235,9 @@ class Store:
                    error: Optional[bytes] = None) -> None:
         """Close an attempt and set its task's state (and result, or pickled exception) in one transaction."""
         with self.lock, self.db:
-            self.db.execute("UPDATE attempts SET ended = ?, cause = ?, detail = ?, host = ? "
+            self.db.execute("UPDATE attempts SET ended = ?, cause = ?, detail = ? "
                             "WHERE sweep_id = ? AND task = ? AND number = ?",
-                            (ended, cause, json.dumps(detail, default=repr), detail.get("host"),
-                             sweep_id, task, number))
+                            (ended, cause, json.dumps(detail, default=repr), sweep_id, task, number))
             self.db.execute("UPDATE tasks SET state = ?, result = ?, error = ? WHERE sweep_id = ? AND idx = ?",
                             (task_state, result, error, sweep_id, task))
 

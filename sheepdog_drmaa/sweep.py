@@ -30,6 +30,7 @@ class Attempt:
     worker: str
     started: float
     last_seen: float
+    host: Optional[str] = None
     cause: Optional[Cause] = None
     ended: Optional[float] = None
     detail: Dict[str, Any] = field(default_factory=dict)
@@ -39,6 +40,7 @@ class Attempt:
 class Worker:
     id: str
     reached: bool = False        # said hello to the server
+    host: Optional[str] = None   # the execution host it said hello from
     attempt: Optional[Attempt] = None
     tasks_leased: int = 0
     retiring: bool = False       # told there is no more work; will exit on its own
@@ -103,12 +105,12 @@ class SweepState:
     def live_workers(self) -> List[Worker]:
         return [w for w in self.workers.values() if not w.ended and not w.terminated]
 
-    def hello(self, worker_id: str) -> bool:
+    def hello(self, worker_id: str, host: Optional[str] = None) -> bool:
         """A worker reached the server. False if it is not one of ours (it is told to exit)."""
         worker = self.workers.get(worker_id)
         if worker is None or worker.ended or worker.terminated:
             return False
-        worker.reached = True
+        worker.reached, worker.host = True, host
         self.early_deaths = 0
         return True
 
@@ -126,7 +128,8 @@ class SweepState:
         task = self.pending.popleft()
         number = self.attempt_numbers.get(task, 0) + 1
         self.attempt_numbers[task] = number
-        attempt = Attempt(task=task, number=number, worker=worker_id, started=now, last_seen=now)
+        attempt = Attempt(task=task, number=number, worker=worker_id, started=now, last_seen=now,
+                          host=worker.host)
         self.states[task] = TaskState.RUNNING
         worker.attempt = attempt
         worker.tasks_leased += 1

@@ -112,6 +112,13 @@ def _read_max_array_size() -> int:
     return DEFAULT_MAX_ARRAY_SIZE
 
 
+def _number(text: str) -> Any:
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
 class DrmaaBackend:
     name = "drmaa"
 
@@ -192,7 +199,7 @@ class DrmaaBackend:
             signal=str(job.terminatedSignal or ""),
             core_dumped=bool(job.hasCoreDump),
             aborted=bool(job.wasAborted),
-            resource_usage=dict(job.resourceUsage or {}),
+            resource_usage={name: _number(value) for name, value in (job.resourceUsage or {}).items()},
         )
 
     def terminate(self, worker_ids: Sequence[str]) -> None:

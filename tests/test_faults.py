@@ -1,0 +1,229 @@
+"""Real faults, injected from inside f or from outside, and what the sweep records and retries.
+
+Executions are counted through files, so a retry is seen, not assumed.
+"""
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+import sheepdog_drmaa
+from sheepdog_drmaa import SweepFailed, WorkersCannotStart
+
+from conftest import wait_until
+
+
+def note_execution(directory, key):
+    """Append one line per execution of ``key``; return how many executions there have been."""
+    path = os.path.join(directory, f"{key}.runs")
+    with open(path, "a") as handle:
+        handle.write(f"{os.getpid()}\n")
+    with open(path) as handle:
+        return len(handle.readlines())
+
+
+def executions(directory, key):
+    path = os.path.join(directory, f"{key}.runs")
+    if not os.path.exists(path):
+        return 0
+    with open(path) as handle:
+        return len(handle.readlines())
+
+
+def kill_self_first_time(directory, x):
+    if note_execution(directory, x) == 1:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return x * 2
+
+
+def exit_three(directory, x):
+    note_execution(directory, x)
+    os._exit(3)
+
+
+def always_raises(directory, x):
+    note_execution(directory, x)
+    raise ArithmeticError(f"bad point {x}")
+
+
+def raises_key_error_first_time(directory, x):
+    if note_execution(directory, x) == 1:
+        raise KeyError("transient")
+    return x
+
+
+def exits_with(directory, how):
+    note_execution(directory, how)
+    kind, status = how.split(":")
+    if kind == "sys":
+        sys.exit(int(status))
+    os._exit(int(status))
+
+
+def stop_self_first_time(directory, x):
+    if note_execution(directory, x) == 1:
+        os.kill(os.getpid(), signal.SIGSTOP)
+    return x
+
+
+def sleep_first_time(directory, x):
+    if note_execution(directory, x) == 1:
+        time.sleep(120)
+    return x
+
+
+def announce_and_sleep_first_time(directory, x):
+    if note_execution(directory, x) == 1:
+        with open(os.path.join(directory, "job"), "w") as handle:
+            handle.write(f"{os.environ['JOB_ID']} {os.environ['SGE_TASK_ID']}")
+        time.sleep(120)
+    return x
+
+
+@pytest.fixture
+def sweep(backend, store, tmp_path):
+    """map_async with the test's backend and store; returns the handle after it ends."""
+    def run(f, items, **options):
+        options.setdefault("progress", False)
+        handle = sheepdog_drmaa.map_async(f, [(str(tmp_path), item) for item in items], backend=backend,
+                                          store=store, **options)
+        assert handle.wait(180), "the sweep did not end within 180 s"
+        return handle
+    return run
+
+
+def causes(handle, index):
+    return [attempt.cause for attempt in handle.attempts(index)]
+
+
+def test_sigkill_on_the_first_attempt_is_retried_and_succeeds(sweep, tmp_path):
+    handle = sweep(kill_self_first_time, [1, 2])
+    assert handle.results() == [2, 4]
+    assert causes(handle, 0) == ["signal", "result"]
+    assert "SIGKILL" in handle.attempts(0)[0].detail["summary"]
+    assert executions(tmp_path, 1) == 2 and executions(tmp_path, 2) == 2
+
+
+def test_an_exit_status_is_recorded_and_retried_until_the_budget_is_spent(sweep, tmp_path):
+    handle = sweep(exit_three, [7], retries=2)
+    with pytest.raises(SweepFailed, match="status 3") as caught:
+        handle.results()
+    [failure] = caught.value.failures
+    assert (failure.cause, failure.attempts) == ("exit", 3)
+    assert [a.cause for a in failure.history] == ["exit", "exit", "exit"]
+    assert executions(tmp_path, 7) == 3
+
+
+def test_an_exception_is_reported_once_and_not_retried(sweep, tmp_path):
+    handle = sweep(always_raises, [5])
+    with pytest.raises(SweepFailed, match="ArithmeticError: bad point 5"):
+        handle.results()
+    assert executions(tmp_path, 5) == 1
+
+
+def test_an_exception_listed_in_retry_exceptions_is_retried(sweep, tmp_path):
+    handle = sweep(raises_key_error_first_time, [3], retry_exceptions=(LookupError,))
+    assert handle.results() == [3]
+    assert causes(handle, 0) == ["exception", "result"]
+    assert executions(tmp_path, 3) == 2
+
+
+@pytest.mark.parametrize("how", ["sys:99", "sys:100"])
+def test_sys_exit_99_and_100_are_task_failures_not_requeues(sweep, tmp_path, how):
+    handle = sweep(exits_with, [how])
+    with pytest.raises(SweepFailed, match="SystemExit") as caught:
+        handle.results()
+    assert caught.value.failures[0].attempts == 1
+    assert executions(tmp_path, how) == 1
+
+
+@pytest.mark.parametrize("how", ["os:99", "os:100"])
+def test_os_exit_99_and_100_never_reach_grid_engine(sweep, tmp_path, how):
+    handle = sweep(exits_with, [how], retries=1)
+    with pytest.raises(SweepFailed) as caught:
+        handle.results()
+    failure = caught.value.failures[0]
+    assert failure.cause == "exit" and "status 98" in failure.summary
+    assert executions(tmp_path, how) == 2  # retried once by us, never requeued by the scheduler
+
+
+def test_a_stopped_worker_is_detected_as_lost_terminated_and_retried(sweep, tmp_path):
+    started = time.monotonic()
+    handle = sweep(stop_self_first_time, [4], heartbeat_interval=0.3, heartbeat_timeout=2)
+    assert handle.results() == [4]
+    assert causes(handle, 0) == ["lost", "result"]
+    assert time.monotonic() - started < 60
+    assert executions(tmp_path, 4) == 2
+
+
+def test_a_task_over_the_timeout_is_terminated_and_retried(sweep, tmp_path):
+    handle = sweep(sleep_first_time, [6], timeout=3)
+    assert handle.results() == [6]
+    assert causes(handle, 0) == ["timeout", "result"]
+    assert executions(tmp_path, 6) == 2
+
+
+@pytest.mark.gridengine
+def test_a_job_deleted_with_qdel_is_retried(store, tmp_path, clean_cluster):
+    handle = sheepdog_drmaa.map_async(announce_and_sleep_first_time, [(str(tmp_path), 8)], backend="drmaa",
+                                      store=store, progress=False)
+    job_file = tmp_path / "job"
+    wait_until(lambda: job_file.exists() and job_file.read_text().strip(), 60, "the task to start")
+    job, task = job_file.read_text().split()
+    subprocess.run(["qdel", job, "-t", task], check=True, capture_output=True)
+    assert handle.wait(120)
+    assert handle.results() == [8]
+    first = handle.attempts(0)[0]
+    assert first.cause == "aborted" and first.host, first
+    assert causes(handle, 0)[1:] == ["result"]
+    assert executions(tmp_path, 8) == 2
+
+
+@pytest.mark.parametrize("python", ["/nonexistent/bin/python", "/bin/false"])
+def test_workers_that_cannot_start_stop_the_sweep_quickly(backend, store, python):
+    started = time.monotonic()
+    with pytest.raises(WorkersCannotStart) as caught:
+        sheepdog_drmaa.map(abs, [1, 2, 3], backend=backend, store=store, python=python, progress=False)
+    assert time.monotonic() - started < 60
+    message = str(caught.value)
+    assert "before reaching the server" in message and python in message
+    if python == "/bin/false":
+        assert "status 1" in message
+
+
+CTRL_C_SCRIPT = textwrap.dedent("""
+    import os, sys, time
+    sys.path.insert(0, {root!r})
+    import sheepdog_drmaa
+
+    def slow(directory, x):
+        with open(os.path.join(directory, f"{{x}}.pid"), "w") as handle:
+            handle.write(str(os.getpid()))
+        time.sleep(300)
+
+    sheepdog_drmaa.map(slow, [({directory!r}, x) for x in range(2)], backend={backend!r},
+                       store={store!r}, progress=False)
+""")
+
+
+def test_ctrl_c_terminates_every_job_before_returning(backend, store, tmp_path):
+    root = os.path.dirname(os.path.dirname(os.path.abspath(sheepdog_drmaa.__file__)))
+    script = tmp_path / "sweep.py"
+    script.write_text(CTRL_C_SCRIPT.format(root=root, directory=str(tmp_path), backend=backend, store=store))
+    client = subprocess.Popen([sys.executable, str(script)], stderr=subprocess.PIPE, text=True)
+    pid_files = [tmp_path / f"{x}.pid" for x in range(2)]
+    wait_until(lambda: all(p.exists() and p.read_text() for p in pid_files), 90, "both tasks to run")
+    client.send_signal(signal.SIGINT)
+    try:
+        _, stderr = client.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        client.kill()
+        pytest.fail("the client did not return within 60 s of Ctrl-C")
+    assert client.returncode != 0 and "KeyboardInterrupt" in stderr
+    for pid_file in pid_files:  # every task process is gone once control returned
+        pid = int(pid_file.read_text())
+        assert not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split()[2] == "Z"
