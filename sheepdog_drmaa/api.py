@@ -87,7 +87,7 @@ def _start(f: Callable[..., Any], args: Iterable[Any], given: Dict[str, Any]):
     record = None
     try:
         record, done = _prepare_record(store, options, function, blobs)
-        if record.state == "finished" and len(done) == record.n_tasks:
+        if len(done) == record.n_tasks:
             return Sweep(store, record, errors=options.errors)
         backend = open_backend(options.backend)
         try:

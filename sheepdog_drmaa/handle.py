@@ -69,7 +69,7 @@ class Sweep:
             raise self.run.outcome
         failures = {f.index: f for f in self.failures()}
         results: List[Any] = []
-        for index, blob in self.store.results(self.id):
+        for index, _, blob in self.store.results(self.id):
             results.append(failures.get(index) if blob is None else pickle.loads(blob))
         if failures and self.errors == "raise":
             ordered = [failures[i] for i in sorted(failures)]
@@ -80,8 +80,7 @@ class Sweep:
     def as_completed(self) -> Iterator[Tuple[int, Any]]:
         """Yield ``(index, result)`` as tasks finish; a failed task yields its TaskFailure."""
         if self.run is None:
-            for index, blob in self.store.results(self.id):
-                state = self._task_state(index)
+            for index, state, blob in self.store.results(self.id):
                 if state in ("done", "failed"):
                     yield index, self._value(index, blob)
             return
@@ -90,9 +89,6 @@ class Sweep:
             if index is None:
                 return
             yield index, self._value(index, self.store.result(self.id, index)[0])
-
-    def _task_state(self, index: int) -> str:
-        return next(s for i, s, _ in self.store.task_states(self.id) if i == index)
 
     def _value(self, index: int, blob: Optional[bytes]) -> Any:
         return pickle.loads(blob) if blob is not None else failure_from_store(self.store, self.id, index)

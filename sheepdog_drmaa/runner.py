@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import socket
 import threading
 import time
 from typing import Any, Dict, List, Optional
@@ -26,6 +27,7 @@ from .sweep import Attempt, StartFailure, SweepState
 log = logging.getLogger(__name__)
 
 POLL_SECONDS = 0.1
+CLAIM_REFRESH_SECONDS = 30.0
 REAP_SECONDS = 15.0
 LOG_TAIL_BYTES = 1500
 
@@ -73,7 +75,8 @@ class Run:
             return {"accepted": False}
         log.debug("worker %s reached the server from %s", message["worker"], message.get("host"))
         return {"accepted": True, "function": self.function,
-                "heartbeat_interval": self.options.heartbeat_interval}
+                "heartbeat_interval": self.options.heartbeat_interval,
+                "heartbeat_timeout": self.options.heartbeat_timeout}
 
     def _lease(self, message: Dict[str, Any]) -> Dict[str, Any]:
         worker = message["worker"]
@@ -139,7 +142,11 @@ class Run:
             self._shut_down()
 
     def _loop(self) -> None:
+        claimed = 0.0
         while True:
+            if time.monotonic() - claimed > CLAIM_REFRESH_SECONDS:
+                self.store.claim(self.sweep_id, os.getpid(), socket.gethostname())
+                claimed = time.monotonic()
             with self.lock:
                 if self.state.finished:
                     return
@@ -208,6 +215,12 @@ class Run:
                 os.unlink(self.key_path)
             except OSError:
                 pass
+            if self.state.finished:
+                final = "failed" if self.state.n_failed else "finished"
+            else:
+                final = "cancelled" if isinstance(self.outcome, SweepCancelled) else "interrupted"
+            self.store.set_sweep_state(self.sweep_id, final)
+            self.store.claim(self.sweep_id, None, None)
             self.completed.put(None)
             self.finished.set()
 

@@ -195,13 +195,13 @@ class Store:
                                    (sweep_id,)).fetchall()
         return iter(rows)
 
-    def results(self, sweep_id: str) -> Iterator[Tuple[int, Optional[bytes]]]:
-        """(index, pickled result or None) in index order, read in pages to bound memory."""
+    def results(self, sweep_id: str) -> Iterator[Tuple[int, str, Optional[bytes]]]:
+        """(index, state, pickled result or None) in index order, read in pages to bound memory."""
         last = -1
         while True:
             with self.lock:
                 rows = self.db.execute(
-                    "SELECT idx, result FROM tasks WHERE sweep_id = ? AND idx > ? ORDER BY idx LIMIT 2000",
+                    "SELECT idx, state, result FROM tasks WHERE sweep_id = ? AND idx > ? ORDER BY idx LIMIT 2000",
                     (sweep_id, last)).fetchall()
             if not rows:
                 return

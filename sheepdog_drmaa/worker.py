@@ -83,25 +83,36 @@ class Channel:
 
 
 class Heartbeat:
-    """Tells the server, every ``interval`` seconds, that the current attempt is alive."""
+    """Tells the server, every ``interval`` seconds, that the current attempt is alive.
 
-    def __init__(self, channel: Channel, interval: float) -> None:
-        self.channel, self.interval = channel, interval
+    If the server stays unreachable for ``give_up_after`` seconds (its client died), the server
+    has written this attempt off as lost anyway, so the worker ends itself rather than burn a slot.
+    """
+
+    def __init__(self, channel: Channel, interval: float, give_up_after: float) -> None:
+        self.channel, self.interval, self.give_up_after = channel, interval, give_up_after
         self.current: Optional[Dict[str, int]] = None
         self.wake = threading.Event()
         thread = threading.Thread(target=self._run, name="sheepdog-heartbeat", daemon=True)
         thread.start()
 
     def _run(self) -> None:
+        last_reached = time.monotonic()
         while True:
             self.wake.wait(self.interval)
             self.wake.clear()
             current = self.current
-            if current is not None:
-                try:
-                    self.channel.call(protocol.ROUTE_HEARTBEAT, current, attempts=1)
-                except ChannelError:
-                    pass  # the next one may get through; silence is what the server watches
+            if current is None:
+                last_reached = time.monotonic()
+                continue
+            try:
+                self.channel.call(protocol.ROUTE_HEARTBEAT, current, attempts=1)
+                last_reached = time.monotonic()
+            except ChannelError as error:
+                if time.monotonic() - last_reached > self.give_up_after:
+                    print(f"sheepdog worker: giving up, the server has been unreachable for "
+                          f"{self.give_up_after:g} s: {error}", file=sys.stderr, flush=True)
+                    os._exit(protocol.EXIT_SERVER_UNREACHABLE)
 
 
 def call_function(function: Callable[..., Any], item: Any) -> Any:
@@ -174,7 +185,7 @@ def serve() -> int:
         function, namespace = cloudpickle.loads(hello["function"])
         if namespace:
             getattr(function, "__globals__", {}).update(namespace)
-        heartbeat = Heartbeat(Channel(url, key, worker_id), hello["heartbeat_interval"])
+        heartbeat = Heartbeat(Channel(url, key, worker_id), hello["heartbeat_interval"], hello["heartbeat_timeout"])
         report: Optional[Dict[str, Any]] = None
         while True:
             reply = channel.call(protocol.ROUTE_LEASE, {"report": report})

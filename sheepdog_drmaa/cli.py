@@ -1,0 +1,165 @@
+"""``sheepdog-drmaa`` / ``python -m sheepdog_drmaa``: look at stored sweeps, fetch results, cancel.
+
+Plain text for a terminal; ``--json`` for scripts. ``--store PATH`` on every command.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import pickle
+import signal
+import socket
+import sys
+import time
+from typing import Any, Dict, Optional, Sequence
+
+from .options import DEFAULT_STORE, ENV_PREFIX
+from .handle import Sweep
+from .store import Store, SweepRecord
+
+CANCEL_WAIT_SECONDS = 60.0
+
+
+def _age(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.0f}{unit}"
+    return f"{seconds:.0f}s"
+
+
+def _counts(store: Store, record: SweepRecord) -> Dict[str, int]:
+    counts = store.counts(record.id)
+    return {"done": counts.get("done", 0), "failed": counts.get("failed", 0),
+            "running": counts.get("running", 0), "queued": counts.get("pending", 0)}
+
+
+def _emit(args: argparse.Namespace, data: Any, text: str) -> None:
+    print(json.dumps(data, default=repr) if args.json else text)
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    store = Store(args.store, readonly=True)
+    rows = []
+    for record in store.sweeps():
+        rows.append({"name": record.name, "id": record.id, "state": record.state, "tasks": record.n_tasks,
+                     "age_seconds": time.time() - record.created, **_counts(store, record)})
+    lines = [f"{'NAME':24} {'STATE':10} {'TASKS':>7} {'DONE':>7} {'FAILED':>7} {'RUNNING':>7} {'QUEUED':>7} AGE"]
+    lines += [f"{(r['name'] or r['id']):24} {r['state']:10} {r['tasks']:7} {r['done']:7} {r['failed']:7} "
+              f"{r['running']:7} {r['queued']:7} {_age(r['age_seconds'])}" for r in rows]
+    _emit(args, rows, "\n".join(lines) if rows else f"no sweeps in {args.store}")
+    return 0
+
+
+def _open(args: argparse.Namespace) -> Sweep:
+    return Sweep.open(args.name, store=args.store)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    sweep = _open(args)
+    attempts = sweep.attempts()
+    by_cause: Dict[str, int] = {}
+    for attempt in attempts:
+        if attempt.cause and attempt.cause != "result":
+            by_cause[attempt.cause] = by_cause.get(attempt.cause, 0) + 1
+    running = sorted({a.worker for a in attempts if a.ended is None})
+    retried = len({a.task for a in attempts if a.number > 1})
+    record = sweep.record
+    data = {"name": record.name, "id": record.id, "state": record.state, "tasks": record.n_tasks,
+            "counts": sweep.status(), "running_jobs": running, "retried_tasks": retried,
+            "failed_attempts_by_cause": by_cause, "owner": record.owner_pid and f"{record.owner_pid}@{record.owner_host}"}
+    counts = data["counts"]
+    text = [f"sweep {record.name or record.id} ({record.id}): {record.state}, {record.n_tasks} tasks",
+            "  " + ", ".join(f"{k} {v}" for k, v in counts.items()),
+            f"  retried tasks: {retried}",
+            "  failed attempts by cause: " + (", ".join(f"{k} {v}" for k, v in sorted(by_cause.items())) or "none"),
+            "  running jobs: " + (" ".join(running) or "none")]
+    if data["owner"]:
+        text.append(f"  client: pid {data['owner']}")
+    _emit(args, data, "\n".join(text))
+    return 0
+
+
+def cmd_failures(args: argparse.Namespace) -> int:
+    failures = _open(args).failures()
+    data = [{"index": f.index, "args": repr(f.args), "cause": f.cause, "attempts": f.attempts, "summary": f.summary,
+             "traceback": f.traceback, "history": [a.__dict__ for a in f.history]} for f in failures]
+    _emit(args, data, "\n".join(f.describe() for f in failures) or "no failed tasks")
+    return 0
+
+
+def cmd_results(args: argparse.Namespace) -> int:
+    sweep = _open(args)
+    pairs = list(sweep.as_completed())
+    if args.pickle:
+        with open(args.pickle, "wb") as handle:
+            pickle.dump(dict(pairs), handle)
+        print(f"{len(pairs)} results written to {args.pickle}", file=sys.stderr)
+        return 0
+    for index, value in pairs:
+        print(json.dumps({"index": index, "result": value}, default=repr))
+    return 0
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    """Stop the owning client (on this host) with SIGINT, then terminate any job it left."""
+    store = Store(args.store)
+    record = store.sweep_named(args.name) or store.sweep(args.name)
+    if record is None:
+        print(f"no sweep named {args.name!r} in {args.store}", file=sys.stderr)
+        return 2
+    if record.owner_pid and record.owner_host == socket.gethostname():
+        try:
+            os.kill(record.owner_pid, signal.SIGINT)
+            deadline = time.monotonic() + CANCEL_WAIT_SECONDS
+            while time.monotonic() < deadline and (store.sweep(record.id) or record).owner_pid:
+                time.sleep(0.2)
+        except ProcessLookupError:
+            pass
+    leftovers = store.live_workers(record.id)
+    if leftovers:
+        from .backends import open_backend
+        backend = open_backend(record.options.get("backend", "auto"))
+        try:
+            backend.terminate(leftovers)
+        finally:
+            backend.close()
+        for worker in leftovers:
+            store.record_worker_ended(record.id, worker)
+    store.claim(record.id, None, None)
+    store.set_sweep_state(record.id, "cancelled")
+    _emit(args, {"name": record.name, "id": record.id, "terminated_jobs": leftovers},
+          f"cancelled {record.name or record.id}; terminated {len(leftovers)} leftover jobs")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--store", default=os.environ.get(ENV_PREFIX + "STORE") or DEFAULT_STORE,
+                        help="the sweep store (default: $SHEEPDOG_STORE or %(default)s)")
+    common.add_argument("--json", action="store_true", help="machine-readable output")
+    parser = argparse.ArgumentParser(prog="sheepdog-drmaa", description="Inspect and control stored sweeps.",
+                                     parents=[common])
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("list", parents=[common], help="sweeps with counts and age").set_defaults(run=cmd_list)
+    for name, run, text in (("status", cmd_status, "counts per state, running jobs, retries, failures by cause"),
+                            ("failures", cmd_failures, "each failed task: index, args, cause, attempts, traceback"),
+                            ("results", cmd_results, "results as JSON lines (or --pickle FILE)"),
+                            ("cancel", cmd_cancel, "stop a sweep and terminate its jobs")):
+        command = commands.add_parser(name, parents=[common], help=text)
+        command.add_argument("name", help="the sweep's name (or id)")
+        command.set_defaults(run=run)
+        if name == "results":
+            command.add_argument("--pickle", metavar="FILE", help="write {index: result} as one pickle to FILE")
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except (KeyError, FileNotFoundError) as error:
+        print(f"sheepdog-drmaa: {error.args[0] if error.args else error}", file=sys.stderr)
+        return 2
