@@ -204,12 +204,10 @@ def _make_run(store: Store, record: SweepRecord, options: Options, function: byt
     os.makedirs(log_dir, exist_ok=True)
     spec = WorkerSpec(python=options.python, environment=_worker_environment(options), working_directory=os.getcwd(),
                       log_dir=log_dir, job_name=options.job_name, queue=options.queue, native_spec=options.native_spec)
-    failures_so_far: Dict[int, int] = {}
     try:
         return Run(store=store, sweep_id=record.id, label=record.name or record.id, n_tasks=record.n_tasks,
                    function=function, backend=backend, spec_without_url=spec, key=key, key_path=key_path,
-                   host=host, bind=bind, port=options.port, options=options, done=done,
-                   failures_so_far=failures_so_far)
+                   host=host, bind=bind, port=options.port, options=options, done=done)
     except BaseException:
         os.unlink(key_path)
         raise

@@ -37,8 +37,7 @@ class Run:
 
     def __init__(self, *, store: Store, sweep_id: str, label: str, n_tasks: int, function: bytes,
                  backend: Backend, spec_without_url: WorkerSpec, key: bytes, key_path: str,
-                 host: str, bind: str, port: int, options: Any, done: List[int],
-                 failures_so_far: Dict[int, int]) -> None:
+                 host: str, bind: str, port: int, options: Any, done: List[int]) -> None:
         self.store, self.sweep_id, self.label = store, sweep_id, label
         self.function, self.backend, self.key_path = function, backend, key_path
         self.options = options
@@ -48,7 +47,7 @@ class Run:
             retry_exceptions=tuple(qualified_name(t) for t in options.retry_exceptions),
             tasks_per_worker=options.tasks_per_worker,
             max_workers=options.workers or options.max_workers, timeout=options.timeout,
-            heartbeat_timeout=options.heartbeat_timeout, done=done, failures_so_far=failures_so_far)
+            heartbeat_timeout=options.heartbeat_timeout, done=done)
         self.completed: "queue.Queue[Optional[int]]" = queue.Queue()
         for index in done:
             self.completed.put(index)

@@ -72,7 +72,6 @@ class SweepState:
         heartbeat_timeout: float = 60.0,
         start_failure_limit: int = 5,
         done: Iterable[int] = (),
-        failures_so_far: Optional[Dict[int, int]] = None,
     ) -> None:
         self.n_tasks = n_tasks
         self.retries = retries
@@ -86,8 +85,8 @@ class SweepState:
         for index in done:
             self.states[index] = TaskState.DONE
         self.pending: Deque[int] = collections.deque(i for i, s in enumerate(self.states) if s is TaskState.PENDING)
-        self.attempt_numbers: Dict[int, int] = dict(failures_so_far or {})
-        self.failure_counts: Dict[int, int] = dict(failures_so_far or {})
+        self.attempt_numbers: Dict[int, int] = {}
+        self.failure_counts: Dict[int, int] = {}
         self.failed_attempts: Dict[int, List[Attempt]] = {}
         self.workers: Dict[str, Worker] = {}
         self.running: Dict[str, Attempt] = {}
