@@ -8,7 +8,7 @@ import os
 import socket
 import sys
 import uuid
-from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Tuple
 
 import cloudpickle
 

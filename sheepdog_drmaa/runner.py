@@ -19,7 +19,6 @@ from .backends import Backend, WorkerSpec, log_paths
 from .errors import SweepCancelled, WorkersCannotStart
 from .failures import Cause, ExitInfo, qualified_name
 from .progress import Progress
-
 from .server import TaskServer, make_app
 from .store import Store
 from .sweep import Attempt, StartFailure, SweepState

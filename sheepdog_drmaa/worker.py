@@ -52,7 +52,7 @@ class Channel:
             except (OSError, http.client.HTTPException) as error:
                 self.close()
                 if attempt == attempts - 1:
-                    raise ChannelError(f"cannot reach the sheepdog server at {self.host}:{self.port}: {error}")
+                    raise ChannelError(f"cannot reach the sheepdog server at {self.host}:{self.port}: {error}") from error
                 time.sleep(CONNECT_BACKOFF * (attempt + 1))
         raise AssertionError("unreachable")
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Dict, List, Optional, Protocol, Sequence
 
 from ..errors import BackendUnavailable, ConfigurationError
@@ -25,7 +25,6 @@ class WorkerSpec:
     job_name: str
     queue: Optional[str] = None
     native_spec: Optional[str] = None
-    extra: Dict[str, str] = field(default_factory=dict)
 
 
 class Backend(Protocol):
