@@ -101,3 +101,27 @@ def test_map_async_handle(backend, store):
     assert sweep.results() == list(range(1, 21))
     assert sweep.status() == {"done": 20, "failed": 0, "running": 0, "queued": 0}
     assert sweep.failures() == []
+
+
+@pytest.mark.gridengine
+def test_arrays_larger_than_the_cluster_allows_are_split(store, clean_cluster, monkeypatch):
+    from sheepdog_drmaa.backends import drmaa as drmaa_backend
+    original = drmaa_backend._read_max_array_size
+    monkeypatch.setattr(drmaa_backend, "_read_max_array_size", lambda: 3)
+    sweep = sheepdog_drmaa.map_async(lambda x: x, range(8), backend="drmaa", store=store, progress=False,
+                                     tasks_per_worker=1)
+    assert sweep.results() == list(range(8))
+    jobs = {attempt.worker.split(".")[0] for attempt in sweep.attempts()}
+    assert len(jobs) >= 3  # 8 workers in arrays of at most 3
+    assert original() == 75000  # what qconf -sconf says on the test cluster
+
+
+def test_the_progress_display_shows_every_count(capsys):
+    from sheepdog_drmaa.progress import Progress
+    progress = Progress(10, True, "demo")
+    progress.update({"done": 4, "failed": 1, "running": 2, "queued": 3})
+    progress.close()
+    shown = capsys.readouterr().err
+    assert "5/10" in shown
+    for words in ("done=4", "failed=1", "running=2", "queued=3"):
+        assert words in shown
