@@ -7,6 +7,7 @@ import logging
 import os
 import socket
 import sys
+import time
 import uuid
 from typing import Any, Callable, Dict, Iterable, List, Tuple
 
@@ -21,6 +22,9 @@ from .runner import Run
 from .store import Store, SweepRecord
 
 log = logging.getLogger(__name__)
+
+# A client refreshes its claim every 30 s (runner.CLAIM_REFRESH_SECONDS); one silent this long is dead.
+STALE_CLAIM_SECONDS = 180.0
 
 OPTION_NAMES = frozenset(f.name for f in dataclasses.fields(Options)) | {"namespace"}
 # Forwarded to the workers from the submit host's environment (beside PYTHONPATH and env=).
@@ -168,9 +172,12 @@ def _prepare_record(store: Store, options: Options, function: bytes, blobs: List
 
 
 def _refuse_if_owned(record: SweepRecord) -> None:
+    """Refuse while another live client runs the sweep: its pid on this host, or a fresh claim elsewhere."""
     if record.owner_pid is None:
         return
     here = socket.gethostname()
+    if record.owner_host != here and time.time() - (record.owner_seen or 0) > STALE_CLAIM_SECONDS:
+        return  # the client on that host stopped refreshing its claim long ago: it is gone
     if record.owner_host == here:
         try:
             os.kill(record.owner_pid, 0)

@@ -162,3 +162,15 @@ def test_the_command_line_on_finished_failed_and_retried_tasks(store, tmp_path):
     loaded = pickle.loads(pickled.read_bytes())
     assert {k: v for k, v in loaded.items() if k != 2} == {0: 0, 1: 1, 3: 3}
     assert "cancelled" in cli(store, "cancel", "mixed")
+
+
+def test_a_stale_claim_from_another_host_does_not_lock_the_sweep(store):
+    sheepdog_drmaa.map(abs, [-1], backend="local", store=store, name="moved", progress=False)
+    database = Store(store)
+    record = database.sweep_named("moved")
+    database.claim(record.id, 12345, "another-host")
+    with pytest.raises(SweepLocked, match="another-host"):
+        sheepdog_drmaa.map(abs, [-1], backend="local", store=store, name="moved", progress=False)
+    database.db.execute("UPDATE sweeps SET owner_seen = owner_seen - 3600 WHERE id = ?", (record.id,))
+    database.db.commit()
+    assert sheepdog_drmaa.map(abs, [-1], backend="local", store=store, name="moved", progress=False) == [1]
