@@ -17,7 +17,7 @@ from typing import Any, Dict, Optional, Sequence
 
 from .options import DEFAULT_STORE, ENV_PREFIX
 from .handle import Sweep
-from .store import Store, SweepRecord
+from .store import Store
 
 CANCEL_WAIT_SECONDS = 60.0
 
@@ -29,12 +29,6 @@ def _age(seconds: float) -> str:
     return f"{seconds:.0f}s"
 
 
-def _counts(store: Store, record: SweepRecord) -> Dict[str, int]:
-    counts = store.counts(record.id)
-    return {"done": counts.get("done", 0), "failed": counts.get("failed", 0),
-            "running": counts.get("running", 0), "queued": counts.get("pending", 0)}
-
-
 def _emit(args: argparse.Namespace, data: Any, text: str) -> None:
     print(json.dumps(data, default=repr) if args.json else text)
 
@@ -44,7 +38,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     rows = []
     for record in store.sweeps():
         rows.append({"name": record.name, "id": record.id, "state": record.state, "tasks": record.n_tasks,
-                     "age_seconds": time.time() - record.created, **_counts(store, record)})
+                     "age_seconds": time.time() - record.created, **Sweep(store, record).status()})
     lines = [f"{'NAME':24} {'STATE':10} {'TASKS':>7} {'DONE':>7} {'FAILED':>7} {'RUNNING':>7} {'QUEUED':>7} AGE"]
     lines += [f"{(r['name'] or r['id']):24} {r['state']:10} {r['tasks']:7} {r['done']:7} {r['failed']:7} "
               f"{r['running']:7} {r['queued']:7} {_age(r['age_seconds'])}" for r in rows]

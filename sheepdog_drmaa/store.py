@@ -167,10 +167,6 @@ class Store:
             rows = self.db.execute(f"SELECT {_SWEEP_COLUMNS} FROM sweeps ORDER BY created").fetchall()
         return [_sweep_record(row) for row in rows]
 
-    def function(self, sweep_id: str) -> bytes:
-        with self.lock:
-            return self.db.execute("SELECT function FROM sweeps WHERE id = ?", (sweep_id,)).fetchone()[0]
-
     def set_sweep_state(self, sweep_id: str, state: str) -> None:
         with self.lock, self.db:
             self.db.execute("UPDATE sweeps SET state = ?, updated = ? WHERE id = ?", (state, time.time(), sweep_id))
