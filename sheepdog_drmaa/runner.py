@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 
 POLL_SECONDS = 0.1
 CLAIM_REFRESH_SECONDS = 30.0
+REMOVAL_BATCH = 50
 REAP_SECONDS = 15.0
 LOG_TAIL_BYTES = 1500
 
@@ -60,6 +61,7 @@ class Run:
         environment[protocol.ENV_KEY_FILE] = key_path
         self.spec = WorkerSpec(**{**spec_without_url.__dict__, "environment": environment})
         self.progress = Progress(n_tasks, options.progress, label)
+        self.to_remove: List[str] = []  # surplus workers not yet removed from the scheduler
         self.cancel_requested = threading.Event()
         self.finished = threading.Event()
         self.outcome: Optional[BaseException] = None
@@ -173,7 +175,10 @@ class Run:
                 counts = self.state.counts()
             if surplus:
                 log.info("removing %d queued workers that are no longer needed", len(surplus))
-                self.backend.terminate(surplus)
+                self.to_remove.extend(surplus)
+            if self.to_remove:  # a batch per turn, so that removing many never holds up the loop
+                batch, self.to_remove = self.to_remove[:REMOVAL_BATCH], self.to_remove[REMOVAL_BATCH:]
+                self.backend.terminate(batch)
             self.progress.update(counts)
 
     def _worker_ended(self, info: ExitInfo) -> None:
@@ -186,19 +191,19 @@ class Run:
     def _shut_down(self) -> None:
         """Terminate every worker still alive, wait (bounded) until the scheduler let them go, stop serving."""
         with self.lock:
-            if self.state.finished:
-                leftover = [w.id for w in self.state.live_workers()]
-                for worker in self.state.workers.values():
-                    worker.terminated = True
-                ended: List[Attempt] = []
-            else:
+            if not self.state.finished:
                 self.cancel_requested.set()
                 running = list(self.state.running.values())
-                leftover = self.state.cancel(time.time())
-                ended = running
-            for attempt in ended:
-                self.store.record_end(self.sweep_id, attempt.task, attempt.number, Cause.CANCELLED.value,
-                                      attempt.ended or time.time(), attempt.detail, "pending")
+                self.state.cancel(time.time())
+                for attempt in running:
+                    self.store.record_end(self.sweep_id, attempt.task, attempt.number, Cause.CANCELLED.value,
+                                          attempt.ended or time.time(), attempt.detail, "pending")
+            # Every worker not known to have ended, already asked to go or not: whole arrays then
+            # go in one scheduler call each.
+            leftover = [w.id for w in self.state.workers.values() if not w.ended]
+            for worker in self.state.workers.values():
+                worker.terminated = True
+        self.to_remove = []
         try:
             if leftover:
                 self.backend.terminate(leftover)

@@ -217,18 +217,16 @@ class SweepState:
         wanted = min(len(self.pending), self.max_workers - len(live))
         return max(wanted, 0)
 
-    def cancel(self, now: float) -> List[str]:
-        """End every running attempt as cancelled; the tasks stay unfinished. Returns live workers."""
+    def cancel(self, now: float) -> None:
+        """End every running attempt as cancelled (the tasks stay unfinished); no worker gets more work."""
         for attempt in list(self.running.values()):
             attempt.cause, attempt.ended = Cause.CANCELLED, now
             attempt.detail = {"summary": "the sweep was cancelled"}
             self.states[attempt.task] = TaskState.PENDING
             self.workers[attempt.worker].attempt = None
         self.running.clear()
-        live = self.live_workers()
-        for worker in live:
+        for worker in self.workers.values():
             worker.terminated = True
-        return [w.id for w in live]
 
     # -- state -----------------------------------------------------------------------------
 

@@ -14,7 +14,8 @@ import pytest
 import sheepdog_drmaa
 from sheepdog_drmaa import SweepFailed, WorkersCannotStart
 
-from conftest import wait_until
+from conftest import qstat_jobs, wait_until
+from sheepdog_drmaa.store import Store
 
 
 def note_execution(directory, key):
@@ -227,3 +228,17 @@ def test_ctrl_c_terminates_every_job_before_returning(backend, store, tmp_path):
     for pid_file in pid_files:  # every task process is gone once control returned
         pid = int(pid_file.read_text())
         assert not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split()[2] == "Z"
+
+
+@pytest.mark.gridengine
+def test_cancel_removes_running_and_queued_workers_of_a_large_array(store, tmp_path, clean_cluster):
+    handle = sheepdog_drmaa.map_async(sleep_first_time, [(str(tmp_path), x) for x in range(300)], backend="drmaa",
+                                      store=store, progress=False)
+    wait_until(lambda: handle.status()["running"] >= 4, 60, "several tasks to run")
+    assert any(" qw " in line for line in qstat_jobs())  # workers still queued beside the running ones
+    handle.cancel()
+    assert handle.wait(0)
+    with pytest.raises(sheepdog_drmaa.SweepCancelled):
+        handle.results()
+    counts = Store(store, readonly=True).counts(handle.id)
+    assert counts.get("done", 0) == 0 and counts.get("running", 0) == 0

@@ -126,8 +126,10 @@ def test_resume_skips_done_tasks():
     assert state.lease("w1", 0) is None  # still holding task 1
 
 
-def test_cancel_ends_running_attempts_and_returns_live_workers():
+def test_cancel_ends_running_attempts_and_gives_no_more_work():
     state = started(2, workers=("a", "b"))
-    state.lease("a", 0)
-    assert sorted(state.cancel(1)) == ["a", "b"]
+    attempt = state.lease("a", 0)
+    state.cancel(1)
+    assert attempt.cause is Cause.CANCELLED
     assert state.states[0] is TaskState.PENDING and not state.running
+    assert state.live_workers() == [] and state.lease("b", 2) is None
