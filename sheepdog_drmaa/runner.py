@@ -95,7 +95,8 @@ class Run:
         return {"lease": {"task": attempt.task, "number": attempt.number, "args": args}}
 
     def _accept_report(self, worker: str, report: Dict[str, Any], now: float) -> None:
-        detail: Dict[str, Any] = {"seconds": report.get("seconds")}
+        usage = report.get("usage")
+        detail: Dict[str, Any] = {"resource_usage": dict(usage) if isinstance(usage, dict) else {}}
         exception = report.get("exception")
         if isinstance(exception, dict):
             cause = Cause.EXCEPTION

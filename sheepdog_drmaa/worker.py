@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import http.client
 import os
+import resource
 import signal
 import sys
 import threading
@@ -125,14 +126,19 @@ def call_function(function: Callable[..., Any], item: Any) -> Any:
 def run_task(function: Callable[..., Any], lease: Dict[str, Any]) -> Dict[str, Any]:
     """Run one leased task; return the report for the server."""
     report: Dict[str, Any] = {"task": lease["task"], "number": lease["number"]}
-    started = time.time()
+    started, before = time.time(), resource.getrusage(resource.RUSAGE_SELF)
     try:
         item = cloudpickle.loads(lease["args"])
         value = call_function(function, item)
         report["result"] = cloudpickle.dumps(value, protocol=5)
     except BaseException as error:  # SystemExit and KeyboardInterrupt from f are task failures too
         report["exception"] = describe_exception(error)
-    report["seconds"] = time.time() - started
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    report["usage"] = {
+        "seconds": time.time() - started,
+        "cpu_seconds": (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime),
+        "max_rss_kb": after.ru_maxrss,  # the worker process's high-water mark so far
+    }
     return report
 
 

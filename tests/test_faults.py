@@ -106,6 +106,7 @@ def test_sigkill_on_the_first_attempt_is_retried_and_succeeds(sweep, tmp_path):
     assert handle.results() == [2, 4]
     assert causes(handle, 0) == ["signal", "result"]
     assert "SIGKILL" in handle.attempts(0)[0].detail["summary"]
+    assert handle.attempts(0)[0].detail["resource_usage"]  # the scheduler's record of the killed worker
     assert executions(tmp_path, 1) == 2 and executions(tmp_path, 2) == 2
 
 

@@ -1,4 +1,6 @@
 """map() end to end, through the local backend and on the real Grid Engine."""
+import time
+
 import numpy as np
 import pytest
 
@@ -125,3 +127,22 @@ def test_the_progress_display_shows_every_count(capsys):
     assert "5/10" in shown
     for words in ("done=4", "failed=1", "running=2", "queued=3"):
         assert words in shown
+
+
+def allocate_and_spin(megabytes):
+    block = bytearray(megabytes * 1024 * 1024)
+    deadline = time.process_time() + 0.2
+    while time.process_time() < deadline:
+        pass
+    return len(block)
+
+
+def test_each_attempt_keeps_its_resource_usage(backend, store):
+    sweep = sheepdog_drmaa.map_async(allocate_and_spin, [64], backend=backend, store=store, progress=False)
+    assert sweep.results() == [64 * 1024 * 1024]
+    [attempt] = sweep.attempts(0)
+    usage = attempt.detail["resource_usage"]
+    assert usage["max_rss_kb"] >= 64 * 1024
+    assert usage["cpu_seconds"] >= 0.2
+    assert usage["seconds"] >= usage["cpu_seconds"] * 0.9
+    assert attempt.host
