@@ -9,7 +9,7 @@ import socket
 import sys
 import time
 import uuid
-from typing import Any, Callable, Dict, Iterable, List, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 import cloudpickle
 
@@ -82,8 +82,8 @@ def _start(f: Callable[..., Any], args: Iterable[Any], given: Dict[str, Any]):
         raise TypeError(f"args must be an iterable of argument tuples or single arguments, "
                         f"got {type(args).__name__}") from None
     options = resolve({k: v for k, v in given.items() if k != "namespace"})
-    function = _pickle("f", (f, namespace))
-    blobs = [_pickle(f"args[{index}] = {item!r:.80}", item) for index, item in enumerate(items)]
+    function = _pickle((f, namespace), "f")
+    blobs = [_pickle(item, "args", index) for index, item in enumerate(items)]
     if not blobs:
         return []
     host, bind = _check_address(options)
@@ -103,17 +103,20 @@ def _start(f: Callable[..., Any], args: Iterable[Any], given: Dict[str, Any]):
     except BaseException:
         if record is not None and record.name is None:
             store.delete_sweep(record.id)
+        store.close()
         raise
     store.claim(record.id, os.getpid(), socket.gethostname())
     store.set_sweep_state(record.id, "running")
     return Sweep(store, record, run, errors=options.errors)
 
 
-def _pickle(what: str, value: Any) -> bytes:
+def _pickle(value: Any, what: str, index: Optional[int] = None) -> bytes:
+    """cloudpickle ``value``; on failure, name it (its repr is made only then: it may be costly)."""
     try:
         return cloudpickle.dumps(value, protocol=5)
     except Exception as error:
-        raise ConfigurationError(f"{what} cannot be serialised with cloudpickle to reach the workers: "
+        name = what if index is None else f"{what}[{index}] = {value!r:.80}"
+        raise ConfigurationError(f"{name} cannot be serialised with cloudpickle to reach the workers: "
                                  f"{type(error).__name__}: {error}") from error
 
 
@@ -195,8 +198,7 @@ def _terminate_leftovers(store: Store, record: SweepRecord, backend: Backend) ->
     if leftovers:
         log.info("terminating %d workers left by an earlier run of sweep %s", len(leftovers), record.name or record.id)
         backend.terminate(leftovers)
-        for worker in leftovers:
-            store.record_worker_ended(record.id, worker)
+        store.record_workers_ended(record.id, leftovers)
 
 
 def _make_run(store: Store, record: SweepRecord, options: Options, function: bytes, backend: Backend,

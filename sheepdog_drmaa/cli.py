@@ -119,8 +119,7 @@ def cmd_cancel(args: argparse.Namespace) -> int:
             backend.terminate(leftovers)
         finally:
             backend.close()
-        for worker in leftovers:
-            store.record_worker_ended(record.id, worker)
+        store.record_workers_ended(record.id, leftovers)
     store.claim(record.id, None, None)
     store.set_sweep_state(record.id, "cancelled")
     _emit(args, {"name": record.name, "id": record.id, "terminated_jobs": leftovers},

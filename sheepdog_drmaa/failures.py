@@ -65,7 +65,7 @@ def _signaled(info: ExitInfo) -> Ending:
 _WORKER_STATUSES = {
     EXIT_RESERVED_STATUS: " (the task exited with 99 or 100, which Grid Engine reserves; the worker passed it on as 98)",
     EXIT_SERVER_UNREACHABLE: " (the worker could not reach the sheepdog server; see its stderr file)",
-    EXIT_BAD_CONFIGURATION: " (the worker's job environment was incomplete; see its stderr file)",
+    EXIT_BAD_CONFIGURATION: " (the worker could not load its configuration or the function; see its stderr file)",
     127: " (command not found: check python=)",
 }
 
@@ -110,7 +110,3 @@ def is_retryable(cause: Cause, exception_types: Tuple[str, ...] = (), retry_exce
     if cause is Cause.EXCEPTION:
         return any(name in retry_exceptions for name in exception_types)
     return False
-
-
-def qualified_name(cls: type) -> str:
-    return f"{cls.__module__}.{cls.__qualname__}"

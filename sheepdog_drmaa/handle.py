@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import pickle
 import threading
-import time
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 from .errors import SweepFailed
@@ -19,6 +18,7 @@ class Sweep:
     def __init__(self, store: Store, record: SweepRecord, run: Optional[Run] = None, errors: str = "raise") -> None:
         self.store, self.record, self.run, self.errors = store, record, run, errors
         self._thread: Optional[threading.Thread] = None
+        self._streamed = False
 
     @classmethod
     def open(cls, name: str, store: str = DEFAULT_STORE) -> "Sweep":
@@ -78,12 +78,16 @@ class Sweep:
         return results
 
     def as_completed(self) -> Iterator[Tuple[int, Any]]:
-        """Yield ``(index, result)`` as tasks finish; a failed task yields its TaskFailure."""
-        if self.run is None:
+        """Yield ``(index, result)`` as tasks finish; a failed task yields its TaskFailure.
+
+        The live stream of a running sweep can be read once; later calls read the store.
+        """
+        if self.run is None or self._streamed:
             for index, state, blob in self.store.results(self.id):
                 if state in ("done", "failed"):
                     yield index, self._value(index, blob)
             return
+        self._streamed = True
         while True:
             index = self.run.completed.get()
             if index is None:
@@ -117,5 +121,4 @@ class Sweep:
             raise RuntimeError("this Sweep was opened read-only; cancel it from its own process "
                                "or with `sheepdog-drmaa cancel NAME`")
         self.run.cancel_requested.set()
-        deadline = time.monotonic() + timeout
-        self.run.finished.wait(max(0.0, deadline - time.monotonic()))
+        self.run.finished.wait(timeout)

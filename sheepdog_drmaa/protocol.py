@@ -26,6 +26,7 @@ ENV_WORKER_ID = "SHEEPDOG_WORKER_ID"
 ROUTE_HELLO = "/hello"
 ROUTE_LEASE = "/lease"
 ROUTE_HEARTBEAT = "/heartbeat"
+ROUTE_SETUP_FAILED = "/setup-failed"
 
 HEADER_SIGNATURE = "X-Sheepdog-Signature"
 HEADER_NONCE = "X-Sheepdog-Nonce"
@@ -41,6 +42,11 @@ GRID_ENGINE_RESERVED = (99, 100)
 
 # How far a request's timestamp may be from the server's clock, in seconds.
 REPLAY_WINDOW = 300.0
+
+
+def qualified_name(cls: type) -> str:
+    """How exception classes are named across the channel: ``module.QualName``."""
+    return f"{cls.__module__}.{cls.__qualname__}"
 
 
 def new_key() -> bytes:

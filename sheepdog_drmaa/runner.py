@@ -6,6 +6,7 @@ server's threads handle hellos, leases, reports and heartbeats. Both go through 
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import queue
@@ -17,7 +18,7 @@ from typing import Any, Dict, List, Optional
 from . import protocol
 from .backends import Backend, WorkerSpec, log_paths
 from .errors import SweepCancelled, WorkersCannotStart
-from .failures import Cause, ExitInfo, qualified_name
+from .failures import Cause, ExitInfo
 from .progress import Progress
 from .server import TaskServer, make_app
 from .store import Store
@@ -44,7 +45,7 @@ class Run:
         self.lock = threading.RLock()
         self.state = SweepState(
             n_tasks, retries=options.retries,
-            retry_exceptions=tuple(qualified_name(t) for t in options.retry_exceptions),
+            retry_exceptions=tuple(protocol.qualified_name(t) for t in options.retry_exceptions),
             tasks_per_worker=options.tasks_per_worker,
             max_workers=options.workers or options.max_workers, timeout=options.timeout,
             heartbeat_timeout=options.heartbeat_timeout, done=done)
@@ -52,14 +53,13 @@ class Run:
         for index in done:
             self.completed.put(index)
         handlers = {protocol.ROUTE_HELLO: self._hello, protocol.ROUTE_LEASE: self._lease,
-                    protocol.ROUTE_HEARTBEAT: self._heartbeat}
+                    protocol.ROUTE_HEARTBEAT: self._heartbeat, protocol.ROUTE_SETUP_FAILED: self._setup_failed}
         self.server = TaskServer(make_app(key, handlers), bind, port)
-        url_host = f"[{host}]" if ":" in host else host
-        self.url = f"http://{url_host}:{self.server.port}"
+        self.url = self.server.url_for(host)
         environment = dict(spec_without_url.environment)
         environment[protocol.ENV_URL] = self.url
         environment[protocol.ENV_KEY_FILE] = key_path
-        self.spec = WorkerSpec(**{**spec_without_url.__dict__, "environment": environment})
+        self.spec = dataclasses.replace(spec_without_url, environment=environment)
         self.progress = Progress(n_tasks, options.progress, label)
         self.to_remove: List[str] = []  # surplus workers not yet removed from the scheduler
         self.cancel_requested = threading.Event()
@@ -77,6 +77,14 @@ class Run:
         return {"accepted": True, "function": self.function,
                 "heartbeat_interval": self.options.heartbeat_interval,
                 "heartbeat_timeout": self.options.heartbeat_timeout}
+
+    def _setup_failed(self, message: Dict[str, Any]) -> Dict[str, Any]:
+        error = message.get("error")
+        text = error.get("traceback", "") if isinstance(error, dict) else ""
+        log.warning("worker %s could not load the function:\n%s", message["worker"], text)
+        with self.lock:
+            self.state.setup_failed(message["worker"], text)
+        return {}
 
     def _lease(self, message: Dict[str, Any]) -> Dict[str, Any]:
         worker = message["worker"]
@@ -185,7 +193,7 @@ class Run:
     def _worker_ended(self, info: ExitInfo) -> None:
         with self.lock:
             attempt = self.state.worker_ended(info, time.time())
-            self.store.record_worker_ended(self.sweep_id, info.worker)
+            self.store.record_workers_ended(self.sweep_id, [info.worker])
             if attempt is not None:
                 self._persist_end(attempt)
 
@@ -208,7 +216,9 @@ class Run:
         try:
             if leftover:
                 self.backend.terminate(leftover)
-            if not self.state.finished:
+            if self.state.finished:  # idle or queued workers, asked to go: nothing to wait for
+                self.store.record_workers_ended(self.sweep_id, leftover)
+            else:
                 self._reap_all()
         finally:
             self.server.stop()
@@ -235,15 +245,15 @@ class Run:
                 return
             info = self.backend.wait_any(POLL_SECONDS)
             if info is not None:
-                with self.lock:
-                    self.state.worker_ended(info, time.time())
-                    self.store.record_worker_ended(self.sweep_id, info.worker)
+                self._worker_ended(info)
 
     def _start_failure_message(self, failure: StartFailure) -> str:
-        paths = log_paths(self.spec, failure.worker)
-        tails = "\n".join(f"--- {name} of worker {failure.worker} ({path}):\n{_tail(path)}"
-                          for name, path in paths.items())
-        return (f"{failure.count} workers in a row ended before reaching the server at {self.url}; the last, "
+        if failure.setup_error:
+            tails = f"It reached the server but could not load the function:\n{failure.setup_error.rstrip()}"
+        else:
+            tails = "\n".join(f"--- {name} of worker {failure.worker} ({path}):\n{_tail(path)}"
+                              for name, path in log_paths(self.spec, failure.worker).items())
+        return (f"{failure.count} workers in a row ended before they could run a task from {self.url}; the last, "
                 f"{failure.worker}: {failure.ending.summary}.\n{tails}\n"
                 f"Check that python={self.spec.python!r} exists on the execution nodes with sheepdog_drmaa and "
                 f"cloudpickle importable, and that the nodes can reach {self.url} (see host=).")

@@ -82,10 +82,13 @@ class TaskServer:
                                         name="sheepdog-server", daemon=True)
         self._thread.start()
 
+    def url_for(self, host: str) -> str:
+        """The address of this server as workers reach it through ``host``."""
+        return f"http://[{host}]:{self.port}" if ":" in host else f"http://{host}:{self.port}"
+
     @property
     def url(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
+        return self.url_for(self.host)
 
     def stop(self) -> None:
         self.server.shutdown()

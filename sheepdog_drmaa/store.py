@@ -257,10 +257,11 @@ class Store:
             self.db.executemany("INSERT OR IGNORE INTO workers (sweep_id, id, submitted) VALUES (?,?,?)",
                                 ((sweep_id, worker, now) for worker in ids))
 
-    def record_worker_ended(self, sweep_id: str, worker: str) -> None:
+    def record_workers_ended(self, sweep_id: str, ids: Iterable[str]) -> None:
+        now = time.time()
         with self.lock, self.db:
-            self.db.execute("UPDATE workers SET ended = ? WHERE sweep_id = ? AND id = ?",
-                            (time.time(), sweep_id, worker))
+            self.db.executemany("UPDATE workers SET ended = ? WHERE sweep_id = ? AND id = ?",
+                                ((now, sweep_id, worker) for worker in ids))
 
     def live_workers(self, sweep_id: str) -> List[str]:
         """Workers submitted and not known to have ended."""

@@ -41,6 +41,7 @@ class Worker:
     id: str
     reached: bool = False        # said hello to the server
     host: Optional[str] = None   # the execution host it said hello from
+    setup_error: Optional[str] = None  # why it could not load the function, if it could not
     attempt: Optional[Attempt] = None
     tasks_leased: int = 0
     retiring: bool = False       # told there is no more work; will exit on its own
@@ -55,6 +56,7 @@ class StartFailure:
     worker: str
     ending: Ending
     count: int
+    setup_error: Optional[str] = None
 
 
 class SweepState:
@@ -110,16 +112,23 @@ class SweepState:
         if worker is None or worker.ended or worker.terminated:
             return False
         worker.reached, worker.host = True, host
-        self.early_deaths = 0
         return True
+
+    def setup_failed(self, worker_id: str, error: str) -> None:
+        """A worker reached the server but could not load the function (a module missing on the node)."""
+        worker = self.workers.get(worker_id)
+        if worker is not None:
+            worker.setup_error = error
+            worker.retiring = True
 
     def lease(self, worker_id: str, now: float) -> Optional[Attempt]:
         """Give the worker the next pending task, or None: it should exit."""
         worker = self.workers.get(worker_id)
-        if worker is None or worker.ended or worker.terminated or not worker.reached:
+        if worker is None or worker.ended or worker.terminated or not worker.reached or worker.retiring:
             return None
         if worker.attempt is not None:  # a worker asks again only after reporting; be safe
             return None
+        self.early_deaths = 0  # a worker got going: whatever killed the earlier ones is not general
         full = self.tasks_per_worker is not None and worker.tasks_leased >= self.tasks_per_worker
         if full or not self.pending:
             worker.retiring = True
@@ -162,9 +171,9 @@ class SweepState:
         attempt = self.running.get(info.worker)
         if worker.terminated:
             return None
-        if not worker.reached and not ending.clean:
+        if worker.tasks_leased == 0 and not ending.clean:
             self.early_deaths += 1
-            self.last_early_death = StartFailure(info.worker, ending, self.early_deaths)
+            self.last_early_death = StartFailure(info.worker, ending, self.early_deaths, worker.setup_error)
         if attempt is None:
             return None
         detail = {"summary": ending.summary, "exit_status": info.exit_status, "signal": info.signal,

@@ -148,7 +148,7 @@ def describe_exception(error: BaseException) -> Dict[str, Any]:
     except Exception:
         pickled = None
     return {
-        "types": [f"{cls.__module__}.{cls.__qualname__}" for cls in type(error).__mro__],
+        "types": [protocol.qualified_name(cls) for cls in type(error).__mro__],
         "type": type(error).__qualname__,
         "message": str(error),
         "traceback": "".join(traceback.format_exception(type(error), error, _user_frames(error.__traceback__))),
@@ -188,7 +188,14 @@ def serve() -> int:
         hello = channel.call(protocol.ROUTE_HELLO, {"host": os.uname().nodename, "pid": os.getpid()})
         if not hello.get("accepted"):
             return protocol.EXIT_OK
-        function, namespace = cloudpickle.loads(hello["function"])
+        try:
+            function, namespace = cloudpickle.loads(hello["function"])
+        except Exception as error:  # f's module is not importable here, most often
+            described = describe_exception(error)
+            print(f"sheepdog worker {worker_id}: cannot load the function:\n{described['traceback']}",
+                  file=sys.stderr)
+            channel.call(protocol.ROUTE_SETUP_FAILED, {"error": described})
+            return protocol.EXIT_BAD_CONFIGURATION
         if namespace:
             getattr(function, "__globals__", {}).update(namespace)
         heartbeat = Heartbeat(Channel(url, key, worker_id), hello["heartbeat_interval"], hello["heartbeat_timeout"])

@@ -192,9 +192,22 @@ def test_workers_that_cannot_start_stop_the_sweep_quickly(backend, store, python
         sheepdog_drmaa.map(abs, [1, 2, 3], backend=backend, store=store, python=python, progress=False)
     assert time.monotonic() - started < 60
     message = str(caught.value)
-    assert "before reaching the server" in message and python in message
+    assert "before they could run a task" in message and python in message
     if python == "/bin/false":
         assert "status 1" in message
+
+
+def test_a_function_whose_module_the_nodes_cannot_import_stops_the_sweep_with_the_import_error(
+        backend, store, tmp_path, monkeypatch):
+    (tmp_path / "only_on_the_submit_host.py").write_text("def double(x):\n    return 2 * x\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    from only_on_the_submit_host import double
+    with pytest.raises(WorkersCannotStart) as caught:
+        sheepdog_drmaa.map(double, [1, 2, 3], backend=backend, store=store, progress=False,
+                           env={"PYTHONPATH": "/nonexistent"})  # what the nodes would see
+    message = str(caught.value)
+    assert "could not load the function" in message
+    assert "No module named 'only_on_the_submit_host'" in message
 
 
 CTRL_C_SCRIPT = textwrap.dedent("""

@@ -103,6 +103,7 @@ def test_map_async_handle(backend, store):
     assert sweep.results() == list(range(1, 21))
     assert sweep.status() == {"done": 20, "failed": 0, "running": 0, "queued": 0}
     assert sweep.failures() == []
+    assert dict(sweep.as_completed()) == seen  # a second reading comes from the store
 
 
 @pytest.mark.gridengine

@@ -79,13 +79,26 @@ def test_workers_that_never_arrive_stop_the_sweep_after_the_limit():
     assert state.start_failure.count == 3 and state.start_failure.worker == "c"
 
 
-def test_a_worker_reaching_the_server_resets_the_start_failure_count():
+def test_a_worker_getting_going_resets_the_start_failure_count():
     state = SweepState(3, start_failure_limit=2)
     state.add_workers(["a", "b", "c"])
     state.worker_ended(ExitInfo("a", exited=True, exit_status=1), now=0)
     state.hello("b")
+    state.lease("b", now=0)
     state.worker_ended(ExitInfo("c", exited=True, exit_status=1), now=0)
     assert state.start_failure is None
+
+
+def test_workers_that_reach_the_server_but_cannot_load_the_function_count_as_not_starting():
+    state = SweepState(3, start_failure_limit=2)
+    state.add_workers(["a", "b"])
+    for worker in ["a", "b"]:
+        state.hello(worker)
+        state.setup_failed(worker, "ModuleNotFoundError: No module named 'mine'")
+        assert state.lease(worker, now=0) is None
+        state.worker_ended(ExitInfo(worker, exited=True, exit_status=71), now=0)
+    assert state.start_failure.count == 2
+    assert "No module named 'mine'" in state.start_failure.setup_error
 
 
 def test_surplus_workers_are_removed_once_all_tasks_are_leased_and_their_endings_ignored():
