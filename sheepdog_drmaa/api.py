@@ -1,21 +1,24 @@
 """``map`` and ``map_async``: check the input, store the sweep, start it, hand back results."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import logging
 import os
+import signal
 import socket
 import sys
+import threading
 import time
 import uuid
-from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple
 
 import cloudpickle
 
 from . import protocol
 from .backends import Backend, WorkerSpec, open_backend
-from .errors import ConfigurationError, SweepLocked, SweepMismatch
+from .errors import ConfigurationError, SweepCancelled, SweepLocked, SweepMismatch
 from .handle import Sweep
 from .options import Options, resolve
 from .runner import Run
@@ -53,8 +56,29 @@ def map(f: Callable[..., Any], args: Iterable[Any], **options: Any) -> List[Any]
     if isinstance(sweep, list):
         return sweep
     if sweep.run is not None:
-        sweep.run.drive()
+        with _termination_cancels():
+            sweep.run.drive()
     return sweep.results()
+
+
+@contextlib.contextmanager
+def _termination_cancels() -> Iterator[None]:
+    """While ``map`` runs in the main thread, SIGTERM and SIGHUP (a closed ssh session, a kill)
+    end the sweep as Ctrl-C does, so that its jobs are terminated instead of left behind."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def cancel(signum: int, frame: Any) -> None:
+        raise SweepCancelled(f"the client received {signal.Signals(signum).name}; every job of the sweep was "
+                             "terminated (a named sweep can be resumed)")
+
+    previous = {signum: signal.signal(signum, cancel) for signum in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def map_async(f: Callable[..., Any], args: Iterable[Any], **options: Any) -> Sweep:

@@ -11,6 +11,8 @@ import sqlite3
 import threading
 import time
 from dataclasses import dataclass
+
+from .errors import ConfigurationError
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple
 
 SCHEMA = """
@@ -105,11 +107,16 @@ class Store:
                 raise FileNotFoundError(f"no sweep store at {path}")
             self.db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False, timeout=30)
         else:
-            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-            self.db = sqlite3.connect(path, check_same_thread=False, timeout=30)
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA synchronous=NORMAL")
-            self.db.executescript(SCHEMA)
+            try:
+                os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+                self.db = sqlite3.connect(path, check_same_thread=False, timeout=30)
+                self.db.execute("PRAGMA journal_mode=WAL")
+                self.db.execute("PRAGMA synchronous=NORMAL")
+                self.db.executescript(SCHEMA)
+            except (OSError, sqlite3.Error) as error:
+                raise ConfigurationError(
+                    f"cannot open the sweep store {path!r} ({error}); pass store= (or set SHEEPDOG_STORE) to a "
+                    "writable path") from error
         self.lock = threading.RLock()
 
     def close(self) -> None:

@@ -225,20 +225,22 @@ CTRL_C_SCRIPT = textwrap.dedent("""
 """)
 
 
-def test_ctrl_c_terminates_every_job_before_returning(backend, store, tmp_path):
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP], ids=["ctrl-c", "sigterm", "sighup"])
+def test_stopping_the_client_terminates_every_job_before_it_exits(backend, store, tmp_path, stop):
     root = os.path.dirname(os.path.dirname(os.path.abspath(sheepdog_drmaa.__file__)))
     script = tmp_path / "sweep.py"
     script.write_text(CTRL_C_SCRIPT.format(root=root, directory=str(tmp_path), backend=backend, store=store))
     client = subprocess.Popen([sys.executable, str(script)], stderr=subprocess.PIPE, text=True)
     pid_files = [tmp_path / f"{x}.pid" for x in range(2)]
     wait_until(lambda: all(p.exists() and p.read_text() for p in pid_files), 90, "both tasks to run")
-    client.send_signal(signal.SIGINT)
+    client.send_signal(stop)
     try:
         _, stderr = client.communicate(timeout=60)
     except subprocess.TimeoutExpired:
         client.kill()
-        pytest.fail("the client did not return within 60 s of Ctrl-C")
-    assert client.returncode != 0 and "KeyboardInterrupt" in stderr
+        pytest.fail(f"the client did not exit within 60 s of {stop.name}")
+    assert client.returncode != 0
+    assert ("KeyboardInterrupt" if stop == signal.SIGINT else "SweepCancelled") in stderr
     for pid_file in pid_files:  # every task process is gone once control returned
         pid = int(pid_file.read_text())
         assert not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split()[2] == "Z"

@@ -114,3 +114,9 @@ def test_auto_falls_back_to_local_with_a_warning(store, monkeypatch, caplog):
     monkeypatch.setattr(drmaa_backend, "_import_drmaa", lambda: (_ for _ in ()).throw(BackendUnavailable("no lib")))
     assert sheepdog_drmaa.map(abs, [-1, -2], backend="auto", store=store, progress=False) == [1, 2]
     assert "running workers as local processes" in caplog.text and "no lib" in caplog.text
+
+
+def test_a_store_that_cannot_be_written(local_map, tmp_path):
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ConfigurationError, match="cannot open the sweep store.*store="):
+        local_map(abs, [1], store=str(tmp_path / "file" / "sweeps.sqlite"))
