@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+import ipaddress
 import logging
 import os
 import signal
@@ -118,6 +119,8 @@ def _start(f: Callable[..., Any], args: Iterable[Any], given: Dict[str, Any]):
         if len(done) == record.n_tasks:
             return Sweep(store, record, errors=options.errors)
         backend = open_backend(options.backend)
+        if backend.name == "drmaa":
+            _warn_if_loopback(host)
         try:
             _terminate_leftovers(store, record, backend)
             run = _make_run(store, record, options, function, backend, host, bind, done)
@@ -150,6 +153,15 @@ def _digest(blobs: Iterable[bytes]) -> str:
         digest.update(len(blob).to_bytes(8, "little"))
         digest.update(blob)
     return digest.hexdigest()
+
+
+def _warn_if_loopback(host: str) -> None:
+    """Workers on other nodes cannot reach a loopback address (Debian maps its own name to 127.0.1.1)."""
+    addresses = {info[4][0] for info in socket.getaddrinfo(host, None)}
+    if addresses and all(ipaddress.ip_address(a.split("%")[0]).is_loopback for a in addresses):
+        log.warning("host=%r resolves only to the loopback address %s: workers on other nodes cannot reach the "
+                    "server. Fine on a one-node cluster; otherwise pass host= a name or address of this machine "
+                    "on the cluster network.", host, ", ".join(sorted(addresses)))
 
 
 def _check_address(options: Options) -> Tuple[str, str]:

@@ -120,3 +120,9 @@ def test_a_store_that_cannot_be_written(local_map, tmp_path):
     (tmp_path / "file").write_text("")
     with pytest.raises(ConfigurationError, match="cannot open the sweep store.*store="):
         local_map(abs, [1], store=str(tmp_path / "file" / "sweeps.sqlite"))
+
+
+@pytest.mark.gridengine
+def test_a_loopback_host_is_warned_about_on_a_cluster(store, caplog, clean_cluster):
+    assert sheepdog_drmaa.map(abs, [-1], backend="drmaa", store=store, progress=False, host="127.0.0.1") == [1]
+    assert "resolves only to the loopback address 127.0.0.1" in caplog.text
