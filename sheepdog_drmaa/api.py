@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import ipaddress
 import logging
@@ -155,6 +156,7 @@ def _digest(blobs: Iterable[bytes]) -> str:
     return digest.hexdigest()
 
 
+@functools.lru_cache(maxsize=None)  # once per host and process
 def _warn_if_loopback(host: str) -> None:
     """Workers on other nodes cannot reach a loopback address (Debian maps its own name to 127.0.1.1)."""
     addresses = {info[4][0] for info in socket.getaddrinfo(host, None)}

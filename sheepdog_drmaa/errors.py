@@ -16,6 +16,14 @@ class BackendUnavailable(SheepdogError):
     """The requested scheduler backend cannot be used on this machine."""
 
 
+class SchedulerUnreachable(SheepdogError):
+    """The scheduler cannot be reached for now (qmaster restarting, say); worth trying again later."""
+
+
+class SubmissionRefused(SheepdogError):
+    """The scheduler refused the workers' job: an unknown queue or resource, a bad native option."""
+
+
 class WorkersCannotStart(SheepdogError):
     """Workers keep dying before they reach the server, so the sweep cannot make progress."""
 

@@ -17,7 +17,7 @@ from typing import Any, Dict, List, Optional
 
 from . import protocol
 from .backends import Backend, WorkerSpec, log_paths
-from .errors import SweepCancelled, WorkersCannotStart
+from .errors import SchedulerUnreachable, SweepCancelled, WorkersCannotStart
 from .failures import Cause, ExitInfo
 from .progress import Progress
 from .server import TaskServer, make_app
@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 POLL_SECONDS = 0.1
 CLAIM_REFRESH_SECONDS = 30.0
 REMOVAL_BATCH = 50
+SUBMIT_RETRY_SECONDS = 10.0
 REAP_SECONDS = 15.0
 LOG_TAIL_BYTES = 1500
 
@@ -151,7 +152,7 @@ class Run:
             self._shut_down()
 
     def _loop(self) -> None:
-        claimed = 0.0
+        claimed = submit_after = 0.0
         while True:
             if time.monotonic() - claimed > CLAIM_REFRESH_SECONDS:
                 self.store.claim(self.sweep_id, os.getpid(), socket.gethostname())
@@ -163,12 +164,18 @@ class Run:
                     raise SweepCancelled(f"sweep {self.label} was cancelled")
                 if self.state.start_failure is not None:
                     raise WorkersCannotStart(self._start_failure_message(self.state.start_failure))
-                wanted = self.state.workers_to_submit()
+                wanted = self.state.workers_to_submit() if time.monotonic() >= submit_after else 0
                 if wanted:
-                    ids = self.backend.submit(wanted, self.spec)
-                    self.state.add_workers(ids)
-                    self.store.record_workers(self.sweep_id, ids)
-                    log.info("submitted %d workers (%s..%s)", len(ids), ids[0], ids[-1])
+                    try:
+                        ids = self.backend.submit(wanted, self.spec)
+                    except SchedulerUnreachable as error:
+                        log.warning("%s; trying again in %g s", error, SUBMIT_RETRY_SECONDS)
+                        submit_after = time.monotonic() + SUBMIT_RETRY_SECONDS
+                        ids = []
+                    if ids:
+                        self.state.add_workers(ids)
+                        self.store.record_workers(self.sweep_id, ids)
+                        log.info("submitted %d workers (%s..%s)", len(ids), ids[0], ids[-1])
             info = self.backend.wait_any(POLL_SECONDS)
             while info is not None:
                 self._worker_ended(info)

@@ -258,3 +258,21 @@ def test_cancel_removes_running_and_queued_workers_of_a_large_array(store, tmp_p
         handle.results()
     counts = Store(store, readonly=True).counts(handle.id)
     assert counts.get("done", 0) == 0 and counts.get("running", 0) == 0
+
+
+def sleep_two_seconds(directory, x):
+    note_execution(directory, x)
+    time.sleep(2)
+    return x
+
+
+@pytest.mark.gridengine
+def test_a_queued_worker_deleted_with_qdel_is_replaced(store, tmp_path, clean_cluster):
+    handle = sheepdog_drmaa.map_async(sleep_two_seconds, [(str(tmp_path), x) for x in range(10)], backend="drmaa",
+                                      store=store, progress=False, tasks_per_worker=1)
+    queued = wait_until(lambda: [line.split() for line in qstat_jobs() if " qw " in line], 60, "queued workers")
+    job = queued[0][0]
+    subprocess.run(["qdel", job, "-t", "10"], check=True, capture_output=True)
+    assert handle.wait(120), "the sweep hung after a queued worker was deleted"
+    assert handle.results() == list(range(10))
+    assert all(executions(tmp_path, x) == 1 for x in range(10))

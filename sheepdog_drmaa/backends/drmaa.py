@@ -15,7 +15,7 @@ import threading
 import time
 from typing import Any, Deque, Dict, List, Optional, Sequence, Set
 
-from ..errors import BackendUnavailable
+from ..errors import BackendUnavailable, SchedulerUnreachable, SubmissionRefused
 from ..failures import ExitInfo
 from . import WorkerSpec, log_paths, worker_command
 
@@ -23,6 +23,9 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MAX_ARRAY_SIZE = 75_000
 POLL_SECONDS = 0.02
+# How often to look for workers whose end wait() never reported (lost during a qmaster outage).
+RECONCILE_SECONDS = 60.0
+RECONCILE_AFTER_ERROR_SECONDS = 5.0
 TLS_FIX = "GLIBC_TUNABLES=glibc.rtld.optional_static_tls=4096"
 DEBIAN_LIBRARY = "/usr/lib/gridengine-drmaa/lib/libdrmaa.so.1.0"
 DEBIAN_SGE_ROOT = "/var/lib/gridengine"
@@ -133,6 +136,7 @@ class DrmaaBackend:
         self.max_array_size = _read_max_array_size()
         self._mailbox: Deque[ExitInfo] = collections.deque()
         self._unreaped: Dict[str, Set[str]] = {}  # array job id -> its task ids not yet reported ended
+        self._next_reconcile = time.monotonic() + RECONCILE_SECONDS
         self._closed = False
 
     def submit(self, count: int, spec: WorkerSpec) -> List[str]:
@@ -161,6 +165,12 @@ class DrmaaBackend:
                     size = min(remaining, self.max_array_size)
                     ids.extend(self.session.runBulkJobs(template, 1, size, 1))
                     remaining -= size
+            except (self.drmaa.errors.DrmCommunicationException, self.drmaa.errors.TryLaterException) as error:
+                raise SchedulerUnreachable(f"cannot reach Grid Engine's qmaster to submit workers: {error}") from error
+            except self.drmaa.errors.DeniedByDrmException as error:
+                raise SubmissionRefused(
+                    f"Grid Engine refused the workers' job: {error}. Check queue={spec.queue!r} and "
+                    f"native_spec={spec.native_spec!r}.") from error
             finally:
                 self.session.deleteJobTemplate(template)
             for worker_id in ids:
@@ -176,6 +186,9 @@ class DrmaaBackend:
                 return self._mailbox.popleft()
             with _shared.lock:
                 if self._mailbox:
+                    continue
+                if time.monotonic() >= self._next_reconcile:
+                    self._reconcile()
                     continue
                 info = self._wait_once()
                 if info is not None:
@@ -197,6 +210,17 @@ class DrmaaBackend:
             job = self.session.wait(drmaa.Session.JOB_IDS_SESSION_ANY, drmaa.Session.TIMEOUT_NO_WAIT)
         except (drmaa.errors.ExitTimeoutException, drmaa.errors.InvalidJobException):
             return None  # nothing finished yet, or no job of this session left to wait for
+        except (drmaa.errors.DrmCommunicationException, drmaa.errors.TryLaterException) as error:
+            # qmaster restarting, say: the workers carry on over HTTP; ask again on the next turn.
+            log.warning("cannot reach Grid Engine's qmaster for exit information (will keep asking): %s", error)
+            self._next_reconcile = time.monotonic() + RECONCILE_AFTER_ERROR_SECONDS
+            return None
+        except Exception as error:
+            # A task deleted while still queued (qdel from outside) makes wait(ANY) fail with
+            # "no usage information" (DRMAA error 24) without saying which job it was: look.
+            log.info("wait() failed without naming the job (%s); checking which workers are gone", error)
+            self._next_reconcile = 0.0
+            return None
         return ExitInfo(
             worker=job.jobId,
             exited=bool(job.hasExited),
@@ -207,6 +231,21 @@ class DrmaaBackend:
             aborted=bool(job.wasAborted),
             resource_usage={name: _number(value) for name, value in (job.resourceUsage or {}).items()},
         )
+
+    def _reconcile(self) -> None:
+        """Report workers the scheduler no longer knows although wait() never returned them."""
+        self._next_reconcile = time.monotonic() + RECONCILE_SECONDS
+        for tasks in list(self._unreaped.values()):
+            for worker_id in list(tasks):
+                try:
+                    self.session.jobStatus(worker_id)
+                except self.drmaa.errors.InvalidJobException:
+                    log.info("worker %s vanished from Grid Engine without exit information", worker_id)
+                    self._forget(worker_id)
+                    _shared.owner.pop(worker_id, None)
+                    self._mailbox.append(ExitInfo(worker_id, aborted=True))
+                except self.drmaa.errors.DrmaaException:
+                    return  # qmaster unreachable: try again later
 
     def _forget(self, worker_id: str) -> None:
         job = _job_of(worker_id)
