@@ -235,8 +235,8 @@ def _terminate_leftovers(store: Store, record: SweepRecord, backend: Backend) ->
     leftovers = store.live_workers(record.id)
     if leftovers:
         log.info("terminating %d workers left by an earlier run of sweep %s", len(leftovers), record.name or record.id)
-        backend.terminate(leftovers)
-        store.record_workers_ended(record.id, leftovers)
+        backend.terminate_leftovers(leftovers)
+        store.record_workers_ended(record.id, [worker_id for worker_id, _, _ in leftovers])
 
 
 def _make_run(store: Store, record: SweepRecord, options: Options, function: bytes, backend: Backend,

@@ -116,13 +116,13 @@ def cmd_cancel(args: argparse.Namespace) -> int:
         from .backends import open_backend
         backend = open_backend(record.options.get("backend", "auto"))
         try:
-            backend.terminate(leftovers)
+            backend.terminate_leftovers(leftovers)
         finally:
             backend.close()
-        store.record_workers_ended(record.id, leftovers)
+        store.record_workers_ended(record.id, [worker_id for worker_id, _, _ in leftovers])
     store.claim(record.id, None, None)
     store.set_sweep_state(record.id, "cancelled")
-    _emit(args, {"name": record.name, "id": record.id, "terminated_jobs": leftovers},
+    _emit(args, {"name": record.name, "id": record.id, "terminated_workers": [w for w, _, _ in leftovers]},
           f"cancelled {record.name or record.id}; terminated {len(leftovers)} leftover jobs")
     return 0
 

@@ -72,6 +72,9 @@ class Run:
     def _hello(self, message: Dict[str, Any]) -> Dict[str, Any]:
         with self.lock:
             accepted = not self.cancel_requested.is_set() and self.state.hello(message["worker"], message.get("host"))
+            if accepted:
+                self.store.record_worker_process(self.sweep_id, message["worker"], message.get("host"),
+                                                 message.get("process_group"))
         if not accepted:
             return {"accepted": False}
         log.debug("worker %s reached the server from %s", message["worker"], message.get("host"))

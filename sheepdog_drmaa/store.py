@@ -58,6 +58,8 @@ CREATE TABLE IF NOT EXISTS workers (
     id TEXT NOT NULL,
     submitted REAL NOT NULL,
     ended REAL,
+    host TEXT,
+    process_group INTEGER,
     PRIMARY KEY (sweep_id, id)
 ) WITHOUT ROWID;
 """
@@ -113,11 +115,20 @@ class Store:
                 self.db.execute("PRAGMA journal_mode=WAL")
                 self.db.execute("PRAGMA synchronous=NORMAL")
                 self.db.executescript(SCHEMA)
+                self._upgrade()
             except (OSError, sqlite3.Error) as error:
                 raise ConfigurationError(
                     f"cannot open the sweep store {path!r} ({error}); pass store= (or set SHEEPDOG_STORE) to a "
                     "writable path") from error
         self.lock = threading.RLock()
+
+    def _upgrade(self) -> None:
+        """Bring a store written by an earlier version up to this schema."""
+        columns = {row[1] for row in self.db.execute("PRAGMA table_info(workers)")}
+        with self.db:
+            for column, kind in (("host", "TEXT"), ("process_group", "INTEGER")):
+                if column not in columns:
+                    self.db.execute(f"ALTER TABLE workers ADD COLUMN {column} {kind}")
 
     def close(self) -> None:
         with self.lock:
@@ -270,12 +281,18 @@ class Store:
             self.db.executemany("UPDATE workers SET ended = ? WHERE sweep_id = ? AND id = ?",
                                 ((now, sweep_id, worker) for worker in ids))
 
-    def live_workers(self, sweep_id: str) -> List[str]:
-        """Workers submitted and not known to have ended."""
+    def record_worker_process(self, sweep_id: str, worker: str, host: Optional[str],
+                              process_group: Optional[int]) -> None:
+        """Where a worker runs, so that a later client can stop it if this one dies."""
+        with self.lock, self.db:
+            self.db.execute("UPDATE workers SET host = ?, process_group = ? WHERE sweep_id = ? AND id = ?",
+                            (host, process_group, sweep_id, worker))
+
+    def live_workers(self, sweep_id: str) -> List[Tuple[str, Optional[str], Optional[int]]]:
+        """(id, host, process group) of the workers submitted and not known to have ended."""
         with self.lock:
-            rows = self.db.execute("SELECT id FROM workers WHERE sweep_id = ? AND ended IS NULL",
+            return self.db.execute("SELECT id, host, process_group FROM workers WHERE sweep_id = ? AND ended IS NULL",
                                    (sweep_id,)).fetchall()
-        return [row[0] for row in rows]
 
 
 def _sweep_record(row: Tuple[Any, ...]) -> SweepRecord:

@@ -185,7 +185,7 @@ def serve() -> int:
         return protocol.EXIT_BAD_CONFIGURATION
     channel = Channel(url, key, worker_id)
     try:
-        hello = channel.call(protocol.ROUTE_HELLO, {"host": os.uname().nodename, "pid": os.getpid()})
+        hello = channel.call(protocol.ROUTE_HELLO, {"host": os.uname().nodename, "process_group": os.getpgid(0)})
         if not hello.get("accepted"):
             return protocol.EXIT_OK
         try:

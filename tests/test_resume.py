@@ -23,7 +23,7 @@ CLIENT = textwrap.dedent("""
 
     def square(directory, x):
         with open(os.path.join(directory, f"{{x}}.runs"), "a") as handle:
-            handle.write("run\\n")
+            handle.write(f"{{os.getpid()}}\\n")
         if x >= 6 and not os.path.exists(os.path.join(directory, "go")):
             time.sleep(300)  # the second half waits until the test says go
         return x * x
@@ -58,6 +58,10 @@ def test_a_killed_client_resumes_without_rerunning_finished_tasks(backend, store
     assert f"RESULTS {[x * x for x in range(12)]}" in second.stdout
     for x in finished_before:
         assert runs(directory, x) == 1, f"finished task {x} ran again"
+    # The process that ran task 6 for the killed client was stopped, not left to run it a second time.
+    orphan = int(open(directory / "6.runs").readline())
+    wait_until(lambda: not os.path.exists(f"/proc/{orphan}") or open(f"/proc/{orphan}/stat").read().split()[2] == "Z",
+               30, "the killed client's worker to be gone")
     if backend == "drmaa":
         wait_until(lambda: not qstat_jobs(), 30, "qstat to be empty")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Protocol, Sequence
+from typing import Dict, List, Optional, Protocol, Sequence, Tuple
 
 from ..errors import BackendUnavailable, ConfigurationError
 from ..failures import ExitInfo
@@ -27,6 +27,10 @@ class WorkerSpec:
     native_spec: Optional[str] = None
 
 
+# A worker an earlier client started: (id, host it said hello from, its process group there).
+Leftover = Tuple[str, Optional[str], Optional[int]]
+
+
 class Backend(Protocol):
     """What the runner needs from a scheduler. All calls come from one thread."""
 
@@ -41,6 +45,9 @@ class Backend(Protocol):
 
     def terminate(self, worker_ids: Sequence[str]) -> None:
         """Remove these workers, queued or running; unknown or finished ids are ignored."""
+
+    def terminate_leftovers(self, leftovers: Sequence[Leftover]) -> None:
+        """Remove workers that an earlier, dead client of the same sweep started."""
 
     def close(self) -> None:
         """Release the scheduler session."""

@@ -17,7 +17,7 @@ from typing import Any, Deque, Dict, List, Optional, Sequence, Set
 
 from ..errors import BackendUnavailable, SchedulerUnreachable, SubmissionRefused
 from ..failures import ExitInfo
-from . import WorkerSpec, log_paths, worker_command
+from . import Leftover, WorkerSpec, log_paths, worker_command
 
 log = logging.getLogger(__name__)
 
@@ -275,6 +275,16 @@ class DrmaaBackend:
                     self.session.control(target, drmaa.JobControlAction.TERMINATE)
                 except drmaa.errors.DrmaaException as error:  # already gone, most often
                     log.debug("terminating %s: %s", target, error)
+
+    def terminate_leftovers(self, leftovers: Sequence[Leftover]) -> None:
+        """Every job of an earlier client of the sweep goes whole: one call per array job."""
+        jobs = sorted({_job_of(worker_id) for worker_id, _, _ in leftovers})
+        with _shared.lock:
+            for job in jobs:
+                try:
+                    self.session.control(job, self.drmaa.JobControlAction.TERMINATE)
+                except self.drmaa.errors.DrmaaException as error:
+                    log.debug("terminating %s: %s", job, error)
 
     def close(self) -> None:
         if self._closed:

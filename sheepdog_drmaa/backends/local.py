@@ -16,7 +16,7 @@ import time
 from typing import Deque, Dict, List, Optional, Sequence, Tuple
 
 from ..failures import ExitInfo
-from . import WorkerSpec, log_paths, worker_command
+from . import Leftover, WorkerSpec, log_paths, worker_command
 from .. import protocol
 
 
@@ -97,6 +97,20 @@ class LocalBackend:
                     os.killpg(pid, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
+
+    def terminate_leftovers(self, leftovers: Sequence[Leftover]) -> None:
+        """Kill the process groups of an earlier client's workers on this host (checked to be workers)."""
+        here = os.uname().nodename
+        for _, host, group in leftovers:
+            if host != here or not group:
+                continue
+            try:
+                with open(f"/proc/{group}/cmdline", "rb") as handle:
+                    if b"sheepdog_drmaa.worker" not in handle.read():
+                        continue  # the number now belongs to another process
+                os.killpg(group, signal.SIGKILL)
+            except (OSError, ProcessLookupError):
+                pass
 
     def close(self) -> None:
         self.terminate(list(self._running) + [worker_id for worker_id, _ in self._queued])
