@@ -12,7 +12,8 @@ _EXPORTS = {
     "map": "api", "map_async": "api", "Sweep": "handle", "TaskFailure": "records",
     "SheepdogError": "errors", "ConfigurationError": "errors", "BackendUnavailable": "errors",
     "WorkersCannotStart": "errors", "SweepFailed": "errors", "SweepLocked": "errors",
-    "SweepMismatch": "errors", "SweepCancelled": "errors", "SubmissionRefused": "errors",
+    "SweepMismatch": "errors", "SweepIncomplete": "errors", "StoreError": "errors",
+    "ResultTooLarge": "errors", "SweepCancelled": "errors", "SubmissionRefused": "errors",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

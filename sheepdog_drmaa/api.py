@@ -8,28 +8,25 @@ import hashlib
 import ipaddress
 import logging
 import os
+import reprlib
 import signal
 import socket
 import sys
 import threading
-import time
 import uuid
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple, Union
 
 import cloudpickle
 
-from . import protocol
+from . import claims, protocol
 from .backends import Backend, WorkerSpec, open_backend
 from .errors import ConfigurationError, SweepCancelled, SweepLocked, SweepMismatch
 from .handle import Sweep
 from .options import Options, resolve
 from .runner import Run
-from .store import Store, SweepRecord
+from .store import ClaimLost, NewSweep, Store, SweepRecord, private_directory
 
 log = logging.getLogger(__name__)
-
-# A client refreshes its claim every 30 s (runner.CLAIM_REFRESH_SECONDS); one silent this long is dead.
-STALE_CLAIM_SECONDS = 180.0
 
 OPTION_NAMES = frozenset(f.name for f in dataclasses.fields(Options)) | {"namespace"}
 # Forwarded to the workers from the submit host's environment (beside PYTHONPATH and env=).
@@ -57,10 +54,13 @@ def map(f: Callable[..., Any], args: Iterable[Any], **options: Any) -> List[Any]
     sweep = _start(f, args, options)
     if isinstance(sweep, list):
         return sweep
-    if sweep.run is not None:
-        with _termination_cancels():
-            sweep.run.drive()
-    return sweep.results()
+    try:
+        if sweep.run is not None:
+            with _termination_cancels():
+                sweep.run.drive()
+        return sweep.results()
+    finally:
+        sweep.store.close()
 
 
 @contextlib.contextmanager
@@ -93,12 +93,16 @@ def map_async(f: Callable[..., Any], args: Iterable[Any], **options: Any) -> Swe
     return sweep
 
 
-def _start(f: Callable[..., Any], args: Iterable[Any], given: Dict[str, Any]):
+def _start(f: Callable[..., Any], args: Iterable[Any], given: Dict[str, Any]) -> Union[List[Any], Sweep]:
+    """Check everything, store the sweep (or find the named one), claim it, and prepare its run.
+
+    Returns [] for empty ``args``, and a Sweep without a run for a named sweep already finished.
+    """
     unknown = sorted(set(given) - OPTION_NAMES)
     if unknown:
         raise TypeError(f"unknown option(s) {', '.join(unknown)}; known options are: {', '.join(sorted(OPTION_NAMES))}")
     if not callable(f):
-        raise TypeError(f"f must be callable, got {type(f).__name__} {f!r:.80}")
+        raise TypeError(f"f must be callable, got {type(f).__name__} {_safe_repr(f)}")
     namespace = given.get("namespace") or {}
     if not isinstance(namespace, dict):
         raise TypeError(f"namespace must be a dict of extra globals for f, got {type(namespace).__name__}")
@@ -114,26 +118,33 @@ def _start(f: Callable[..., Any], args: Iterable[Any], given: Dict[str, Any]):
         return []
     host, bind = _check_address(options)
     store = Store(options.store)
-    record = None
+    me = claims.for_this_process()
+    record: Optional[SweepRecord] = None
     try:
-        record, done = _prepare_record(store, options, function, blobs)
+        record, done = _prepare_record(store, options, function, blobs, me)
+        del blobs  # stored: the client keeps no second copy of every argument while the sweep runs
         if len(done) == record.n_tasks:
+            store.release_claim(record.id, me.token)
+            claims.let_go(me)
             return Sweep(store, record, errors=options.errors)
         backend = open_backend(options.backend)
         if backend.name == "drmaa":
             _warn_if_loopback(host)
         try:
             _terminate_leftovers(store, record, backend)
-            run = _make_run(store, record, options, function, backend, host, bind, done)
+            run = _make_run(store, record, options, function, backend, host, bind, done, me)
         except BaseException:
             backend.close()
             raise
     except BaseException:
-        if record is not None and record.name is None:
-            store.delete_sweep(record.id)
+        claims.let_go(me)
+        if record is not None:
+            if record.name is None:
+                store.delete_sweep(record.id)
+            else:
+                store.release_claim(record.id, me.token)
         store.close()
         raise
-    store.claim(record.id, os.getpid(), socket.gethostname())
     store.set_sweep_state(record.id, "running")
     return Sweep(store, record, run, errors=options.errors)
 
@@ -143,9 +154,21 @@ def _pickle(value: Any, what: str, index: Optional[int] = None) -> bytes:
     try:
         return cloudpickle.dumps(value, protocol=5)
     except Exception as error:
-        name = what if index is None else f"{what}[{index}] = {value!r:.80}"
-        raise ConfigurationError(f"{name} cannot be serialised with cloudpickle to reach the workers: "
-                                 f"{type(error).__name__}: {error}") from error
+        name = what if index is None else f"{what}[{index}]"
+        if isinstance(error, RecursionError) or isinstance(error.__context__, RecursionError):
+            raise ConfigurationError(f"{name} = {_safe_repr(value)} is nested too deeply to be serialised with "
+                                     f"cloudpickle (deeper than Python's recursion limit, "
+                                     f"{sys.getrecursionlimit()}); flatten it") from None
+        raise ConfigurationError(f"{name} = {_safe_repr(value)} cannot be serialised with cloudpickle to reach the "
+                                 f"workers: {type(error).__name__}: {error}") from error
+
+
+def _safe_repr(value: Any) -> str:
+    """A short repr for messages, that neither recurses without bound nor lets the object's __repr__ fail."""
+    try:
+        return reprlib.repr(value)
+    except Exception as error:
+        return f"<{type(value).__name__} whose repr failed: {type(error).__name__}>"
 
 
 def _digest(blobs: Iterable[bytes]) -> str:
@@ -187,47 +210,55 @@ def _check_address(options: Options) -> Tuple[str, str]:
     return host, bind
 
 
-def _prepare_record(store: Store, options: Options, function: bytes, blobs: List[bytes]) -> Tuple[SweepRecord, List[int]]:
-    """The stored sweep to run: a new one, or the named one to resume. Returns it and its done tasks."""
+def _prepare_record(store: Store, options: Options, function: bytes, blobs: List[bytes],
+                    me: claims.Claim) -> Tuple[SweepRecord, List[int]]:
+    """The stored sweep to run, claimed by ``me``: a new one, or the named one to resume (with its done tasks).
+
+    Whatever two clients do at once, one claim statement succeeds and the other client gets
+    SweepLocked naming the winner.
+    """
     function_digest = hashlib.sha256(function).hexdigest()
     args_digest = _digest(blobs)
+    new = NewSweep(id=uuid.uuid4().hex[:12], name=options.name, function=function, function_digest=function_digest,
+                   args_digest=args_digest, n_tasks=len(blobs),
+                   options={"backend": options.backend, "python": options.python, "job_name": options.job_name})
     existing = store.sweep_named(options.name) if options.name else None
-    if existing is not None:
-        _refuse_if_owned(existing)
-        if options.resume and (existing.function_digest, existing.args_digest) != (function_digest, args_digest):
-            what = "arguments" if existing.function_digest == function_digest else "function"
-            raise SweepMismatch(
-                f"sweep {options.name!r} in {options.store} was stored with different {what}; pass resume=False "
-                "to start that name afresh (its stored results are discarded), or choose another name=")
-        if options.resume:
+    try:
+        if existing is None:
+            store.create_sweep(new, blobs, me)
+        elif claims.is_live(existing.owner):
+            raise ClaimLost()
+        elif options.resume and existing.state != "creating":  # "creating": left half-made by version 0.1.0
+            _refuse_mismatch(store, existing, options, function_digest, args_digest, len(blobs))
+            store.take_claim(existing, me)
             done = [index for index, state, _ in store.task_states(existing.id) if state == "done"]
             log.info("resuming sweep %r: %d of %d tasks already done", options.name, len(done), existing.n_tasks)
-            return existing, done
-        store.delete_sweep(existing.id)
-    sweep_id = uuid.uuid4().hex[:12]
-    stored = {"backend": options.backend, "python": options.python, "job_name": options.job_name}
-    store.create_sweep(sweep_id, options.name, function, function_digest, args_digest, stored, blobs)
-    record = store.sweep(sweep_id)
+            return dataclasses.replace(existing, owner=me), done
+        else:
+            store.create_sweep(new, blobs, me, replacing=existing)
+    except ClaimLost:
+        winner = store.sweep_named(options.name) if options.name else None
+        holder = winner.owner.describe() if winner is not None and winner.owner else "another client"
+        raise SweepLocked(f"sweep {options.name!r} is being run by {holder}; wait for it, or cancel it with "
+                          f"`sheepdog-drmaa cancel {options.name}`") from None
+    record = store.sweep(new.id)
     assert record is not None
     return record, []
 
 
-def _refuse_if_owned(record: SweepRecord) -> None:
-    """Refuse while another live client runs the sweep: its pid on this host, or a fresh claim elsewhere."""
-    if record.owner_pid is None:
+def _refuse_mismatch(store: Store, existing: SweepRecord, options: Options, function_digest: str,
+                     args_digest: str, n_tasks: int) -> None:
+    """Resuming runs exactly the stored sweep: the same function, the same arguments, every task stored."""
+    if existing.n_tasks != n_tasks or store.stored_task_count(existing.id) != existing.n_tasks:
+        what = f"{existing.n_tasks} tasks (now {n_tasks})"
+    elif existing.function_digest != function_digest:
+        what = "a different function"
+    elif existing.args_digest != args_digest:
+        what = "different arguments"
+    else:
         return
-    here = socket.gethostname()
-    if record.owner_host != here and time.time() - (record.owner_seen or 0) > STALE_CLAIM_SECONDS:
-        return  # the client on that host stopped refreshing its claim long ago: it is gone
-    if record.owner_host == here:
-        try:
-            os.kill(record.owner_pid, 0)
-        except ProcessLookupError:
-            return
-        except PermissionError:
-            pass
-    raise SweepLocked(f"sweep {record.name!r} is being run by process {record.owner_pid} on {record.owner_host}; "
-                      "wait for it, or cancel it with `sheepdog-drmaa cancel NAME`")
+    raise SweepMismatch(f"sweep {options.name!r} in {options.store} was stored with {what}; pass resume=False to "
+                        "start that name afresh (its stored results are discarded), or choose another name=")
 
 
 def _terminate_leftovers(store: Store, record: SweepRecord, backend: Backend) -> None:
@@ -240,21 +271,19 @@ def _terminate_leftovers(store: Store, record: SweepRecord, backend: Backend) ->
 
 
 def _make_run(store: Store, record: SweepRecord, options: Options, function: bytes, backend: Backend,
-              host: str, bind: str, done: List[int]) -> Run:
+              host: str, bind: str, done: List[int], claim: claims.Claim) -> Run:
+    """The live run: the key file, the log directory (both owner-only) and the server, ready to drive."""
     base = os.path.dirname(os.path.abspath(options.store))
-    key_dir = os.path.join(base, "keys")
-    os.makedirs(key_dir, mode=0o700, exist_ok=True)
     key = protocol.new_key()
-    key_path = os.path.join(key_dir, f"{record.id}-{os.getpid()}.key")
+    key_path = os.path.join(private_directory(os.path.join(base, "keys")), f"{record.id}-{os.getpid()}.key")
     protocol.write_key_file(key_path, key)
-    log_dir = os.path.abspath(options.log_dir or os.path.join(base, "logs", record.id))
-    os.makedirs(log_dir, exist_ok=True)
+    log_dir = private_directory(os.path.abspath(options.log_dir or os.path.join(base, "logs", record.id)))
     spec = WorkerSpec(python=options.python, environment=_worker_environment(options), working_directory=os.getcwd(),
                       log_dir=log_dir, job_name=options.job_name, queue=options.queue, native_spec=options.native_spec)
     try:
         return Run(store=store, sweep_id=record.id, label=record.name or record.id, n_tasks=record.n_tasks,
                    function=function, backend=backend, spec_without_url=spec, key=key, key_path=key_path,
-                   host=host, bind=bind, port=options.port, options=options, done=done)
+                   host=host, bind=bind, port=options.port, options=options, done=done, claim=claim)
     except BaseException:
         os.unlink(key_path)
         raise

@@ -9,14 +9,16 @@ import json
 import logging
 import os
 import pickle
-import signal
 import socket
 import sys
 import time
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
-from .options import DEFAULT_STORE, ENV_PREFIX
+from . import claims
+from .errors import SheepdogError, StoreError, SweepLocked
 from .handle import Sweep
+from .options import DEFAULT_STORE, ENV_PREFIX
+from .records import UNLOADABLE, TaskFailure
 from .store import Store
 
 CANCEL_WAIT_SECONDS = 60.0
@@ -62,7 +64,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     record = sweep.record
     data = {"name": record.name, "id": record.id, "state": record.state, "tasks": record.n_tasks,
             "counts": sweep.status(), "running_jobs": running, "retried_tasks": retried,
-            "failed_attempts_by_cause": by_cause, "owner": record.owner_pid and f"{record.owner_pid}@{record.owner_host}"}
+            "failed_attempts_by_cause": by_cause,
+            "owner": record.owner and f"{record.owner.pid}@{record.owner.host}"}
     counts = data["counts"]
     text = [f"sweep {record.name or record.id} ({record.id}): {record.state}, {record.n_tasks} tasks",
             "  " + ", ".join(f"{k} {v}" for k, v in counts.items()),
@@ -84,33 +87,49 @@ def cmd_failures(args: argparse.Namespace) -> int:
 
 
 def cmd_results(args: argparse.Namespace) -> int:
+    """Every result that can be loaded here; each task that failed or cannot be loaded is named on stderr."""
     sweep = _open(args)
-    pairs = list(sweep.as_completed())
+    loaded: Dict[int, Any] = {}
+    failed: List[TaskFailure] = []
+    for index, value in sweep.as_completed():
+        if isinstance(value, TaskFailure):
+            failed.append(value)
+            if value.cause != UNLOADABLE:
+                loaded[index] = value  # a task that failed on the cluster: its record, as always
+        else:
+            loaded[index] = value
     if args.pickle:
-        with open(args.pickle, "wb") as handle:
-            pickle.dump(dict(pairs), handle)
-        print(f"{len(pairs)} results written to {args.pickle}", file=sys.stderr)
-        return 0
-    for index, value in pairs:
-        print(json.dumps({"index": index, "result": value}, default=repr))
-    return 0
+        fd = os.open(args.pickle, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            pickle.dump(loaded, handle)
+        print(f"{len(loaded)} results written to {args.pickle}", file=sys.stderr)
+    else:
+        for index, value in loaded.items():
+            print(json.dumps({"index": index, "result": value}, default=repr))
+    unloadable = [f for f in failed if f.cause == UNLOADABLE]
+    for failure in unloadable:
+        print(f"sheepdog-drmaa: task {failure.index}: {failure.summary}", file=sys.stderr)
+    return 1 if unloadable else 0
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
-    """Stop the owning client (on this host) with SIGINT, then terminate any job it left."""
+    """Stop the owning client (on this host, checked to be that very process), then terminate any job it left."""
+    if not os.path.isfile(args.store):
+        raise StoreError(f"no sweep store at {args.store}; pass --store (or set SHEEPDOG_STORE) to its path")
     store = Store(args.store)
     record = store.sweep_named(args.name) or store.sweep(args.name)
     if record is None:
-        print(f"no sweep named {args.name!r} in {args.store}", file=sys.stderr)
-        return 2
-    if record.owner_pid and record.owner_host == socket.gethostname():
-        try:
-            os.kill(record.owner_pid, signal.SIGINT)
-            deadline = time.monotonic() + CANCEL_WAIT_SECONDS
-            while time.monotonic() < deadline and (store.sweep(record.id) or record).owner_pid:
-                time.sleep(0.2)
-        except ProcessLookupError:
-            pass
+        raise KeyError(f"no sweep named {args.name!r} in {args.store}")
+    owner = record.owner
+    if owner is not None and owner.host == socket.gethostname() and claims.is_live(owner):
+        def released() -> bool:
+            current = store.sweep(record.id)
+            return current is None or current.owner is None or current.owner.token != owner.token
+        if not claims.stop_client(owner, released, CANCEL_WAIT_SECONDS):
+            raise SweepLocked(f"sweep {record.name or record.id} is run by {owner.describe()}, which did not stop "
+                              f"within {CANCEL_WAIT_SECONDS:g} s of SIGINT; stop it yourself (kill {owner.pid})")
+    # A client on another host cannot be signalled from here: its jobs go now, and it stops by itself
+    # within claims.CLAIM_REFRESH_SECONDS, when it finds its claim released.
     leftovers = store.live_workers(record.id)
     if leftovers:
         from .backends import open_backend
@@ -120,8 +139,7 @@ def cmd_cancel(args: argparse.Namespace) -> int:
         finally:
             backend.close()
         store.record_workers_ended(record.id, [worker_id for worker_id, _, _ in leftovers])
-    store.claim(record.id, None, None)
-    store.set_sweep_state(record.id, "cancelled")
+    store.release_claim(record.id, None, "cancelled")
     _emit(args, {"name": record.name, "id": record.id, "terminated_workers": [w for w, _, _ in leftovers]},
           f"cancelled {record.name or record.id}; terminated {len(leftovers)} leftover jobs")
     return 0
@@ -152,7 +170,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
     try:
-        return args.run(args)
-    except (KeyError, FileNotFoundError) as error:
+        return int(args.run(args))
+    except (KeyError, SheepdogError) as error:
         print(f"sheepdog-drmaa: {error.args[0] if error.args else error}", file=sys.stderr)
         return 2

@@ -28,6 +28,22 @@ class WorkersCannotStart(SheepdogError):
     """Workers keep dying before they reach the server, so the sweep cannot make progress."""
 
 
+class StoreError(SheepdogError):
+    """The sweep store cannot be opened, read or written (missing, damaged, locked too long)."""
+
+
+class StoreTooLarge(StoreError):
+    """A value (a result, most often) is larger than the store can hold."""
+
+
+class ResultTooLarge(SheepdogError):
+    """A task's result is larger than ``max_result_size``; raised on the node, reported as the task's failure."""
+
+
+class SweepIncomplete(SheepdogError):
+    """Results were asked of a sweep in which some tasks are neither done nor failed."""
+
+
 class SweepLocked(SheepdogError):
     """Another live client is running a sweep of the same name."""
 

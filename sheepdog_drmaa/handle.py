@@ -5,9 +5,9 @@ import pickle
 import threading
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
-from .errors import SweepFailed
+from .errors import SweepFailed, SweepIncomplete
 from .options import DEFAULT_STORE
-from .records import TaskFailure, failure_from_store, render_failures
+from .records import UNLOADABLE, TaskFailure, failure_from_store, render_failures, unloadable_failure
 from .runner import Run
 from .store import AttemptRecord, Store, SweepRecord
 
@@ -63,19 +63,45 @@ class Sweep:
         return self.run.finished.wait(timeout)
 
     def results(self) -> List[Any]:
-        """All results in input order, once the sweep ends; raises SweepFailed if tasks failed."""
+        """All results in input order, once the sweep ends; raises SweepFailed if tasks failed.
+
+        Every task is accounted for: a result, or its failure (also when its stored result cannot
+        be unpickled here). A task that is neither done nor failed raises SweepIncomplete.
+        """
         self.wait()
         if self.run is not None and self.run.outcome is not None:
             raise self.run.outcome
         failures = {f.index: f for f in self.failures()}
         results: List[Any] = []
-        for index, _, blob in self.store.results(self.id):
-            results.append(failures.get(index) if blob is None else pickle.loads(blob))
+        unfinished: List[int] = []
+        for index, state, blob in self.store.results(self.id):
+            if state == "failed":
+                results.append(failures[index])
+            elif state == "done" and blob is not None:
+                value = self._value(index, blob)
+                if isinstance(value, TaskFailure) and value.cause == UNLOADABLE:
+                    failures[index] = value
+                results.append(value)
+            else:
+                unfinished.append(index)
+        if unfinished or len(results) != self.record.n_tasks:
+            raise SweepIncomplete(self._incomplete_message(unfinished, len(results)))
         if failures and self.errors == "raise":
             ordered = [failures[i] for i in sorted(failures)]
             partial = [None if isinstance(r, TaskFailure) else r for r in results]
             raise SweepFailed(render_failures(ordered, self.record.n_tasks), ordered, partial)
         return results
+
+    def _incomplete_message(self, unfinished: List[int], accounted: int) -> str:
+        label = self.name or self.id
+        shown = ", ".join(str(i) for i in unfinished[:10]) + (" ..." if len(unfinished) > 10 else "")
+        what = (f"{len(unfinished)} of {self.record.n_tasks} tasks of sweep {label} are neither done nor failed "
+                f"(tasks {shown})" if unfinished else
+                f"only {accounted} of the {self.record.n_tasks} tasks of sweep {label} are in the store")
+        state = (self.store.sweep(self.id) or self.record).state
+        again = ("run the same map() call again to finish them: done tasks are kept" if self.name else
+                 "this sweep has no name= and cannot be resumed; run it again")
+        return f"{what}; the sweep is {state}. No result is made up for them: {again}."
 
     def as_completed(self) -> Iterator[Tuple[int, Any]]:
         """Yield ``(index, result)`` as tasks finish; a failed task yields its TaskFailure.
@@ -95,7 +121,13 @@ class Sweep:
             yield index, self._value(index, self.store.result(self.id, index)[0])
 
     def _value(self, index: int, blob: Optional[bytes]) -> Any:
-        return pickle.loads(blob) if blob is not None else failure_from_store(self.store, self.id, index)
+        """The result, or the task's failure: failed on the cluster, or a result that cannot be loaded here."""
+        if blob is None:
+            return failure_from_store(self.store, self.id, index)
+        try:
+            return pickle.loads(blob)
+        except Exception as error:
+            return unloadable_failure(self.store, self.id, index, error)
 
     def status(self) -> Dict[str, int]:
         """Task counts per state: done, failed, running, queued."""

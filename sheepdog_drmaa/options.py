@@ -15,6 +15,10 @@ from .errors import ConfigurationError
 
 ENV_PREFIX = "SHEEPDOG_"
 DEFAULT_STORE = os.path.join(".sheepdog", "sweeps.sqlite")
+DEFAULT_MAX_RESULT_SIZE = 256 << 20
+# SQLite stores no value longer than 1e9 bytes; the pickled exception and envelope need room too.
+LARGEST_RESULT_SIZE = 900_000_000
+_SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
 
 
 @dataclass
@@ -40,6 +44,7 @@ class Options:
     heartbeat_interval: float = 10.0
     heartbeat_timeout: float = 60.0
     store: str = DEFAULT_STORE
+    max_result_size: int = DEFAULT_MAX_RESULT_SIZE
     name: Optional[str] = None
     resume: bool = True
 
@@ -53,6 +58,21 @@ def _parse_env_mapping(text: str) -> Dict[str, str]:
     if any(len(pair) != 2 for pair in pairs):
         raise ValueError("expected KEY=VALUE pairs separated by commas, or a JSON object")
     return {key.strip(): value for key, value in pairs}
+
+
+def parse_size(value: Any) -> int:
+    """A size in bytes from an int or a string such as "512M" or "1G" (binary units)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        text = value.strip().upper().removesuffix("B")
+        unit = text[-1:] if text[-1:] in _SIZE_UNITS else ""
+        number = text[: len(text) - len(unit)]
+        try:
+            return int(float(number) * _SIZE_UNITS[unit])
+        except ValueError:
+            pass
+    raise ValueError(f"expected a number of bytes or a size such as '512M' or '1G', got {value!r}")
 
 
 def _parse_bool(text: str) -> bool:
@@ -69,7 +89,7 @@ _FROM_ENV: Dict[str, Callable[[str], Any]] = {
     "bind": str, "port": int, "python": str, "env": _parse_env_mapping, "queue": str,
     "native_spec": str, "job_name": str, "log_dir": str, "progress": _parse_bool, "errors": str,
     "retries": int, "timeout": float, "heartbeat_interval": float, "heartbeat_timeout": float,
-    "store": str,
+    "store": str, "max_result_size": str,
 }
 
 
@@ -125,6 +145,13 @@ def validate(options: Options) -> None:
         raise ConfigurationError(
             f"heartbeat_timeout={options.heartbeat_timeout!r} must be longer than heartbeat_interval="
             f"{options.heartbeat_interval!r}, or every running task would look lost")
+    try:
+        options.max_result_size = parse_size(options.max_result_size)
+    except ValueError as error:
+        raise ConfigurationError(f"max_result_size: {error}") from None
+    if not 0 < options.max_result_size <= LARGEST_RESULT_SIZE:
+        raise ConfigurationError(f"max_result_size={options.max_result_size!r}: expected more than 0 and at most "
+                                 f"{LARGEST_RESULT_SIZE:,} bytes (the sweep store cannot hold larger values)")
     if options.errors not in ("raise", "return"):
         raise ConfigurationError(f"errors={options.errors!r}: expected 'raise' or 'return'")
     if not isinstance(options.env, Mapping) or not all(

@@ -2,12 +2,15 @@
 from __future__ import annotations
 
 import pickle
+import traceback
 from dataclasses import dataclass, field
 from typing import Any, List, Optional
 
 from .store import AttemptRecord, Store
 
 MESSAGE_FAILURES = 20
+# The cause of a task whose result arrived but cannot be loaded by the client (not an attempt's cause).
+UNLOADABLE = "unloadable"
 
 
 @dataclass
@@ -66,6 +69,17 @@ def failure_from_store(store: Store, sweep_id: str, index: int) -> TaskFailure:
         exception=exception if isinstance(exception, BaseException) else None,
         history=history,
     )
+
+
+def unloadable_failure(store: Store, sweep_id: str, index: int, error: BaseException) -> TaskFailure:
+    """A task whose result is stored but cannot be unpickled in this process (a class missing here, say)."""
+    failure = failure_from_store(store, sweep_id, index)
+    failure.cause = UNLOADABLE
+    failure.summary = (f"its result is stored but cannot be unpickled here: {type(error).__name__}: {error}; "
+                       "load it where the classes it needs can be imported, with Sweep.open(name).results()")
+    failure.traceback = "".join(traceback.format_exception(type(error), error, error.__traceback__))
+    failure.exception = error
+    return failure
 
 
 def render_failures(failures: List[TaskFailure], total: int) -> str:

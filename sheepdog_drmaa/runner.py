@@ -6,18 +6,20 @@ server's threads handle hellos, leases, reports and heartbeats. Both go through 
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
 import queue
-import socket
 import threading
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional
 
-from . import protocol
+from . import claims, protocol
 from .backends import Backend, WorkerSpec, log_paths
-from .errors import SchedulerUnreachable, SweepCancelled, WorkersCannotStart
+from .claims import CLAIM_REFRESH_SECONDS, Claim
+from .errors import (ResultTooLarge, SchedulerUnreachable, StoreError, StoreTooLarge, SweepCancelled, SweepLocked,
+                     WorkersCannotStart)
 from .failures import Cause, ExitInfo
 from .progress import Progress
 from .server import TaskServer, make_app
@@ -27,7 +29,6 @@ from .sweep import Attempt, StartFailure, SweepState
 log = logging.getLogger(__name__)
 
 POLL_SECONDS = 0.1
-CLAIM_REFRESH_SECONDS = 30.0
 REMOVAL_BATCH = 50
 SUBMIT_RETRY_SECONDS = 10.0
 REAP_SECONDS = 15.0
@@ -39,8 +40,8 @@ class Run:
 
     def __init__(self, *, store: Store, sweep_id: str, label: str, n_tasks: int, function: bytes,
                  backend: Backend, spec_without_url: WorkerSpec, key: bytes, key_path: str,
-                 host: str, bind: str, port: int, options: Any, done: List[int]) -> None:
-        self.store, self.sweep_id, self.label = store, sweep_id, label
+                 host: str, bind: str, port: int, options: Any, done: List[int], claim: Claim) -> None:
+        self.store, self.sweep_id, self.label, self.claim = store, sweep_id, label, claim
         self.function, self.backend, self.key_path = function, backend, key_path
         self.options = options
         self.lock = threading.RLock()
@@ -66,11 +67,12 @@ class Run:
         self.cancel_requested = threading.Event()
         self.finished = threading.Event()
         self.outcome: Optional[BaseException] = None
+        self.fatal: Optional[BaseException] = None  # a store error met by a server thread: ends the sweep
 
     # -- server side (server threads) ---------------------------------------------------------
 
     def _hello(self, message: Dict[str, Any]) -> Dict[str, Any]:
-        with self.lock:
+        with self.lock, self._fatal_on_store_error():
             accepted = not self.cancel_requested.is_set() and self.state.hello(message["worker"], message.get("host"))
             if accepted:
                 self.store.record_worker_process(self.sweep_id, message["worker"], message.get("host"),
@@ -80,7 +82,8 @@ class Run:
         log.debug("worker %s reached the server from %s", message["worker"], message.get("host"))
         return {"accepted": True, "function": self.function,
                 "heartbeat_interval": self.options.heartbeat_interval,
-                "heartbeat_timeout": self.options.heartbeat_timeout}
+                "heartbeat_timeout": self.options.heartbeat_timeout,
+                "max_result_size": self.options.max_result_size}
 
     def _setup_failed(self, message: Dict[str, Any]) -> Dict[str, Any]:
         error = message.get("error")
@@ -94,10 +97,10 @@ class Run:
         worker = message["worker"]
         report = message.get("report")
         now = time.time()
-        with self.lock:
+        with self.lock, self._fatal_on_store_error():
             if isinstance(report, dict):
                 self._accept_report(worker, report, now)
-            if self.cancel_requested.is_set():
+            if self.cancel_requested.is_set() or self.fatal is not None:
                 return {"lease": None}
             attempt = self.state.lease(worker, now)
             if attempt is None:
@@ -107,23 +110,56 @@ class Run:
         return {"lease": {"task": attempt.task, "number": attempt.number, "args": args}}
 
     def _accept_report(self, worker: str, report: Dict[str, Any], now: float) -> None:
+        """Store the reported ending first; only once it is stored does the task change state.
+
+        A result the store cannot hold becomes that task's failure, naming the limit.
+        """
+        task, number = report.get("task", -1), report.get("number", -1)
+        attempt = self.state.current(worker, task, number)
+        if attempt is None:
+            log.info("dropped a late report from %s for task %s: that attempt was already closed", worker, task)
+            return
         usage = report.get("usage")
         detail: Dict[str, Any] = {"resource_usage": dict(usage) if isinstance(usage, dict) else {}}
         exception = report.get("exception")
+        result: Optional[bytes] = None
+        error: Optional[bytes] = None
         if isinstance(exception, dict):
             cause = Cause.EXCEPTION
             detail.update({"summary": f"{exception.get('type')}: {exception.get('message')}",
                            "exception_types": list(exception.get("types", ())),
                            "traceback": exception.get("traceback", "")})
+            error = exception.get("pickle")
         else:
-            cause = Cause.RESULT
-        attempt = self.state.finish(worker, report.get("task", -1), report.get("number", -1), cause, now, detail)
-        if attempt is None:
-            log.info("dropped a late report from %s for task %s: that attempt was already closed",
-                     worker, report.get("task"))
-            return
-        error = exception.get("pickle") if isinstance(exception, dict) else None
-        self._persist_end(attempt, result=report.get("result") if cause is Cause.RESULT else None, error=error)
+            cause, result = Cause.RESULT, report.get("result")
+        try:
+            self._store_end(attempt, cause, now, detail, result, error)
+        except StoreTooLarge as too_large:
+            cause = Cause.EXCEPTION
+            size = len(result or b"") + len(error or b"")
+            detail.update({"summary": f"ResultTooLarge: the pickled result is {size:,} bytes, more than the "
+                                      f"store can hold ({too_large}); return less, or write it to a file and "
+                                      "return the path",
+                           "exception_types": [protocol.qualified_name(ResultTooLarge)]})
+            self._store_end(attempt, cause, now, detail, None, None)
+        self.state.finish(worker, task, number, cause, now, detail)
+        self._announce_end(attempt)
+
+    def _store_end(self, attempt: Attempt, cause: Cause, now: float, detail: Dict[str, Any],
+                   result: Optional[bytes], error: Optional[bytes]) -> None:
+        task_state = self.state.outcome(attempt, cause, detail).value
+        self.store.record_end(self.sweep_id, attempt.task, attempt.number, cause.value, now, detail, task_state,
+                              result=result, error=error)
+
+    @contextlib.contextmanager
+    def _fatal_on_store_error(self) -> Iterator[None]:
+        """A store that cannot be written ends the sweep (from the driving thread) with that error."""
+        try:
+            yield
+        except StoreError as error:
+            if self.fatal is None:
+                self.fatal = error
+            raise
 
     def _heartbeat(self, message: Dict[str, Any]) -> Dict[str, Any]:
         with self.lock:
@@ -131,10 +167,15 @@ class Run:
                                            time.time())
         return {"current": current}
 
-    def _persist_end(self, attempt: Attempt, result: Optional[bytes] = None, error: Optional[bytes] = None) -> None:
+    def _persist_end(self, attempt: Attempt) -> None:
+        """Store an attempt the state has already ended (by the scheduler's word or our own decision)."""
         task_state = self.state.states[attempt.task].value
         self.store.record_end(self.sweep_id, attempt.task, attempt.number, attempt.cause.value, attempt.ended,
-                              attempt.detail, task_state, result=result, error=error)
+                              attempt.detail, task_state)
+        self._announce_end(attempt)
+
+    def _announce_end(self, attempt: Attempt) -> None:
+        task_state = self.state.states[attempt.task].value
         if task_state in ("done", "failed"):
             self.completed.put(attempt.task)
         if attempt.cause is not Cause.RESULT:
@@ -158,9 +199,14 @@ class Run:
         claimed = submit_after = 0.0
         while True:
             if time.monotonic() - claimed > CLAIM_REFRESH_SECONDS:
-                self.store.claim(self.sweep_id, os.getpid(), socket.gethostname())
+                if not self.store.refresh_claim(self.sweep_id, self.claim.token or ""):
+                    raise SweepLocked(f"sweep {self.label} is no longer claimed by this client (cancelled with "
+                                      "`sheepdog-drmaa cancel`, or taken over by a client that judged this one "
+                                      "dead); stopping here so that only one client runs it")
                 claimed = time.monotonic()
             with self.lock:
+                if self.fatal is not None:
+                    raise self.fatal
                 if self.state.finished:
                     return
                 if self.cancel_requested.is_set():
@@ -215,8 +261,8 @@ class Run:
                 running = list(self.state.running.values())
                 self.state.cancel(time.time())
                 for attempt in running:
-                    self.store.record_end(self.sweep_id, attempt.task, attempt.number, Cause.CANCELLED.value,
-                                          attempt.ended or time.time(), attempt.detail, "pending")
+                    self._quietly(self.store.record_end, self.sweep_id, attempt.task, attempt.number,
+                                  Cause.CANCELLED.value, attempt.ended or time.time(), attempt.detail, "pending")
             # Every worker not known to have ended, already asked to go or not: whole arrays then
             # go in one scheduler call each.
             leftover = [w.id for w in self.state.workers.values() if not w.ended]
@@ -227,7 +273,7 @@ class Run:
             if leftover:
                 self.backend.terminate(leftover)
             if self.state.finished:  # idle or queued workers, asked to go: nothing to wait for
-                self.store.record_workers_ended(self.sweep_id, leftover)
+                self._quietly(self.store.record_workers_ended, self.sweep_id, leftover)
             else:
                 self._reap_all()
         finally:
@@ -243,8 +289,8 @@ class Run:
                 final = "failed" if self.state.n_failed else "finished"
             else:
                 final = "cancelled" if isinstance(self.outcome, SweepCancelled) else "interrupted"
-            self.store.set_sweep_state(self.sweep_id, final)
-            self.store.claim(self.sweep_id, None, None)
+            self._quietly(self.store.release_claim, self.sweep_id, self.claim.token, final)
+            claims.let_go(self.claim)
             self.completed.put(None)
             self.finished.set()
 
@@ -255,7 +301,15 @@ class Run:
                 return
             info = self.backend.wait_any(POLL_SECONDS)
             if info is not None:
-                self._worker_ended(info)
+                self._quietly(self._worker_ended, info)
+
+    def _quietly(self, call: Callable[..., Any], *args: Any) -> None:
+        """While shutting down, a store error is logged, not raised: the jobs must still go, and the
+        error that ended the sweep (often that very store error) is what the caller sees."""
+        try:
+            call(*args)
+        except StoreError as error:
+            log.error("while shutting down sweep %s: %s", self.label, error)
 
     def _start_failure_message(self, failure: StartFailure) -> str:
         if failure.setup_error:

@@ -1,20 +1,27 @@
 """Durable record of sweeps, tasks, attempts and results in one SQLite file (WAL mode).
 
 The only module that imports sqlite3. Results are committed as they arrive, so a client that
-dies loses nothing finished. One connection per Store; callers serialise access to it.
+dies loses nothing finished. A sweep and all its tasks are created in one transaction, together
+with the claim of the client that runs it: a sweep is either whole in the store or absent.
+The file, its WAL and its directory are readable by their owner only. One connection per
+Store; its lock serialises callers.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sqlite3
 import threading
 import time
+import urllib.parse
 from dataclasses import dataclass
-
-from .errors import ConfigurationError
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple
 
+from .claims import Claim
+from .errors import ConfigurationError, StoreError, StoreTooLarge
+
+SCHEMA_VERSION = 2
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS sweeps (
     id TEXT PRIMARY KEY,
@@ -29,7 +36,9 @@ CREATE TABLE IF NOT EXISTS sweeps (
     options TEXT NOT NULL,
     owner_pid INTEGER,
     owner_host TEXT,
-    owner_seen REAL
+    owner_seen REAL,
+    owner_started TEXT,
+    owner_token TEXT
 );
 CREATE TABLE IF NOT EXISTS tasks (
     sweep_id TEXT NOT NULL,
@@ -64,7 +73,16 @@ CREATE TABLE IF NOT EXISTS workers (
 ) WITHOUT ROWID;
 """
 
-INSERT_BATCH = 5000
+# Columns added since the first release, by table: added on open to stores written by it.
+_ADDED_COLUMNS = {
+    "workers": (("host", "TEXT"), ("process_group", "INTEGER")),
+    "sweeps": (("owner_started", "TEXT"), ("owner_token", "TEXT")),
+}
+
+# How long a write waits for another process's write lock before giving up with a clear error.
+BUSY_SECONDS = 60.0
+# SQLite refuses a value longer than this (SQLITE_MAX_LENGTH as Debian and Python build it).
+MAX_VALUE_BYTES = 1_000_000_000
 
 
 @dataclass(frozen=True)
@@ -78,9 +96,7 @@ class SweepRecord:
     function_digest: str
     args_digest: str
     options: Dict[str, Any]
-    owner_pid: Optional[int]
-    owner_host: Optional[str]
-    owner_seen: Optional[float]
+    owner: Optional[Claim]
 
 
 @dataclass(frozen=True)
@@ -95,8 +111,46 @@ class AttemptRecord:
     detail: Dict[str, Any]
 
 
+@dataclass(frozen=True)
+class NewSweep:
+    """What a new sweep is stored with; its tasks come separately, as a stream of pickled arguments."""
+
+    id: str
+    name: Optional[str]
+    function: bytes
+    function_digest: str
+    args_digest: str
+    n_tasks: int
+    options: Dict[str, Any]
+
+
+class ClaimLost(Exception):
+    """Another client changed the sweep's claim (or took its name) first."""
+
+
 _SWEEP_COLUMNS = ("id, name, created, updated, n_tasks, state, function_digest, args_digest, options, "
-                  "owner_pid, owner_host, owner_seen")
+                  "owner_pid, owner_host, owner_seen, owner_started, owner_token")
+
+
+def _private_directory(path: str) -> None:
+    """Create ``path`` (and missing parents) readable by its owner only; existing ones are left alone."""
+    missing = []
+    head = os.path.abspath(path)
+    while not os.path.exists(head):
+        missing.append(head)
+        head = os.path.dirname(head)
+    for directory in reversed(missing):
+        try:
+            os.mkdir(directory, 0o700)
+        except FileExistsError:
+            continue
+        os.chmod(directory, 0o700)  # whatever the umask
+
+
+def private_directory(path: str) -> str:
+    """``path``, created owner-only if missing (keys and logs of a sweep live in such directories)."""
+    _private_directory(path)
+    return path
 
 
 class Store:
@@ -104,70 +158,182 @@ class Store:
 
     def __init__(self, path: str, readonly: bool = False) -> None:
         self.path = path
-        if readonly:
-            if not os.path.exists(path):
-                raise FileNotFoundError(f"no sweep store at {path}")
-            self.db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False, timeout=30)
-        else:
-            try:
-                os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-                self.db = sqlite3.connect(path, check_same_thread=False, timeout=30)
-                self.db.execute("PRAGMA journal_mode=WAL")
-                self.db.execute("PRAGMA synchronous=NORMAL")
-                self.db.executescript(SCHEMA)
-                self._upgrade()
-            except (OSError, sqlite3.Error) as error:
-                raise ConfigurationError(
-                    f"cannot open the sweep store {path!r} ({error}); pass store= (or set SHEEPDOG_STORE) to a "
-                    "writable path") from error
         self.lock = threading.RLock()
+        if readonly:
+            self.db = self._open_readonly(path)
+            return
+        try:
+            _private_directory(os.path.dirname(os.path.abspath(path)))
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))  # SQLite gives -wal and -shm this mode
+            self.db = sqlite3.connect(path, check_same_thread=False, timeout=BUSY_SECONDS)
+            self.db.row_factory = sqlite3.Row
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")
+            self._create_or_upgrade()
+        except (OSError, sqlite3.Error) as error:
+            raise ConfigurationError(
+                f"cannot open the sweep store {path!r} ({_reason(error)}); pass store= (or set SHEEPDOG_STORE) "
+                "to a writable path") from error
 
-    def _upgrade(self) -> None:
-        """Bring a store written by an earlier version up to this schema."""
-        columns = {row[1] for row in self.db.execute("PRAGMA table_info(workers)")}
+    def _open_readonly(self, path: str) -> sqlite3.Connection:
+        """Open for reading only: nothing is created or written, not even the -shm file where it exists."""
+        if not os.path.exists(path):
+            raise StoreError(f"no sweep store at {path}; pass --store (or set SHEEPDOG_STORE) to its path")
+        if os.path.isdir(path):
+            raise StoreError(f"{path} is a directory, not a sweep store; pass --store the .sqlite file in it")
+        if not os.access(path, os.R_OK):
+            raise StoreError(f"cannot read the sweep store {path}: permission denied (it belongs to uid "
+                             f"{os.stat(path).st_uid}); run this as its owner")
+        uri = "file:" + urllib.parse.quote(os.path.abspath(path))
+        try:
+            db = sqlite3.connect(uri + "?mode=ro", uri=True, check_same_thread=False, timeout=BUSY_SECONDS)
+            db.row_factory = sqlite3.Row
+            db.execute("SELECT 1 FROM sweeps LIMIT 1").fetchall()
+            return db
+        except sqlite3.OperationalError:
+            # A read-only copy in a read-only directory: WAL readers need a -shm file they cannot
+            # create. With no -wal left beside it (a cleanly closed store), reading it as an
+            # immutable file misses nothing.
+            if os.path.exists(path + "-wal") or os.access(os.path.dirname(os.path.abspath(path)), os.W_OK):
+                raise StoreError(f"cannot read the sweep store {path}: it is being written in a way this "
+                                 "process cannot follow; try again, or copy it with its -wal file") from None
+        except sqlite3.DatabaseError as error:
+            raise StoreError(f"{path} is not a sweep store or is damaged ({error}); pass --store the right "
+                             "file, or move this one away") from None
+        try:
+            db = sqlite3.connect(uri + "?immutable=1", uri=True, check_same_thread=False)
+            db.row_factory = sqlite3.Row
+            db.execute("SELECT 1 FROM sweeps LIMIT 1").fetchall()
+            return db
+        except sqlite3.DatabaseError as error:
+            raise StoreError(f"{path} is not a sweep store or is damaged ({error}); pass --store the right "
+                             "file, or move this one away") from None
+
+    def _create_or_upgrade(self) -> None:
+        """Create the tables, or bring a store written by an earlier version up to this schema."""
         with self.db:
-            for column, kind in (("host", "TEXT"), ("process_group", "INTEGER")):
-                if column not in columns:
-                    self.db.execute(f"ALTER TABLE workers ADD COLUMN {column} {kind}")
+            version = self.db.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise sqlite3.DatabaseError(f"written by a newer sheepdog_drmaa (schema {version}); upgrade this one")
+            if version == SCHEMA_VERSION:
+                return
+            self.db.executescript(SCHEMA)
+            for table, added in _ADDED_COLUMNS.items():
+                present = {row["name"] for row in self.db.execute(f"PRAGMA table_info({table})")}
+                for column, kind in added:
+                    if column not in present:
+                        self.db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+            self.db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     def close(self) -> None:
         with self.lock:
             self.db.close()
 
+    @contextlib.contextmanager
+    def _reading(self) -> Iterator[sqlite3.Connection]:
+        with self.lock, self._translated():
+            yield self.db
+
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[sqlite3.Connection]:
+        """One transaction, taken with the write lock at once (so a read inside it cannot go stale)."""
+        with self.lock, self._translated():
+            self.db.execute("BEGIN IMMEDIATE")
+            with self.db:
+                yield self.db
+
+    @contextlib.contextmanager
+    def _translated(self) -> Iterator[None]:
+        """sqlite3's errors, as errors that name the store and say what to do."""
+        try:
+            yield
+        except sqlite3.DataError as error:
+            raise StoreTooLarge(f"a value too large for the sweep store {self.path} ({error}; SQLite's limit "
+                                f"is {MAX_VALUE_BYTES:,} bytes)") from error
+        except sqlite3.OperationalError as error:
+            if "locked" in str(error) or "busy" in str(error):
+                raise StoreError(f"the sweep store {self.path} stayed locked by another process for "
+                                 f"{BUSY_SECONDS:g} s; find the process holding it (fuser {self.path}) and "
+                                 "run the sweep again (a named sweep resumes)") from error
+            raise StoreError(f"the sweep store {self.path} cannot be used: {error}") from error
+        except sqlite3.DatabaseError as error:
+            raise StoreError(f"the sweep store {self.path} is damaged or not a sweep store ({error})") from error
+
     # -- sweeps ------------------------------------------------------------------------------
 
-    def create_sweep(self, sweep_id: str, name: Optional[str], function: bytes, function_digest: str,
-                     args_digest: str, options: Dict[str, Any], args: Iterable[bytes]) -> int:
-        """Store a new sweep and its tasks in batched transactions; returns the task count."""
-        now = time.time()
-        with self.lock, self.db:
-            self.db.execute(
-                "INSERT INTO sweeps (id, name, created, updated, n_tasks, state, function, function_digest, "
-                "args_digest, options, owner_pid, owner_host, owner_seen) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                (sweep_id, name, now, now, 0, "creating", function, function_digest, args_digest,
-                 json.dumps(options), None, None, None))
-        count = 0
-        batch: List[Tuple[str, int, bytes, str]] = []
-        for blob in args:
-            batch.append((sweep_id, count, blob, "pending"))
-            count += 1
-            if len(batch) >= INSERT_BATCH:
-                self._insert_tasks(batch)
-                batch = []
-        self._insert_tasks(batch)
-        with self.lock, self.db:
-            self.db.execute("UPDATE sweeps SET n_tasks = ?, state = 'created' WHERE id = ?", (count, sweep_id))
-        return count
+    def create_sweep(self, new: NewSweep, args: Iterable[bytes], owner: Claim,
+                     replacing: Optional[SweepRecord] = None) -> None:
+        """Store a new sweep, all its tasks and its owner's claim in one transaction.
 
-    def _insert_tasks(self, batch: List[Tuple[str, int, bytes, str]]) -> None:
-        with self.lock, self.db:
-            self.db.executemany("INSERT INTO tasks (sweep_id, idx, args, state) VALUES (?,?,?,?)", batch)
+        ``replacing`` is an earlier sweep of the same name, deleted in the same transaction, but only
+        if its claim is still what it was when read. Raises ClaimLost if another client took the
+        name or that claim first; nothing is stored then, nor if ``args`` raises (Ctrl-C, say).
+        """
+        now = time.time()
+        with self._writing() as db:
+            if replacing is not None:
+                self._require_claim(replacing)
+                self._delete(replacing.id)
+            try:
+                db.execute(
+                    "INSERT INTO sweeps (id, name, created, updated, n_tasks, state, function, function_digest, "
+                    "args_digest, options, owner_pid, owner_host, owner_seen, owner_started, owner_token) "
+                    "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    (new.id, new.name, now, now, new.n_tasks, "created", new.function, new.function_digest,
+                     new.args_digest, json.dumps(new.options), owner.pid, owner.host, now, owner.started,
+                     owner.token))
+            except sqlite3.IntegrityError as error:
+                raise ClaimLost(f"sweep {new.name!r} was just created by another client") from error
+            count = 0
+
+            def rows() -> Iterator[Tuple[str, int, bytes]]:
+                nonlocal count
+                for blob in args:
+                    yield new.id, count, blob
+                    count += 1
+            db.executemany("INSERT INTO tasks (sweep_id, idx, args, state) VALUES (?,?,?,'pending')", rows())
+            if count != new.n_tasks:
+                raise ValueError(f"{count} arguments were stored for a sweep of {new.n_tasks} tasks")
+
+    def _require_claim(self, record: SweepRecord) -> None:
+        row = self.db.execute("SELECT owner_token, owner_pid FROM sweeps WHERE id = ?", (record.id,)).fetchone()
+        expected = (record.owner.token, record.owner.pid) if record.owner else (None, None)
+        if row is None or (row["owner_token"], row["owner_pid"]) != expected:
+            raise ClaimLost(f"sweep {record.name!r} was claimed by another client")
+
+    def take_claim(self, record: SweepRecord, owner: Claim) -> None:
+        """Make ``owner`` the sweep's client, if its claim is still what ``record`` says; else ClaimLost."""
+        with self._writing() as db:
+            self._require_claim(record)
+            db.execute("UPDATE sweeps SET owner_pid = ?, owner_host = ?, owner_seen = ?, owner_started = ?, "
+                       "owner_token = ?, updated = ? WHERE id = ?",
+                       (owner.pid, owner.host, time.time(), owner.started, owner.token, time.time(), record.id))
+
+    def refresh_claim(self, sweep_id: str, token: str) -> bool:
+        """Mark the claim fresh; False if it is no longer ours (another client took over)."""
+        with self._writing() as db:
+            cursor = db.execute("UPDATE sweeps SET owner_seen = ? WHERE id = ? AND owner_token = ?",
+                                (time.time(), sweep_id, token))
+            return cursor.rowcount == 1
+
+    def release_claim(self, sweep_id: str, token: Optional[str], state: Optional[str] = None) -> None:
+        """Clear the claim if it is still ``token``'s (any claim, with None), setting the sweep's state too."""
+        with self._writing() as db:
+            match = "" if token is None else " AND owner_token = ?"
+            params: Tuple[Any, ...] = (sweep_id,) if token is None else (sweep_id, token)
+            cursor = db.execute("UPDATE sweeps SET owner_pid = NULL, owner_host = NULL, owner_seen = NULL, "
+                                "owner_started = NULL, owner_token = NULL WHERE id = ?" + match, params)
+            if state is not None and cursor.rowcount:
+                db.execute("UPDATE sweeps SET state = ?, updated = ? WHERE id = ?", (state, time.time(), sweep_id))
 
     def delete_sweep(self, sweep_id: str) -> None:
-        with self.lock, self.db:
-            for table, column in (("attempts", "sweep_id"), ("workers", "sweep_id"), ("tasks", "sweep_id"),
-                                  ("sweeps", "id")):
-                self.db.execute(f"DELETE FROM {table} WHERE {column} = ?", (sweep_id,))
+        with self._writing():
+            self._delete(sweep_id)
+
+    def _delete(self, sweep_id: str) -> None:
+        for table, column in (("attempts", "sweep_id"), ("workers", "sweep_id"), ("tasks", "sweep_id"),
+                              ("sweeps", "id")):
+            self.db.execute(f"DELETE FROM {table} WHERE {column} = ?", (sweep_id,))
 
     def sweep(self, sweep_id: str) -> Optional[SweepRecord]:
         return self._one_sweep("id = ?", sweep_id)
@@ -176,84 +342,87 @@ class Store:
         return self._one_sweep("name = ?", name)
 
     def _one_sweep(self, where: str, value: str) -> Optional[SweepRecord]:
-        with self.lock:
-            row = self.db.execute(f"SELECT {_SWEEP_COLUMNS} FROM sweeps WHERE {where}", (value,)).fetchone()
+        with self._reading() as db:
+            row = db.execute(f"SELECT {_SWEEP_COLUMNS} FROM sweeps WHERE {where}", (value,)).fetchone()
         return _sweep_record(row) if row else None
 
     def sweeps(self) -> List[SweepRecord]:
-        with self.lock:
-            rows = self.db.execute(f"SELECT {_SWEEP_COLUMNS} FROM sweeps ORDER BY created").fetchall()
+        with self._reading() as db:
+            rows = db.execute(f"SELECT {_SWEEP_COLUMNS} FROM sweeps ORDER BY created").fetchall()
         return [_sweep_record(row) for row in rows]
 
     def set_sweep_state(self, sweep_id: str, state: str) -> None:
-        with self.lock, self.db:
-            self.db.execute("UPDATE sweeps SET state = ?, updated = ? WHERE id = ?", (state, time.time(), sweep_id))
-
-    def claim(self, sweep_id: str, pid: Optional[int], host: Optional[str]) -> None:
-        """Record (or clear, with None) the live client that owns the sweep."""
-        with self.lock, self.db:
-            self.db.execute("UPDATE sweeps SET owner_pid = ?, owner_host = ?, owner_seen = ? WHERE id = ?",
-                            (pid, host, time.time() if pid else None, sweep_id))
+        with self._writing() as db:
+            db.execute("UPDATE sweeps SET state = ?, updated = ? WHERE id = ?", (state, time.time(), sweep_id))
 
     # -- tasks -------------------------------------------------------------------------------
 
+    def stored_task_count(self, sweep_id: str) -> int:
+        with self._reading() as db:
+            return int(db.execute("SELECT COUNT(*) FROM tasks WHERE sweep_id = ?", (sweep_id,)).fetchone()[0])
+
     def task_args(self, sweep_id: str, index: int) -> bytes:
-        with self.lock:
-            return self.db.execute("SELECT args FROM tasks WHERE sweep_id = ? AND idx = ?",
-                                   (sweep_id, index)).fetchone()[0]
+        with self._reading() as db:
+            return bytes(db.execute("SELECT args FROM tasks WHERE sweep_id = ? AND idx = ?",
+                                    (sweep_id, index)).fetchone()[0])
 
     def task_states(self, sweep_id: str) -> Iterator[Tuple[int, str, int]]:
         """(index, state, attempts) of every task, in index order."""
-        with self.lock:
-            rows = self.db.execute("SELECT idx, state, attempts FROM tasks WHERE sweep_id = ? ORDER BY idx",
-                                   (sweep_id,)).fetchall()
-        return iter(rows)
+        with self._reading() as db:
+            rows = db.execute("SELECT idx, state, attempts FROM tasks WHERE sweep_id = ? ORDER BY idx",
+                              (sweep_id,)).fetchall()
+        return iter([(row["idx"], row["state"], row["attempts"]) for row in rows])
 
     def results(self, sweep_id: str) -> Iterator[Tuple[int, str, Optional[bytes]]]:
         """(index, state, pickled result or None) in index order, read in pages to bound memory."""
         last = -1
         while True:
-            with self.lock:
-                rows = self.db.execute(
+            with self._reading() as db:
+                rows = db.execute(
                     "SELECT idx, state, result FROM tasks WHERE sweep_id = ? AND idx > ? ORDER BY idx LIMIT 2000",
                     (sweep_id, last)).fetchall()
             if not rows:
                 return
-            yield from rows
-            last = rows[-1][0]
+            for row in rows:
+                yield row["idx"], row["state"], row["result"]
+            last = rows[-1]["idx"]
 
     def result(self, sweep_id: str, index: int) -> Tuple[Optional[bytes], Optional[bytes]]:
         """(pickled result, pickled exception) of one task; either may be None."""
-        with self.lock:
-            return self.db.execute("SELECT result, error FROM tasks WHERE sweep_id = ? AND idx = ?",
-                                   (sweep_id, index)).fetchone()
+        with self._reading() as db:
+            row = db.execute("SELECT result, error FROM tasks WHERE sweep_id = ? AND idx = ?",
+                             (sweep_id, index)).fetchone()
+        return row["result"], row["error"]
 
     def counts(self, sweep_id: str) -> Dict[str, int]:
-        with self.lock:
-            rows = self.db.execute("SELECT state, COUNT(*) FROM tasks WHERE sweep_id = ? GROUP BY state",
-                                   (sweep_id,)).fetchall()
-        return dict(rows)
+        with self._reading() as db:
+            rows = db.execute("SELECT state, COUNT(*) AS n FROM tasks WHERE sweep_id = ? GROUP BY state",
+                              (sweep_id,)).fetchall()
+        return {row["state"]: row["n"] for row in rows}
 
     # -- attempts ------------------------------------------------------------------------------
 
     def record_lease(self, sweep_id: str, task: int, number: int, worker: str, host: Optional[str],
                      started: float) -> None:
-        with self.lock, self.db:
-            self.db.execute("INSERT OR REPLACE INTO attempts (sweep_id, task, number, worker, host, started) "
-                            "VALUES (?,?,?,?,?,?)", (sweep_id, task, number, worker, host, started))
-            self.db.execute("UPDATE tasks SET state = 'running', attempts = ? WHERE sweep_id = ? AND idx = ?",
-                            (number, sweep_id, task))
+        with self._writing() as db:
+            db.execute("INSERT OR REPLACE INTO attempts (sweep_id, task, number, worker, host, started) "
+                       "VALUES (?,?,?,?,?,?)", (sweep_id, task, number, worker, host, started))
+            db.execute("UPDATE tasks SET state = 'running', attempts = ? WHERE sweep_id = ? AND idx = ?",
+                       (number, sweep_id, task))
 
     def record_end(self, sweep_id: str, task: int, number: int, cause: str, ended: float,
                    detail: Dict[str, Any], task_state: str, result: Optional[bytes] = None,
                    error: Optional[bytes] = None) -> None:
-        """Close an attempt and set its task's state (and result, or pickled exception) in one transaction."""
-        with self.lock, self.db:
-            self.db.execute("UPDATE attempts SET ended = ?, cause = ?, detail = ? "
-                            "WHERE sweep_id = ? AND task = ? AND number = ?",
-                            (ended, cause, json.dumps(detail, default=repr), sweep_id, task, number))
-            self.db.execute("UPDATE tasks SET state = ?, result = ?, error = ? WHERE sweep_id = ? AND idx = ?",
-                            (task_state, result, error, sweep_id, task))
+        """Close an attempt and set its task's state (and result, or pickled exception) in one transaction.
+
+        Raises StoreTooLarge, with nothing written, for a result SQLite cannot hold.
+        """
+        with self._writing() as db:
+            db.execute("UPDATE attempts SET ended = ?, cause = ?, detail = ? "
+                       "WHERE sweep_id = ? AND task = ? AND number = ?",
+                       (ended, cause, json.dumps(detail, default=repr), sweep_id, task, number))
+            db.execute("UPDATE tasks SET state = ?, result = ?, error = ? WHERE sweep_id = ? AND idx = ?",
+                       (task_state, result, error, sweep_id, task))
 
     def attempts(self, sweep_id: str, task: Optional[int] = None) -> List[AttemptRecord]:
         query = ("SELECT task, number, worker, host, started, ended, cause, detail FROM attempts "
@@ -262,40 +431,50 @@ class Store:
         if task is not None:
             query += " AND task = ?"
             params += (task,)
-        with self.lock:
-            rows = self.db.execute(query + " ORDER BY task, number", params).fetchall()
-        return [AttemptRecord(r[0], r[1], r[2], r[3], r[4], r[5], r[6], json.loads(r[7]) if r[7] else {})
-                for r in rows]
+        with self._reading() as db:
+            rows = db.execute(query + " ORDER BY task, number", params).fetchall()
+        return [AttemptRecord(task=r["task"], number=r["number"], worker=r["worker"], host=r["host"],
+                              started=r["started"], ended=r["ended"], cause=r["cause"],
+                              detail=json.loads(r["detail"]) if r["detail"] else {}) for r in rows]
 
     # -- workers ------------------------------------------------------------------------------
 
     def record_workers(self, sweep_id: str, ids: Iterable[str]) -> None:
         now = time.time()
-        with self.lock, self.db:
-            self.db.executemany("INSERT OR IGNORE INTO workers (sweep_id, id, submitted) VALUES (?,?,?)",
-                                ((sweep_id, worker, now) for worker in ids))
+        with self._writing() as db:
+            db.executemany("INSERT OR IGNORE INTO workers (sweep_id, id, submitted) VALUES (?,?,?)",
+                           ((sweep_id, worker, now) for worker in ids))
 
     def record_workers_ended(self, sweep_id: str, ids: Iterable[str]) -> None:
         now = time.time()
-        with self.lock, self.db:
-            self.db.executemany("UPDATE workers SET ended = ? WHERE sweep_id = ? AND id = ?",
-                                ((now, sweep_id, worker) for worker in ids))
+        with self._writing() as db:
+            db.executemany("UPDATE workers SET ended = ? WHERE sweep_id = ? AND id = ?",
+                           ((now, sweep_id, worker) for worker in ids))
 
     def record_worker_process(self, sweep_id: str, worker: str, host: Optional[str],
                               process_group: Optional[int]) -> None:
         """Where a worker runs, so that a later client can stop it if this one dies."""
-        with self.lock, self.db:
-            self.db.execute("UPDATE workers SET host = ?, process_group = ? WHERE sweep_id = ? AND id = ?",
-                            (host, process_group, sweep_id, worker))
+        with self._writing() as db:
+            db.execute("UPDATE workers SET host = ?, process_group = ? WHERE sweep_id = ? AND id = ?",
+                       (host, process_group, sweep_id, worker))
 
     def live_workers(self, sweep_id: str) -> List[Tuple[str, Optional[str], Optional[int]]]:
         """(id, host, process group) of the workers submitted and not known to have ended."""
-        with self.lock:
-            return self.db.execute("SELECT id, host, process_group FROM workers WHERE sweep_id = ? AND ended IS NULL",
-                                   (sweep_id,)).fetchall()
+        with self._reading() as db:
+            rows = db.execute("SELECT id, host, process_group FROM workers WHERE sweep_id = ? AND ended IS NULL",
+                              (sweep_id,)).fetchall()
+        return [(row["id"], row["host"], row["process_group"]) for row in rows]
 
 
-def _sweep_record(row: Tuple[Any, ...]) -> SweepRecord:
-    values = list(row)
-    values[8] = json.loads(values[8])
-    return SweepRecord(*values)
+def _reason(error: BaseException) -> str:
+    return getattr(error, "strerror", None) or str(error)
+
+
+def _sweep_record(row: sqlite3.Row) -> SweepRecord:
+    owner = None
+    if row["owner_pid"] is not None:
+        owner = Claim(pid=row["owner_pid"], host=row["owner_host"] or "", started=row["owner_started"],
+                      token=row["owner_token"], seen=row["owner_seen"] or 0.0)
+    return SweepRecord(id=row["id"], name=row["name"], created=row["created"], updated=row["updated"],
+                       n_tasks=row["n_tasks"], state=row["state"], function_digest=row["function_digest"],
+                       args_digest=row["args_digest"], options=json.loads(row["options"]), owner=owner)

@@ -146,8 +146,8 @@ class SweepState:
 
     def heartbeat(self, worker_id: str, task: int, number: int, now: float) -> bool:
         """Record a sign of life; False if that attempt is no longer the current one."""
-        attempt = self.running.get(worker_id)
-        if attempt is None or attempt.task != task or attempt.number != number:
+        attempt = self.current(worker_id, task, number)
+        if attempt is None:
             return False
         attempt.last_seen = now
         return True
@@ -155,8 +155,8 @@ class SweepState:
     def finish(self, worker_id: str, task: int, number: int, cause: Cause, now: float,
                detail: Optional[Dict[str, Any]] = None) -> Optional[Attempt]:
         """A worker reported a result or an exception. None if the attempt was superseded."""
-        attempt = self.running.get(worker_id)
-        if attempt is None or attempt.task != task or attempt.number != number:
+        attempt = self.current(worker_id, task, number)
+        if attempt is None:
             return None
         self._end(attempt, cause, now, detail or {})
         return attempt
@@ -253,21 +253,37 @@ class SweepState:
         return {"done": self.n_done, "failed": self.n_failed, "running": len(self.running),
                 "queued": len(self.pending)}
 
+    def current(self, worker_id: str, task: int, number: int) -> Optional[Attempt]:
+        """The worker's running attempt, if it is that task's attempt ``number``; else None (superseded)."""
+        attempt = self.running.get(worker_id)
+        if attempt is None or attempt.task != task or attempt.number != number:
+            return None
+        return attempt
+
+    def outcome(self, attempt: Attempt, cause: Cause, detail: Dict[str, Any]) -> TaskState:
+        """What the attempt's task becomes if the attempt ends so; changes nothing (the runner stores
+        that first, and ends the attempt only once it is stored)."""
+        if cause is Cause.RESULT:
+            return TaskState.DONE
+        exception_types = tuple(detail.get("exception_types", ()))
+        retryable = is_retryable(cause, exception_types, self.retry_exceptions)
+        if retryable and self.failure_counts.get(attempt.task, 0) + 1 <= self.retries:
+            return TaskState.PENDING
+        return TaskState.FAILED
+
     def _end(self, attempt: Attempt, cause: Cause, now: float, detail: Dict[str, Any]) -> None:
+        next_state = self.outcome(attempt, cause, detail)
         attempt.cause, attempt.ended, attempt.detail = cause, now, detail
         del self.running[attempt.worker]
         self.workers[attempt.worker].attempt = None
         task = attempt.task
-        if cause is Cause.RESULT:
-            self.states[task] = TaskState.DONE
+        self.states[task] = next_state
+        if next_state is TaskState.DONE:
             self.n_done += 1
             return
         self.failure_counts[task] = self.failure_counts.get(task, 0) + 1
         self.failed_attempts.setdefault(task, []).append(attempt)
-        exception_types = tuple(detail.get("exception_types", ()))
-        if is_retryable(cause, exception_types, self.retry_exceptions) and self.failure_counts[task] <= self.retries:
-            self.states[task] = TaskState.PENDING
+        if next_state is TaskState.PENDING:
             self.pending.appendleft(task)
-            return
-        self.states[task] = TaskState.FAILED
-        self.n_failed += 1
+        else:
+            self.n_failed += 1

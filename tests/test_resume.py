@@ -5,11 +5,13 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 
 import sheepdog_drmaa
 from sheepdog_drmaa import SweepLocked, SweepMismatch
+from sheepdog_drmaa.claims import Claim
 from sheepdog_drmaa.store import Store
 
 from conftest import qstat_jobs, wait_until
@@ -172,7 +174,7 @@ def test_a_stale_claim_from_another_host_does_not_lock_the_sweep(store):
     sheepdog_drmaa.map(abs, [-1], backend="local", store=store, name="moved", progress=False)
     database = Store(store)
     record = database.sweep_named("moved")
-    database.claim(record.id, 12345, "another-host")
+    database.take_claim(record, Claim(pid=12345, host="another-host", started=None, token="t", seen=time.time()))
     with pytest.raises(SweepLocked, match="another-host"):
         sheepdog_drmaa.map(abs, [-1], backend="local", store=store, name="moved", progress=False)
     database.db.execute("UPDATE sweeps SET owner_seen = owner_seen - 3600 WHERE id = ?", (record.id,))

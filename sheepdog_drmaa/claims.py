@@ -1,0 +1,104 @@
+"""Who runs a sweep: the claim a live client holds on it, how a dead claimant is recognised, stopping it.
+
+A claim names a process (pid, host, and the process's start time, so that a reused pid is not
+taken for the client) and carries a random token. The store changes a claim only by comparing
+that token (one SQL statement), so of two clients racing for one sweep exactly one wins.
+"""
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import socket
+import time
+from dataclasses import dataclass
+from typing import Callable, Optional, Set
+
+# A client refreshes its claim every CLAIM_REFRESH_SECONDS; one from another host that has been
+# silent for STALE_CLAIM_SECONDS is taken to be dead (its process cannot be checked from here).
+CLAIM_REFRESH_SECONDS = 30.0
+STALE_CLAIM_SECONDS = 180.0
+
+# Tokens of the claims this process holds now: a claim of this very process is live only while its
+# run is (one left in the store by a run that could not release it is not).
+_held: Set[str] = set()
+
+
+@dataclass(frozen=True)
+class Claim:
+    """The client process that runs a sweep, as recorded in the store."""
+
+    pid: int
+    host: str
+    started: Optional[str]   # the process's start time in clock ticks since boot (Linux), if known
+    token: Optional[str]     # None in claims written by sheepdog_drmaa 0.1.0
+    seen: float              # when the client last refreshed the claim
+
+    def describe(self) -> str:
+        return f"process {self.pid} on {self.host}"
+
+
+def process_start(pid: int) -> Optional[str]:
+    """The start time of process ``pid`` (field 22 of /proc/PID/stat), or None if it is gone or unknown."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            text = handle.read().decode(errors="replace")
+    except OSError:
+        return None
+    # The command name (field 2) may contain spaces and parentheses: split after its last ")".
+    fields = text[text.rfind(")") + 2:].split()
+    return fields[19] if len(fields) > 19 else None
+
+
+def for_this_process() -> Claim:
+    """A fresh claim for the calling process (a new token each time: one per run), held until let_go."""
+    pid = os.getpid()
+    claim = Claim(pid=pid, host=socket.gethostname(), started=process_start(pid), token=secrets.token_hex(16),
+                  seen=time.time())
+    _held.add(claim.token or "")
+    return claim
+
+
+def let_go(claim: Claim) -> None:
+    """This process no longer runs the sweep of ``claim``, whether or not the store could be told."""
+    _held.discard(claim.token or "")
+
+
+def is_live(claim: Optional[Claim], now: Optional[float] = None) -> bool:
+    """Whether the claimant may still be running the sweep.
+
+    On this host the process is checked (alive, and started when the claim says); on another
+    host only the age of the claim's last refresh can tell.
+    """
+    if claim is None:
+        return False
+    if claim.host != socket.gethostname():
+        return (time.time() if now is None else now) - claim.seen <= STALE_CLAIM_SECONDS
+    if claim.pid == os.getpid():
+        return claim.token in _held
+    try:
+        os.kill(claim.pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # alive, another user's: the start time below still tells
+    started = process_start(claim.pid)
+    return started is None or claim.started is None or started == claim.started
+
+
+def stop_client(claim: Claim, released: Callable[[], bool], timeout: float) -> bool:
+    """Ask the live client that holds ``claim`` (on this host) to cancel with SIGINT, as Ctrl-C does,
+    and wait until ``released()`` says it let go or it is gone. False if it is not on this host or
+    does not stop in time. A pid that now belongs to another process is never signalled."""
+    if claim.host != socket.gethostname() or not is_live(claim):
+        return not is_live(claim)
+    try:
+        os.kill(claim.pid, signal.SIGINT)
+    except ProcessLookupError:
+        return True
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if released() or not is_live(claim):
+            return True
+        time.sleep(0.2)
+    return False
