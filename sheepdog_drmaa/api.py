@@ -24,6 +24,7 @@ from .errors import ConfigurationError, SweepCancelled, SweepLocked, SweepMismat
 from .handle import Sweep
 from .options import Options, resolve
 from .runner import Run
+from .sweep import SweepPhase, TaskState
 from .store import ClaimLost, NewSweep, Store, SweepRecord, private_directory
 
 log = logging.getLogger(__name__)
@@ -89,7 +90,7 @@ def map_async(f: Callable[..., Any], args: Iterable[Any], **options: Any) -> Swe
     if isinstance(sweep, list):
         raise ConfigurationError("args is empty: there is nothing to run")
     if sweep.run is not None:
-        sweep._start_in_background()
+        sweep.run.start_in_background()
     return sweep
 
 
@@ -145,22 +146,24 @@ def _start(f: Callable[..., Any], args: Iterable[Any], given: Dict[str, Any]) ->
                 store.release_claim(record.id, me.token)
         store.close()
         raise
-    store.set_sweep_state(record.id, "running")
+    store.set_sweep_state(record.id, SweepPhase.RUNNING)
     return Sweep(store, record, run, errors=options.errors)
 
 
 def _pickle(value: Any, what: str, index: Optional[int] = None) -> bytes:
     """cloudpickle ``value``; on failure, name it (its repr is made only then: it may be costly)."""
     try:
-        return cloudpickle.dumps(value, protocol=5)
+        pickled: bytes = cloudpickle.dumps(value, protocol=5)
+        return pickled
     except Exception as error:
         name = what if index is None else f"{what}[{index}]"
         if isinstance(error, RecursionError) or isinstance(error.__context__, RecursionError):
             raise ConfigurationError(f"{name} = {_safe_repr(value)} is nested too deeply to be serialised with "
                                      f"cloudpickle (deeper than Python's recursion limit, "
                                      f"{sys.getrecursionlimit()}); flatten it") from None
-        raise ConfigurationError(f"{name} = {_safe_repr(value)} cannot be serialised with cloudpickle to reach the "
-                                 f"workers: {type(error).__name__}: {error}") from error
+        named = name if index is None else f"{name} = {_safe_repr(value)}"
+        raise ConfigurationError(f"{named} cannot be serialised with cloudpickle to reach the workers: "
+                                 f"{type(error).__name__}: {error}") from error
 
 
 def _safe_repr(value: Any) -> str:
@@ -182,7 +185,7 @@ def _digest(blobs: Iterable[bytes]) -> str:
 @functools.lru_cache(maxsize=None)  # once per host and process
 def _warn_if_loopback(host: str) -> None:
     """Workers on other nodes cannot reach a loopback address (Debian maps its own name to 127.0.1.1)."""
-    addresses = {info[4][0] for info in socket.getaddrinfo(host, None)}
+    addresses = {str(info[4][0]) for info in socket.getaddrinfo(host, None)}
     if addresses and all(ipaddress.ip_address(a.split("%")[0]).is_loopback for a in addresses):
         log.warning("host=%r resolves only to the loopback address %s: workers on other nodes cannot reach the "
                     "server. Fine on a one-node cluster; otherwise pass host= a name or address of this machine "
@@ -228,10 +231,10 @@ def _prepare_record(store: Store, options: Options, function: bytes, blobs: List
             store.create_sweep(new, blobs, me)
         elif claims.is_live(existing.owner):
             raise ClaimLost()
-        elif options.resume and existing.state != "creating":  # "creating": left half-made by version 0.1.0
+        elif options.resume and existing.state != SweepPhase.CREATING:
             _refuse_mismatch(store, existing, options, function_digest, args_digest, len(blobs))
             store.take_claim(existing, me)
-            done = [index for index, state, _ in store.task_states(existing.id) if state == "done"]
+            done = [index for index, state, _ in store.task_states(existing.id) if state == TaskState.DONE]
             log.info("resuming sweep %r: %d of %d tasks already done", options.name, len(done), existing.n_tasks)
             return dataclasses.replace(existing, owner=me), done
         else:

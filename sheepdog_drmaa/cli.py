@@ -20,6 +20,7 @@ from .handle import Sweep
 from .options import DEFAULT_STORE, ENV_PREFIX
 from .records import UNLOADABLE, TaskFailure
 from .store import Store
+from .sweep import SweepPhase
 
 CANCEL_WAIT_SECONDS = 60.0
 
@@ -37,7 +38,7 @@ def _emit(args: argparse.Namespace, data: Any, text: str) -> None:
 
 def cmd_list(args: argparse.Namespace) -> int:
     store = Store(args.store, readonly=True)
-    rows = []
+    rows: List[Dict[str, Any]] = []
     for record in store.sweeps():
         rows.append({"name": record.name, "id": record.id, "state": record.state, "tasks": record.n_tasks,
                      "age_seconds": time.time() - record.created, **Sweep(store, record).status()})
@@ -62,11 +63,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     running = sorted({a.worker for a in attempts if a.ended is None})
     retried = len({a.task for a in attempts if a.number > 1})
     record = sweep.record
-    data = {"name": record.name, "id": record.id, "state": record.state, "tasks": record.n_tasks,
-            "counts": sweep.status(), "running_jobs": running, "retried_tasks": retried,
+    counts = sweep.status()
+    data: Dict[str, Any] = {"name": record.name, "id": record.id, "state": record.state, "tasks": record.n_tasks,
+            "counts": counts, "running_jobs": running, "retried_tasks": retried,
             "failed_attempts_by_cause": by_cause,
             "owner": record.owner and f"{record.owner.pid}@{record.owner.host}"}
-    counts = data["counts"]
     text = [f"sweep {record.name or record.id} ({record.id}): {record.state}, {record.n_tasks} tasks",
             "  " + ", ".join(f"{k} {v}" for k, v in counts.items()),
             f"  retried tasks: {retried}",
@@ -139,7 +140,7 @@ def cmd_cancel(args: argparse.Namespace) -> int:
         finally:
             backend.close()
         store.record_workers_ended(record.id, [worker_id for worker_id, _, _ in leftovers])
-    store.release_claim(record.id, None, "cancelled")
+    store.release_claim(record.id, None, SweepPhase.CANCELLED)
     _emit(args, {"name": record.name, "id": record.id, "terminated_workers": [w for w, _, _ in leftovers]},
           f"cancelled {record.name or record.id}; terminated {len(leftovers)} leftover jobs")
     return 0

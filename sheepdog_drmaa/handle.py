@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import pickle
-import threading
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 from .errors import SweepFailed, SweepIncomplete
@@ -10,6 +9,7 @@ from .options import DEFAULT_STORE
 from .records import UNLOADABLE, TaskFailure, failure_from_store, render_failures, unloadable_failure
 from .runner import Run
 from .store import AttemptRecord, Store, SweepRecord
+from .sweep import TaskState, counts_by_name
 
 
 class Sweep:
@@ -17,7 +17,6 @@ class Sweep:
 
     def __init__(self, store: Store, record: SweepRecord, run: Optional[Run] = None, errors: str = "raise") -> None:
         self.store, self.record, self.run, self.errors = store, record, run, errors
-        self._thread: Optional[threading.Thread] = None
         self._streamed = False
 
     @classmethod
@@ -45,22 +44,9 @@ class Sweep:
     def __repr__(self) -> str:
         return f"<Sweep {self.name or self.id} {self.status()}>"
 
-    def _start_in_background(self) -> None:
-        assert self.run is not None
-        self._thread = threading.Thread(target=self._drive_quietly, name=f"sheepdog-{self.id}", daemon=True)
-        self._thread.start()
-
-    def _drive_quietly(self) -> None:
-        try:
-            self.run.drive()
-        except BaseException:
-            pass  # kept in run.outcome and raised from results()
-
     def wait(self, timeout: Optional[float] = None) -> bool:
         """Block until the sweep ends (or ``timeout`` seconds pass); True if it ended."""
-        if self.run is None:
-            return True
-        return self.run.finished.wait(timeout)
+        return self.run is None or self.run.wait(timeout)
 
     def results(self) -> List[Any]:
         """All results in input order, once the sweep ends; raises SweepFailed if tasks failed.
@@ -69,15 +55,15 @@ class Sweep:
         be unpickled here). A task that is neither done nor failed raises SweepIncomplete.
         """
         self.wait()
-        if self.run is not None and self.run.outcome is not None:
-            raise self.run.outcome
+        if self.run is not None and self.run.error is not None:
+            raise self.run.error
         failures = {f.index: f for f in self.failures()}
         results: List[Any] = []
         unfinished: List[int] = []
         for index, state, blob in self.store.results(self.id):
-            if state == "failed":
+            if state == TaskState.FAILED:
                 results.append(failures[index])
-            elif state == "done" and blob is not None:
+            elif state == TaskState.DONE and blob is not None:
                 value = self._value(index, blob)
                 if isinstance(value, TaskFailure) and value.cause == UNLOADABLE:
                     failures[index] = value
@@ -110,14 +96,11 @@ class Sweep:
         """
         if self.run is None or self._streamed:
             for index, state, blob in self.store.results(self.id):
-                if state in ("done", "failed"):
+                if state in (TaskState.DONE, TaskState.FAILED):
                     yield index, self._value(index, blob)
             return
         self._streamed = True
-        while True:
-            index = self.run.completed.get()
-            if index is None:
-                return
+        for index in self.run.completions():
             yield index, self._value(index, self.store.result(self.id, index)[0])
 
     def _value(self, index: int, blob: Optional[bytes]) -> Any:
@@ -131,12 +114,9 @@ class Sweep:
 
     def status(self) -> Dict[str, int]:
         """Task counts per state: done, failed, running, queued."""
-        if self.run is not None and not self.run.finished.is_set():
-            with self.run.lock:
-                return self.run.state.counts()
-        counts = self.store.counts(self.id)
-        return {"done": counts.get("done", 0), "failed": counts.get("failed", 0),
-                "running": counts.get("running", 0), "queued": counts.get("pending", 0)}
+        if self.run is not None and not self.run.wait(0):
+            return self.run.counts()
+        return counts_by_name(self.store.counts(self.id))
 
     def attempts(self, index: Optional[int] = None) -> List[AttemptRecord]:
         """Every recorded attempt (of one task, or of all), with its cause, worker and details."""
@@ -145,12 +125,11 @@ class Sweep:
     def failures(self) -> List[TaskFailure]:
         """One record per task that failed for good, with its whole attempt history."""
         return [failure_from_store(self.store, self.id, index)
-                for index, state, _ in self.store.task_states(self.id) if state == "failed"]
+                for index, state, _ in self.store.task_states(self.id) if state == TaskState.FAILED]
 
     def cancel(self, timeout: float = 60.0) -> None:
         """Terminate every job of a live sweep and wait until they are gone (bounded by ``timeout``)."""
         if self.run is None:
             raise RuntimeError("this Sweep was opened read-only; cancel it from its own process "
                                "or with `sheepdog-drmaa cancel NAME`")
-        self.run.cancel_requested.set()
-        self.run.finished.wait(timeout)
+        self.run.cancel(timeout)

@@ -21,10 +21,11 @@ from .claims import CLAIM_REFRESH_SECONDS, Claim
 from .errors import (ResultTooLarge, SchedulerUnreachable, StoreError, StoreTooLarge, SweepCancelled, SweepLocked,
                      WorkersCannotStart)
 from .failures import Cause, ExitInfo
+from .options import Options
 from .progress import Progress
 from .server import TaskServer, make_app
 from .store import Store
-from .sweep import Attempt, StartFailure, SweepState
+from .sweep import Attempt, StartFailure, SweepPhase, SweepState, TaskState
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,7 @@ class Run:
 
     def __init__(self, *, store: Store, sweep_id: str, label: str, n_tasks: int, function: bytes,
                  backend: Backend, spec_without_url: WorkerSpec, key: bytes, key_path: str,
-                 host: str, bind: str, port: int, options: Any, done: List[int], claim: Claim) -> None:
+                 host: str, bind: str, port: int, options: Options, done: List[int], claim: Claim) -> None:
         self.store, self.sweep_id, self.label, self.claim = store, sweep_id, label, claim
         self.function, self.backend, self.key_path = function, backend, key_path
         self.options = options
@@ -169,19 +170,59 @@ class Run:
 
     def _persist_end(self, attempt: Attempt) -> None:
         """Store an attempt the state has already ended (by the scheduler's word or our own decision)."""
+        assert attempt.cause is not None and attempt.ended is not None
         task_state = self.state.states[attempt.task].value
         self.store.record_end(self.sweep_id, attempt.task, attempt.number, attempt.cause.value, attempt.ended,
                               attempt.detail, task_state)
         self._announce_end(attempt)
 
     def _announce_end(self, attempt: Attempt) -> None:
+        assert attempt.cause is not None
         task_state = self.state.states[attempt.task].value
-        if task_state in ("done", "failed"):
+        if task_state in (TaskState.DONE, TaskState.FAILED):
             self.completed.put(attempt.task)
         if attempt.cause is not Cause.RESULT:
-            log.log(logging.INFO if task_state == "pending" else logging.WARNING,
+            log.log(logging.INFO if task_state == TaskState.PENDING else logging.WARNING,
                     "task %d attempt %d: %s (%s); task is now %s", attempt.task, attempt.number,
                     attempt.cause.value, attempt.detail.get("summary", ""), task_state)
+
+    # -- the interface of the user's Sweep handle ----------------------------------------------
+
+    def start_in_background(self) -> None:
+        """Drive the sweep from a thread; its ending is kept in ``error`` and waited for with ``wait``."""
+        def drive_quietly() -> None:
+            try:
+                self.drive()
+            except BaseException:
+                pass  # kept in self.outcome, raised by the handle's results()
+        threading.Thread(target=drive_quietly, name=f"sheepdog-{self.sweep_id}", daemon=True).start()
+
+    def wait(self, timeout: Optional[float] = None) -> bool:
+        """Block until the sweep ends (or ``timeout`` seconds pass); True if it ended."""
+        return self.finished.wait(timeout)
+
+    @property
+    def error(self) -> Optional[BaseException]:
+        """What ended the sweep early, if anything did (None while it runs and after a whole run)."""
+        return self.outcome
+
+    def counts(self) -> Dict[str, int]:
+        """Tasks per state now: done, failed, running, queued."""
+        with self.lock:
+            return self.state.counts()
+
+    def completions(self) -> Iterator[int]:
+        """Indices of tasks as they end for good (done or failed), until the sweep ends; readable once."""
+        while True:
+            index = self.completed.get()
+            if index is None:
+                return
+            yield index
+
+    def cancel(self, timeout: float = 60.0) -> bool:
+        """Ask the driving thread to stop the sweep and terminate its jobs; True once it has."""
+        self.cancel_requested.set()
+        return self.finished.wait(timeout)
 
     # -- driving side (one thread) -----------------------------------------------------------
 
@@ -262,7 +303,8 @@ class Run:
                 self.state.cancel(time.time())
                 for attempt in running:
                     self._quietly(self.store.record_end, self.sweep_id, attempt.task, attempt.number,
-                                  Cause.CANCELLED.value, attempt.ended or time.time(), attempt.detail, "pending")
+                                  Cause.CANCELLED.value, attempt.ended or time.time(), attempt.detail,
+                                  TaskState.PENDING.value)
             # Every worker not known to have ended, already asked to go or not: whole arrays then
             # go in one scheduler call each.
             leftover = [w.id for w in self.state.workers.values() if not w.ended]
@@ -286,9 +328,9 @@ class Run:
             except OSError:
                 pass
             if self.state.finished:
-                final = "failed" if self.state.n_failed else "finished"
+                final = SweepPhase.FAILED if self.state.n_failed else SweepPhase.FINISHED
             else:
-                final = "cancelled" if isinstance(self.outcome, SweepCancelled) else "interrupted"
+                final = SweepPhase.CANCELLED if isinstance(self.outcome, SweepCancelled) else SweepPhase.INTERRUPTED
             self._quietly(self.store.release_claim, self.sweep_id, self.claim.token, final)
             claims.let_go(self.claim)
             self.completed.put(None)

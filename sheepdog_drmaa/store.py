@@ -20,6 +20,7 @@ from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple
 
 from .claims import Claim
 from .errors import ConfigurationError, StoreError, StoreTooLarge
+from .sweep import SweepPhase
 
 SCHEMA_VERSION = 2
 SCHEMA = """
@@ -48,8 +49,13 @@ CREATE TABLE IF NOT EXISTS tasks (
     attempts INTEGER NOT NULL DEFAULT 0,
     result BLOB,
     error BLOB,
+    args_large INTEGER,
     PRIMARY KEY (sweep_id, idx)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS large_values (
+    id INTEGER PRIMARY KEY,
+    data BLOB NOT NULL
+);
 CREATE TABLE IF NOT EXISTS attempts (
     sweep_id TEXT NOT NULL,
     task INTEGER NOT NULL,
@@ -77,12 +83,18 @@ CREATE TABLE IF NOT EXISTS workers (
 _ADDED_COLUMNS = {
     "workers": (("host", "TEXT"), ("process_group", "INTEGER")),
     "sweeps": (("owner_started", "TEXT"), ("owner_token", "TEXT")),
+    "tasks": (("args_large", "INTEGER"),),
 }
 
 # How long a write waits for another process's write lock before giving up with a clear error.
 BUSY_SECONDS = 60.0
 # SQLite refuses a value longer than this (SQLITE_MAX_LENGTH as Debian and Python build it).
 MAX_VALUE_BYTES = 1_000_000_000
+# Arguments larger than this go to their own table, written and read in chunks (see _write_large).
+LARGE_VALUE_BYTES = 1 << 20
+LARGE_VALUE_CHUNK = 1 << 20
+INSERT_BATCH = 5000
+_INSERT_TASK = "INSERT INTO tasks (sweep_id, idx, args, state, args_large) VALUES (?,?,?,'pending',?)"
 
 
 @dataclass(frozen=True)
@@ -279,21 +291,34 @@ class Store:
                     "INSERT INTO sweeps (id, name, created, updated, n_tasks, state, function, function_digest, "
                     "args_digest, options, owner_pid, owner_host, owner_seen, owner_started, owner_token) "
                     "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                    (new.id, new.name, now, now, new.n_tasks, "created", new.function, new.function_digest,
+                    (new.id, new.name, now, now, new.n_tasks, SweepPhase.CREATED.value, new.function, new.function_digest,
                      new.args_digest, json.dumps(new.options), owner.pid, owner.host, now, owner.started,
                      owner.token))
             except sqlite3.IntegrityError as error:
                 raise ClaimLost(f"sweep {new.name!r} was just created by another client") from error
             count = 0
-
-            def rows() -> Iterator[Tuple[str, int, bytes]]:
-                nonlocal count
-                for blob in args:
-                    yield new.id, count, blob
-                    count += 1
-            db.executemany("INSERT INTO tasks (sweep_id, idx, args, state) VALUES (?,?,?,'pending')", rows())
+            batch: List[Tuple[str, int, bytes, Optional[int]]] = []
+            for count, blob in enumerate(args, start=1):
+                if len(blob) > LARGE_VALUE_BYTES:
+                    batch.append((new.id, count - 1, b"", self._write_large(blob)))
+                else:
+                    batch.append((new.id, count - 1, blob, None))
+                if len(batch) >= INSERT_BATCH:
+                    db.executemany(_INSERT_TASK, batch)
+                    batch = []
+            db.executemany(_INSERT_TASK, batch)
             if count != new.n_tasks:
                 raise ValueError(f"{count} arguments were stored for a sweep of {new.n_tasks} tasks")
+
+    def _write_large(self, blob: bytes) -> int:
+        """Store one large value through SQLite's blob I/O, which (unlike binding it) makes no copy of it."""
+        row = self.db.execute("INSERT INTO large_values (data) VALUES (zeroblob(?))", (len(blob),)).lastrowid
+        assert row is not None
+        view = memoryview(blob)
+        with self.db.blobopen("large_values", "data", row) as handle:
+            for start in range(0, len(view), LARGE_VALUE_CHUNK):
+                handle.write(view[start:start + LARGE_VALUE_CHUNK])
+        return row
 
     def _require_claim(self, record: SweepRecord) -> None:
         row = self.db.execute("SELECT owner_token, owner_pid FROM sweeps WHERE id = ?", (record.id,)).fetchone()
@@ -316,7 +341,7 @@ class Store:
                                 (time.time(), sweep_id, token))
             return cursor.rowcount == 1
 
-    def release_claim(self, sweep_id: str, token: Optional[str], state: Optional[str] = None) -> None:
+    def release_claim(self, sweep_id: str, token: Optional[str], state: Optional[SweepPhase] = None) -> None:
         """Clear the claim if it is still ``token``'s (any claim, with None), setting the sweep's state too."""
         with self._writing() as db:
             match = "" if token is None else " AND owner_token = ?"
@@ -324,13 +349,16 @@ class Store:
             cursor = db.execute("UPDATE sweeps SET owner_pid = NULL, owner_host = NULL, owner_seen = NULL, "
                                 "owner_started = NULL, owner_token = NULL WHERE id = ?" + match, params)
             if state is not None and cursor.rowcount:
-                db.execute("UPDATE sweeps SET state = ?, updated = ? WHERE id = ?", (state, time.time(), sweep_id))
+                db.execute("UPDATE sweeps SET state = ?, updated = ? WHERE id = ?",
+                           (state.value, time.time(), sweep_id))
 
     def delete_sweep(self, sweep_id: str) -> None:
         with self._writing():
             self._delete(sweep_id)
 
     def _delete(self, sweep_id: str) -> None:
+        self.db.execute("DELETE FROM large_values WHERE id IN (SELECT args_large FROM tasks WHERE sweep_id = ? "
+                        "AND args_large IS NOT NULL)", (sweep_id,))
         for table, column in (("attempts", "sweep_id"), ("workers", "sweep_id"), ("tasks", "sweep_id"),
                               ("sweeps", "id")):
             self.db.execute(f"DELETE FROM {table} WHERE {column} = ?", (sweep_id,))
@@ -351,9 +379,9 @@ class Store:
             rows = db.execute(f"SELECT {_SWEEP_COLUMNS} FROM sweeps ORDER BY created").fetchall()
         return [_sweep_record(row) for row in rows]
 
-    def set_sweep_state(self, sweep_id: str, state: str) -> None:
+    def set_sweep_state(self, sweep_id: str, state: SweepPhase) -> None:
         with self._writing() as db:
-            db.execute("UPDATE sweeps SET state = ?, updated = ? WHERE id = ?", (state, time.time(), sweep_id))
+            db.execute("UPDATE sweeps SET state = ?, updated = ? WHERE id = ?", (state.value, time.time(), sweep_id))
 
     # -- tasks -------------------------------------------------------------------------------
 
@@ -363,8 +391,12 @@ class Store:
 
     def task_args(self, sweep_id: str, index: int) -> bytes:
         with self._reading() as db:
-            return bytes(db.execute("SELECT args FROM tasks WHERE sweep_id = ? AND idx = ?",
-                                    (sweep_id, index)).fetchone()[0])
+            row = db.execute("SELECT args, args_large FROM tasks WHERE sweep_id = ? AND idx = ?",
+                             (sweep_id, index)).fetchone()
+            if row["args_large"] is None:
+                return bytes(row["args"])
+            with db.blobopen("large_values", "data", row["args_large"], readonly=True) as handle:
+                return handle.read()
 
     def task_states(self, sweep_id: str) -> Iterator[Tuple[int, str, int]]:
         """(index, state, attempts) of every task, in index order."""

@@ -9,16 +9,40 @@ from __future__ import annotations
 import collections
 import enum
 from dataclasses import dataclass, field
-from typing import Any, Deque, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Deque, Dict, Iterable, List, Mapping, Optional, Tuple
 
 from .failures import Cause, Ending, ExitInfo, classify, is_retryable
 
 
 class TaskState(str, enum.Enum):
+    """A task's state, as stored."""
+
     PENDING = "pending"
     RUNNING = "running"
     DONE = "done"
     FAILED = "failed"
+
+
+# What the user is shown for each task state (a pending task is "queued" to them).
+COUNT_NAMES = {TaskState.DONE: "done", TaskState.FAILED: "failed", TaskState.RUNNING: "running",
+               TaskState.PENDING: "queued"}
+
+
+def counts_by_name(per_state: Mapping[str, int]) -> Dict[str, int]:
+    """Task counts keyed as the user sees them, from counts keyed by stored TaskState value."""
+    return {name: per_state.get(state.value, 0) for state, name in COUNT_NAMES.items()}
+
+
+class SweepPhase(str, enum.Enum):
+    """Where a whole sweep is in its life, as stored and shown by the command line."""
+
+    CREATING = "creating"        # only in stores of version 0.1.0: a sweep whose tasks were not all stored
+    CREATED = "created"
+    RUNNING = "running"
+    FINISHED = "finished"        # every task done
+    FAILED = "failed"            # every task ended, some failed
+    CANCELLED = "cancelled"
+    INTERRUPTED = "interrupted"  # its client stopped early (an error, a lost store); a named sweep resumes
 
 
 @dataclass
@@ -250,8 +274,8 @@ class SweepState:
         return self.n_done + self.n_failed == self.n_tasks
 
     def counts(self) -> Dict[str, int]:
-        return {"done": self.n_done, "failed": self.n_failed, "running": len(self.running),
-                "queued": len(self.pending)}
+        return counts_by_name({TaskState.DONE.value: self.n_done, TaskState.FAILED.value: self.n_failed,
+                               TaskState.RUNNING.value: len(self.running), TaskState.PENDING.value: len(self.pending)})
 
     def current(self, worker_id: str, task: int, number: int) -> Optional[Attempt]:
         """The worker's running attempt, if it is that task's attempt ``number``; else None (superseded)."""

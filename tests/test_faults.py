@@ -3,6 +3,7 @@
 Executions are counted through files, so a retry is seen, not assumed.
 """
 import os
+import pathlib
 import signal
 import subprocess
 import sys
@@ -243,7 +244,7 @@ def test_stopping_the_client_terminates_every_job_before_it_exits(backend, store
     assert ("KeyboardInterrupt" if stop == signal.SIGINT else "SweepCancelled") in stderr
     for pid_file in pid_files:  # every task process is gone once control returned
         pid = int(pid_file.read_text())
-        assert not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split()[2] == "Z"
+        assert not os.path.exists(f"/proc/{pid}") or pathlib.Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
 
 
 @pytest.mark.gridengine

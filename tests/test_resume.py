@@ -1,6 +1,7 @@
 """Durable sweeps: a client killed midway, the same line run again, and the command line on the store."""
 import json
 import os
+import pathlib
 import signal
 import subprocess
 import sys
@@ -38,7 +39,7 @@ CLIENT = textwrap.dedent("""
 
 def runs(directory, x):
     path = os.path.join(directory, f"{x}.runs")
-    return len(open(path).readlines()) if os.path.exists(path) else 0
+    return len(pathlib.Path(path).read_text().splitlines()) if os.path.exists(path) else 0
 
 
 def test_a_killed_client_resumes_without_rerunning_finished_tasks(backend, store, tmp_path):
@@ -61,8 +62,8 @@ def test_a_killed_client_resumes_without_rerunning_finished_tasks(backend, store
     for x in finished_before:
         assert runs(directory, x) == 1, f"finished task {x} ran again"
     # The process that ran task 6 for the killed client was stopped, not left to run it a second time.
-    orphan = int(open(directory / "6.runs").readline())
-    wait_until(lambda: not os.path.exists(f"/proc/{orphan}") or open(f"/proc/{orphan}/stat").read().split()[2] == "Z",
+    orphan = int((directory / "6.runs").read_text().splitlines()[0])
+    wait_until(lambda: not os.path.exists(f"/proc/{orphan}") or pathlib.Path(f"/proc/{orphan}/stat").read_text().split()[2] == "Z",
                30, "the killed client's worker to be gone")
     if backend == "drmaa":
         wait_until(lambda: not qstat_jobs(), 30, "qstat to be empty")
@@ -140,7 +141,7 @@ def flaky(directory, x):
     path = os.path.join(directory, f"{x}.runs")
     with open(path, "a") as handle:
         handle.write("run\n")
-    if x == 1 and len(open(path).readlines()) == 1:
+    if x == 1 and len(pathlib.Path(path).read_text().splitlines()) == 1:
         os._exit(3)
     if x == 2:
         raise ValueError("two is right out")

@@ -296,7 +296,8 @@ def as_nobody(*command):
 def test_store_wal_keys_and_logs_are_private_whatever_the_umask(tmp_path):
     shared = tempfile.mkdtemp(prefix="sheepdog-shared-")
     os.chmod(shared, 0o755)
-    (open(os.path.join(shared, "public.txt"), "w")).write("anyone")
+    with open(os.path.join(shared, "public.txt"), "w") as public:
+        public.write("anyone")
     os.chmod(os.path.join(shared, "public.txt"), 0o644)
     previous = os.umask(0)
     try:
@@ -374,13 +375,13 @@ def test_every_command_on_a_broken_store_says_so_in_one_line(store, tmp_path, da
     run(abs, [-1, -2], store=store, name="s")
     broken = str(tmp_path / "broken.sqlite")
     if damage == "garbage":
-        open(broken, "wb").write(os.urandom(8192))
+        (tmp_path / "broken.sqlite").write_bytes(os.urandom(8192))
     elif damage == "truncated":
-        open(broken, "wb").write(open(store, "rb").read()[:1500])
+        (tmp_path / "broken.sqlite").write_bytes((tmp_path / "store" / "sweeps.sqlite").read_bytes()[:1500])
     elif damage == "directory":
         os.mkdir(broken)
     else:
-        open(broken, "w").write("name,value\nx,1\n")
+        (tmp_path / "broken.sqlite").write_text("name,value\nx,1\n")
     for command in COMMANDS:
         result = cli_run(broken, *command)
         assert result.returncode == 2, (command, result.stderr)
