@@ -6,7 +6,7 @@ The public names load on first use, so that a worker, which imports this package
 import importlib
 from typing import Any
 
-__version__ = "0.1.0"
+__version__ = "0.2.0.dev0"
 
 _EXPORTS = {
     "map": "api", "map_async": "api", "Sweep": "handle", "TaskFailure": "records",

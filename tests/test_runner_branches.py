@@ -1,0 +1,134 @@
+"""The runner's rare branches, driven deterministically through a backend that injects the rare event.
+
+The workers are real local processes; only the scheduler's answers are bent: a submission that
+cannot reach the scheduler, workers queued far beyond the free slots, a scheduler that never
+reports the end of the jobs it was asked to remove. And a store written by version 0.1.0.
+"""
+import sqlite3
+import time
+
+import pytest
+
+import sheepdog_drmaa
+from sheepdog_drmaa import api, runner
+from sheepdog_drmaa.backends.local import LocalBackend
+from sheepdog_drmaa.errors import SchedulerUnreachable
+from sheepdog_drmaa.store import SCHEMA_VERSION, Store
+
+
+class BentBackend(LocalBackend):
+    """The local backend, recording every call, with the scheduler's rare answers on request."""
+
+    def __init__(self, slots=2, unreachable_submissions=0, swallow_exits=False):
+        super().__init__(slots=slots)
+        self.unreachable_submissions = unreachable_submissions
+        self.swallow_exits = swallow_exits
+        self.submissions = []
+        self.terminations = []
+
+    def submit(self, count, spec):
+        self.submissions.append(count)
+        if self.unreachable_submissions:
+            self.unreachable_submissions -= 1
+            raise SchedulerUnreachable("the test scheduler is unreachable")
+        return super().submit(count, spec)
+
+    def wait_any(self, timeout):
+        if self.swallow_exits and self.terminations:
+            time.sleep(timeout)  # the scheduler never says that the removed workers are gone
+            return None
+        return super().wait_any(timeout)
+
+    def terminate(self, worker_ids):
+        self.terminations.append(list(worker_ids))
+        super().terminate(worker_ids)
+
+
+@pytest.fixture
+def bent(monkeypatch):
+    """Make map() use a BentBackend built with the given settings; returns it."""
+    made = {}
+
+    def install(**settings):
+        backend = BentBackend(**settings)
+        made["backend"] = backend
+        monkeypatch.setattr(api, "open_backend", lambda name: backend)
+        return backend
+    return install
+
+
+def test_a_submission_the_scheduler_could_not_take_is_tried_again(bent, store, monkeypatch):
+    monkeypatch.setattr(runner, "SUBMIT_RETRY_SECONDS", 0.2)
+    backend = bent(unreachable_submissions=2)
+    assert sheepdog_drmaa.map(abs, [-1, -2, -3], store=store, progress=False) == [1, 2, 3]
+    assert backend.submissions[:3] == [3, 3, 3]  # refused twice, then taken
+
+
+def slow_at_the_end(x):
+    if x >= 38:  # the last two tasks keep the sweep running while the surplus goes
+        time.sleep(1.5)
+    return x
+
+
+def test_surplus_queued_workers_are_removed_in_batches_while_the_sweep_runs(bent, store, monkeypatch):
+    monkeypatch.setattr(runner, "REMOVAL_BATCH", 7)
+    backend = bent(slots=2)
+    assert sheepdog_drmaa.map(slow_at_the_end, range(40), store=store, progress=False) == list(range(40))
+    sizes = [len(batch) for batch in backend.terminations]
+    # 38 workers queued beyond the 2 slots: removed 7 at a time, one batch per turn of the loop.
+    assert sizes[:6] == [7, 7, 7, 7, 7, 3], sizes
+    removed = [worker for batch in backend.terminations[:6] for worker in batch]
+    assert len(set(removed)) == 38
+
+
+def sleep_long(x):
+    time.sleep(60)
+
+
+def test_shutting_down_does_not_wait_past_the_reap_deadline_for_a_silent_scheduler(bent, store, monkeypatch):
+    monkeypatch.setattr(runner, "REAP_SECONDS", 1.0)
+    backend = bent(swallow_exits=True)
+    sweep = sheepdog_drmaa.map_async(sleep_long, [1, 2], store=store, progress=False, workers=2)
+    deadline = time.monotonic() + 30
+    while sweep.status()["running"] < 2:
+        assert time.monotonic() < deadline, "the tasks never started"
+        time.sleep(0.05)
+    started = time.monotonic()
+    sweep.cancel(timeout=30)
+    assert sweep.wait(0) and time.monotonic() - started < 10
+    assert backend.terminations  # the running workers were asked to go
+
+
+OLD_SCHEMA = """
+CREATE TABLE sweeps (id TEXT PRIMARY KEY, name TEXT UNIQUE, created REAL NOT NULL, updated REAL NOT NULL,
+    n_tasks INTEGER NOT NULL, state TEXT NOT NULL, function BLOB NOT NULL, function_digest TEXT NOT NULL,
+    args_digest TEXT NOT NULL, options TEXT NOT NULL, owner_pid INTEGER, owner_host TEXT, owner_seen REAL);
+CREATE TABLE tasks (sweep_id TEXT NOT NULL, idx INTEGER NOT NULL, args BLOB NOT NULL, state TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0, result BLOB, error BLOB, PRIMARY KEY (sweep_id, idx)) WITHOUT ROWID;
+CREATE TABLE attempts (sweep_id TEXT NOT NULL, task INTEGER NOT NULL, number INTEGER NOT NULL, worker TEXT NOT NULL,
+    host TEXT, started REAL NOT NULL, ended REAL, cause TEXT, detail TEXT,
+    PRIMARY KEY (sweep_id, task, number)) WITHOUT ROWID;
+CREATE TABLE workers (sweep_id TEXT NOT NULL, id TEXT NOT NULL, submitted REAL NOT NULL, ended REAL,
+    PRIMARY KEY (sweep_id, id)) WITHOUT ROWID;
+"""
+
+
+def test_a_store_written_by_version_0_1_is_upgraded_and_its_sweep_resumes(store, tmp_path):
+    import os
+    os.makedirs(os.path.dirname(store))
+    first = sheepdog_drmaa.map(abs, [-1, -2, -3], store=str(tmp_path / "new.sqlite"), name="old", progress=False)
+    assert first == [1, 2, 3]
+    with sqlite3.connect(str(tmp_path / "new.sqlite")) as new, sqlite3.connect(store) as old:
+        old.executescript(OLD_SCHEMA)
+        sweep = new.execute("SELECT id, name, created, updated, n_tasks, state, function, function_digest, "
+                            "args_digest, options FROM sweeps").fetchone()
+        old.execute("INSERT INTO sweeps VALUES (?,?,?,?,?,?,?,?,?,?,NULL,NULL,NULL)", sweep)
+        tasks = new.execute("SELECT sweep_id, idx, args, state, attempts, result, error FROM tasks").fetchall()
+        old.executemany("INSERT INTO tasks VALUES (?,?,?,?,?,?,?)", tasks)
+        old.execute("UPDATE tasks SET state = 'pending', result = NULL WHERE idx = 2")
+    assert sheepdog_drmaa.map(abs, [-1, -2, -3], store=store, name="old", progress=False) == [1, 2, 3]
+    with sqlite3.connect(store) as upgraded:
+        assert upgraded.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        columns = {row[1] for row in upgraded.execute("PRAGMA table_info(workers)")}
+    assert {"host", "process_group"} <= columns
+    assert Store(store, readonly=True).counts(sweep[0]) == {"done": 3}
