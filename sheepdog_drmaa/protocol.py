@@ -3,19 +3,25 @@
 Every request and response body is signed with HMAC-SHA256 under a per-sweep key. A request
 signature covers the route, a fresh nonce and a timestamp, so a captured request cannot be
 replayed; a response signature covers the request's nonce, so a worker only believes the answer
-to its own question. Bodies are pickles of plain dicts and are loaded only after the signature
-checks out. Imported by the worker: standard library only.
+to its own question. A second request signature, over the headers alone (route, nonce, timestamp
+and body length), lets the server refuse a request before it reads a byte of its body, so that
+nobody without the key can make it read one. Bodies are pickles of plain dicts and are loaded only
+after the signature checks out, and are then checked against the message shape of their route.
+Imported by the worker: standard library only.
 """
 from __future__ import annotations
 
 import hashlib
 import hmac
+import math
 import os
 import pickle
+import re
 import secrets
+import struct
 import threading
 import time
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Union
 
 # Job environment of a worker.
 ENV_URL = "SHEEPDOG_URL"
@@ -31,6 +37,7 @@ ROUTE_SETUP_FAILED = "/setup-failed"
 HEADER_SIGNATURE = "X-Sheepdog-Signature"
 HEADER_NONCE = "X-Sheepdog-Nonce"
 HEADER_TIME = "X-Sheepdog-Time"
+HEADER_HEAD_SIGNATURE = "X-Sheepdog-Head-Signature"
 
 # Worker exit statuses. Grid Engine requeues a job that exits 99 and errors one that exits 100,
 # so the worker maps those (from os._exit inside f, say) to EXIT_RESERVED_STATUS.
@@ -42,6 +49,10 @@ GRID_ENGINE_RESERVED = (99, 100)
 
 # How far a request's timestamp may be from the server's clock, in seconds.
 REPLAY_WINDOW = 300.0
+# Room for a report's own fields (usage, exception text) around its result, in bytes.
+ENVELOPE_BYTES = 1 << 20
+
+_NONCE = re.compile(r"[0-9a-f]{32}")  # what new_nonce makes
 
 
 def qualified_name(cls: type) -> str:
@@ -77,29 +88,121 @@ def request_signature(key: bytes, route: str, nonce: str, timestamp: str, body: 
     return hmac.new(key, message, hashlib.sha256).hexdigest()
 
 
-def response_signature(key: bytes, nonce: str, body: bytes) -> str:
-    message = b"\n".join([b"response", nonce.encode(), body])
+def head_signature(key: bytes, route: str, nonce: str, timestamp: str, length: int) -> str:
+    """Signs what the server checks before it reads a body: route, nonce, timestamp and body length."""
+    message = b"\n".join([b"head", route.encode(), nonce.encode(), timestamp.encode(), str(length).encode()])
     return hmac.new(key, message, hashlib.sha256).hexdigest()
+
+
+def signed_headers(key: bytes, route: str, body: bytes) -> Dict[str, str]:
+    """The headers of a fresh request to ``route`` carrying ``body``: nonce, timestamp, both signatures."""
+    nonce, timestamp = new_nonce(), repr(time.time())
+    return {HEADER_NONCE: nonce, HEADER_TIME: timestamp,
+            HEADER_HEAD_SIGNATURE: head_signature(key, route, nonce, timestamp, len(body)),
+            HEADER_SIGNATURE: request_signature(key, route, nonce, timestamp, body)}
+
+
+def response_signature(key: bytes, nonce: str, body: Union[bytes, Sequence[bytes]]) -> str:
+    """Signs a response to the request of ``nonce``; ``body`` may be given as the parts of encode_parts."""
+    signature = hmac.new(key, b"response\n" + nonce.encode() + b"\n", hashlib.sha256)
+    for part in [body] if isinstance(body, bytes) else body:
+        signature.update(part)
+    return signature.hexdigest()
 
 
 def signature_matches(expected: str, given: Optional[str]) -> bool:
     return given is not None and hmac.compare_digest(expected, given)
 
 
+_LENGTH = struct.Struct("<Q")
+
+
+def out_of_band(data: bytes) -> pickle.PickleBuffer:
+    """Marks a large value of a message to travel beside its pickle, not copied into it (see encode_parts)."""
+    return pickle.PickleBuffer(data)
+
+
+def encode_parts(message: Dict[str, Any]) -> List[bytes]:
+    """A message as the parts of one body: a length-prefixed pickle, then each out-of-band value the
+    same way. Sent part by part, a large argument is never copied into the pickle on its way out."""
+    buffers: List[pickle.PickleBuffer] = []
+    head = pickle.dumps(message, protocol=5, buffer_callback=buffers.append)
+    parts = [_LENGTH.pack(len(head)), head]
+    for buffer in buffers:
+        raw = buffer.raw()
+        parts += [_LENGTH.pack(raw.nbytes), raw]  # type: ignore[list-item]  # a memoryview, sent as is
+    return parts
+
+
 def encode(message: Dict[str, Any]) -> bytes:
-    return pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    return b"".join(encode_parts(message))
 
 
 def decode(body: bytes) -> Dict[str, Any]:
-    """Load a body whose signature has already been checked; anything but a dict is malformed."""
-    message = pickle.loads(body)
+    """Load a body whose signature has already been checked; anything but a dict is malformed.
+
+    Out-of-band values come back as read-only memoryviews of ``body`` (no copy).
+    """
+    view = memoryview(body)
+    frames: List[memoryview] = []
+    offset = 0
+    while offset < len(view):
+        (length,) = _LENGTH.unpack_from(view, offset)
+        offset += _LENGTH.size
+        if length > len(view) - offset:
+            raise ValueError("a part runs past the end of the body")
+        frames.append(view[offset:offset + length])
+        offset += length
+    if not frames:
+        raise ValueError("empty body")
+    message = pickle.loads(frames[0], buffers=frames[1:])
     if not isinstance(message, dict):
         raise ValueError("message is not a dict")
     return message
 
 
+class Maybe(NamedTuple):
+    """In a message shape: a field that may be absent or None."""
+
+    kind: Any
+
+
+# What each route's message holds: field name -> type, or the shape of a nested dict, or Maybe of
+# either. Other fields are ignored. The server refuses a message that does not fit its shape.
+Shape = Dict[str, Any]
+_ERROR: Shape = {"types": Maybe(list), "type": Maybe(str), "message": Maybe(str), "traceback": Maybe(str),
+                 "pickle": Maybe(bytes)}
+_REPORT: Shape = {"task": int, "number": int, "result": Maybe(bytes), "exception": Maybe(_ERROR),
+                  "usage": Maybe(dict)}
+MESSAGE_SHAPES: Dict[str, Shape] = {
+    ROUTE_HELLO: {"worker": str, "host": Maybe(str), "process_group": Maybe(int)},
+    ROUTE_LEASE: {"worker": str, "report": Maybe(_REPORT)},
+    ROUTE_HEARTBEAT: {"worker": str, "task": int, "number": int},
+    ROUTE_SETUP_FAILED: {"worker": str, "error": Maybe(_ERROR)},
+}
+
+
+def shape_problem(value: Any, shape: Shape, where: str = "message") -> Optional[str]:
+    """What keeps ``value`` from fitting ``shape``, or None if it fits."""
+    if not isinstance(value, dict):
+        return f"{where} is a {type(value).__name__}, not a dict"
+    for name, kind in shape.items():
+        field, place = value.get(name), f"{where}[{name!r}]"
+        if isinstance(kind, Maybe):
+            if field is None:
+                continue
+            kind = kind.kind
+        if isinstance(kind, dict):
+            problem = shape_problem(field, kind, place)
+            if problem is not None:
+                return problem
+        elif not isinstance(field, kind) or (kind is int and isinstance(field, bool)):
+            return f"{place} is a {type(field).__name__}, not a {kind.__name__}"
+    return None
+
+
 class ReplayGuard:
-    """Remembers the nonces seen within the replay window; refuses stale times and repeats."""
+    """Remembers the nonces seen within the replay window; refuses stale or malformed times, and repeats."""
 
     def __init__(self, window: float = REPLAY_WINDOW) -> None:
         self.window = window
@@ -109,11 +212,13 @@ class ReplayGuard:
 
     def accept(self, nonce: str, timestamp: str, now: Optional[float] = None) -> bool:
         now = time.time() if now is None else now
+        if not _NONCE.fullmatch(nonce) or len(timestamp) > 32:
+            return False
         try:
             sent = float(timestamp)
         except ValueError:
             return False
-        if abs(now - sent) > self.window or not 16 <= len(nonce) <= 128:
+        if not math.isfinite(sent) or abs(now - sent) > self.window:  # nan is never "too far"
             return False
         with self._lock:
             if now >= self._next_prune:

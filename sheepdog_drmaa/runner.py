@@ -57,7 +57,9 @@ class Run:
             self.completed.put(index)
         handlers = {protocol.ROUTE_HELLO: self._hello, protocol.ROUTE_LEASE: self._lease,
                     protocol.ROUTE_HEARTBEAT: self._heartbeat, protocol.ROUTE_SETUP_FAILED: self._setup_failed}
-        self.server = TaskServer(make_app(key, handlers), bind, port)
+        # A request carries at most one result (or one pickled exception) and its envelope.
+        max_body = options.max_result_size + protocol.ENVELOPE_BYTES
+        self.server = TaskServer(make_app(key, handlers, max_body=max_body), bind, port)
         self.url = self.server.url_for(host)
         environment = dict(spec_without_url.environment)
         environment[protocol.ENV_URL] = self.url
@@ -108,7 +110,7 @@ class Run:
                 return {"lease": None}
             self.store.record_lease(self.sweep_id, attempt.task, attempt.number, worker, attempt.host, now)
             args = self.store.task_args(self.sweep_id, attempt.task)
-        return {"lease": {"task": attempt.task, "number": attempt.number, "args": args}}
+        return {"lease": {"task": attempt.task, "number": attempt.number, "args": protocol.out_of_band(args)}}
 
     def _accept_report(self, worker: str, report: Dict[str, Any], now: float) -> None:
         """Store the reported ending first; only once it is stored does the task change state.

@@ -26,8 +26,11 @@ from typing import Any, Callable, Dict, Optional
 import cloudpickle
 
 from . import protocol
+from .errors import ResultTooLarge
 
 CONNECT_ATTEMPTS = 10
+# An exception's message and traceback are each cut to this many characters (head and tail kept).
+MAX_EXCEPTION_TEXT = 64 * 1024
 CONNECT_BACKOFF = 0.5
 
 
@@ -36,7 +39,8 @@ class ChannelError(Exception):
 
 
 class Channel:
-    """Signed requests to the server over one keep-alive HTTP connection."""
+    """Signed requests to the server. The server closes each connection after its answer, and
+    ``http.client`` opens a new one for the next call: no idle connection can go stale."""
 
     def __init__(self, url: str, key: bytes, worker_id: str) -> None:
         parsed = urllib.parse.urlsplit(url)
@@ -58,13 +62,9 @@ class Channel:
         raise AssertionError("unreachable")
 
     def _call_once(self, route: str, body: bytes) -> Dict[str, Any]:
-        nonce, timestamp = protocol.new_nonce(), repr(time.time())
-        headers = {
-            protocol.HEADER_NONCE: nonce,
-            protocol.HEADER_TIME: timestamp,
-            protocol.HEADER_SIGNATURE: protocol.request_signature(self.key, route, nonce, timestamp, body),
-            "Content-Type": "application/octet-stream",
-        }
+        headers = protocol.signed_headers(self.key, route, body)
+        nonce = headers[protocol.HEADER_NONCE]
+        headers["Content-Type"] = "application/octet-stream"
         if self.connection is None:
             self.connection = http.client.HTTPConnection(self.host, self.port, timeout=60)
         self.connection.request("POST", route, body=body, headers=headers)
@@ -123,16 +123,26 @@ def call_function(function: Callable[..., Any], item: Any) -> Any:
     return function(item)
 
 
-def run_task(function: Callable[..., Any], lease: Dict[str, Any]) -> Dict[str, Any]:
-    """Run one leased task; return the report for the server."""
+def run_task(function: Callable[..., Any], lease: Dict[str, Any], max_result_size: int) -> Dict[str, Any]:
+    """Run one leased task; return the report for the server.
+
+    A result whose pickle is larger than ``max_result_size`` is not sent: the task fails with
+    ResultTooLarge instead, which names the option (the server would refuse the body anyway).
+    """
     report: Dict[str, Any] = {"task": lease["task"], "number": lease["number"]}
     started, before = time.time(), resource.getrusage(resource.RUSAGE_SELF)
     try:
         item = cloudpickle.loads(lease["args"])
         value = call_function(function, item)
-        report["result"] = cloudpickle.dumps(value, protocol=5)
+        pickled = cloudpickle.dumps(value, protocol=5)
+        del value
+        if len(pickled) > max_result_size:
+            raise ResultTooLarge(f"the result of task {lease['task']} is {len(pickled):,} bytes pickled, more than "
+                                 f"max_result_size={max_result_size:,}; raise that option, or write large "
+                                 "results to a shared file and return its path")
+        report["result"] = pickled
     except BaseException as error:  # SystemExit and KeyboardInterrupt from f are task failures too
-        report["exception"] = describe_exception(error)
+        report["exception"] = describe_exception(error, max_result_size)
     after = resource.getrusage(resource.RUSAGE_SELF)
     report["usage"] = {
         "seconds": time.time() - started,
@@ -142,18 +152,34 @@ def run_task(function: Callable[..., Any], lease: Dict[str, Any]) -> Dict[str, A
     return report
 
 
-def describe_exception(error: BaseException) -> Dict[str, Any]:
+def describe_exception(error: BaseException, max_size: int) -> Dict[str, Any]:
+    """The exception as the server records it; its pickle is left out if it fails or is too large."""
     try:
         pickled: Optional[bytes] = cloudpickle.dumps(error, protocol=5)
     except Exception:
         pickled = None
+    if pickled is not None and len(pickled) > max_size:
+        pickled = None
+    try:
+        message = str(error)
+    except Exception as unprintable:
+        message = f"(str() of the exception failed: {type(unprintable).__name__})"
+    formatted = "".join(traceback.format_exception(type(error), error, _user_frames(error.__traceback__)))
     return {
         "types": [protocol.qualified_name(cls) for cls in type(error).__mro__],
         "type": type(error).__qualname__,
-        "message": str(error),
-        "traceback": "".join(traceback.format_exception(type(error), error, _user_frames(error.__traceback__))),
+        "message": _head_and_tail(message),
+        "traceback": _head_and_tail(formatted),
         "pickle": pickled,
     }
+
+
+def _head_and_tail(text: str, limit: int = MAX_EXCEPTION_TEXT) -> str:
+    """``text``, or its beginning and end if it is longer than ``limit`` characters (a report must fit)."""
+    if len(text) <= limit:
+        return text
+    half = limit // 2
+    return f"{text[:half]}\n[... {len(text) - 2 * half:,} characters left out ...]\n{text[-half:]}"
 
 
 def _user_frames(tb: Any) -> Any:
@@ -164,13 +190,21 @@ def _user_frames(tb: Any) -> Any:
 
 
 def worker_id_from_environment() -> str:
-    """The scheduler's id of this worker: set by the local backend, or Grid Engine's job and task ids."""
+    """The scheduler's id of this worker, as DRMAA gave it to the client: set by the local backend,
+    Slurm's array job and task ids ('238_4'), or Grid Engine's ('49.3').
+
+    Slurm is asked first: it copies the submitting shell's environment into the job, and with it
+    any JOB_ID that shell had; Grid Engine's DRMAA jobs get only the variables they are given.
+    """
     explicit = os.environ.get(protocol.ENV_WORKER_ID)
     if explicit:
         return explicit
+    slurm_job, slurm_task = os.environ.get("SLURM_ARRAY_JOB_ID", ""), os.environ.get("SLURM_ARRAY_TASK_ID", "")
+    if slurm_job and slurm_task:
+        return f"{slurm_job}_{slurm_task}"
     job, task = os.environ.get("JOB_ID", ""), os.environ.get("SGE_TASK_ID", "undefined")
     if not job:
-        raise KeyError("neither SHEEPDOG_WORKER_ID nor JOB_ID is set")
+        raise KeyError("none of SHEEPDOG_WORKER_ID, SLURM_ARRAY_JOB_ID and JOB_ID is set")
     return job if task in ("", "undefined") else f"{job}.{task}"
 
 
@@ -191,7 +225,7 @@ def serve() -> int:
         try:
             function, namespace = cloudpickle.loads(hello["function"])
         except Exception as error:  # f's module is not importable here, most often
-            described = describe_exception(error)
+            described = describe_exception(error, hello["max_result_size"])
             print(f"sheepdog worker {worker_id}: cannot load the function:\n{described['traceback']}",
                   file=sys.stderr)
             channel.call(protocol.ROUTE_SETUP_FAILED, {"error": described})
@@ -206,7 +240,7 @@ def serve() -> int:
             if lease is None:
                 return protocol.EXIT_OK
             heartbeat.current = {"task": lease["task"], "number": lease["number"]}
-            report = run_task(function, lease)
+            report = run_task(function, lease, hello["max_result_size"])
             heartbeat.current = None
     except ChannelError as error:
         print(f"sheepdog worker {worker_id}: {error}", file=sys.stderr)
@@ -217,10 +251,73 @@ def safe_status(status: int) -> int:
     return protocol.EXIT_RESERVED_STATUS if status in protocol.GRID_ENGINE_RESERVED else status
 
 
+PR_SET_CHILD_SUBREAPER = 36  # from <linux/prctl.h>
+LEFTOVER_KILL_SECONDS = 5.0
+
+
+def become_subreaper() -> None:
+    """Have orphaned descendants (f's daemons, setsid'd or not) reparented to this process, not init.
+
+    Linux only; elsewhere they still escape to init.
+    """
+    try:
+        import ctypes  # here, not at the top: only the parent needs it
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+
+
+def children() -> list[int]:
+    """This process's children, read from /proc (``/proc/PID/task/TID/children`` is often not built in)."""
+    me, found = os.getpid(), []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/stat", "rb") as handle:
+                    parent = handle.read().rsplit(b")", 1)[1].split()[1]  # the command name may hold ")"
+            except (OSError, IndexError):
+                continue
+            if int(parent) == me:
+                found.append(int(name))
+    return found
+
+
+def end_descendants() -> None:
+    """SIGKILL and reap every process left below this one: for a subreaper, the whole tree.
+
+    A killed child's children are reparented here, so repeat until none is left. Children that are
+    not yet reaped cannot be replaced by another process under the same pid, so no stranger is hit.
+    """
+    deadline = time.monotonic() + LEFTOVER_KILL_SECONDS
+    try:
+        while True:
+            while os.waitpid(-1, os.WNOHANG)[0]:
+                pass
+            if time.monotonic() > deadline:
+                return
+            for pid in children():
+                os.kill(pid, signal.SIGKILL)
+            time.sleep(0.01)
+    except ChildProcessError:
+        return  # no child left
+    except OSError as error:  # no /proc here, say
+        print(f"sheepdog worker: cannot end the processes the task left behind: {error}", file=sys.stderr)
+
+
 def main() -> None:
-    """Fork; the child serves, the parent passes the child's ending on in a form Grid Engine takes."""
+    """Fork; the child serves, the parent passes the child's ending on in a form Grid Engine takes.
+
+    The parent is a child subreaper and kills whatever the child left behind (processes that f
+    forked, setsid'd or not) before it exits, also when a catchable signal (SIGTERM, or the
+    SIGUSR2 that ``qsub -notify`` sends ahead of a deletion) ended the child. Grid Engine itself
+    (SGE 8.1.9, measured) kills only the job's process group, on ``qdel`` and when the job exits:
+    with its default ``execd_params`` a setsid'd grandchild survives both; ``ENABLE_ADDGRP_KILL=true``
+    makes it kill every process carrying the job's additional group id. A qdel without -notify is
+    a SIGKILL, which leaves this parent no chance to clean up.
+    """
     sys.stdout.flush()
     sys.stderr.flush()
+    become_subreaper()
     pid = os.fork()
     if pid == 0:
         status = protocol.EXIT_BAD_CONFIGURATION
@@ -230,15 +327,27 @@ def main() -> None:
             sys.stdout.flush()
             sys.stderr.flush()
             os._exit(safe_status(status))
-    for name in ("SIGTERM", "SIGINT", "SIGHUP", "SIGUSR1", "SIGUSR2", "SIGXCPU"):
-        # Pass signals sent to the job (by qdel or a limit) on to the child.
-        signal.signal(getattr(signal, name), lambda signum, frame: os.kill(pid, signum))
-    while True:
+
+    def forward(signum: int, frame: Any) -> None:
+        """Pass a signal sent to the job (by qdel, -notify or a limit) on to the child."""
         try:
-            _, wait_status = os.waitpid(pid, 0)
-            break
+            os.kill(pid, signum)
+        except ProcessLookupError:  # the same signal, sent to the whole group, ended the child just now
+            pass
+
+    forwarded = [getattr(signal, name) for name in ("SIGTERM", "SIGINT", "SIGHUP", "SIGUSR1", "SIGUSR2", "SIGXCPU")]
+    for signum in forwarded:
+        signal.signal(signum, forward)
+    while True:  # reaping orphans as they end too, so that none stays a zombie for long
+        try:
+            ended, wait_status = os.waitpid(-1, 0)
         except InterruptedError:
             continue
+        if ended == pid:
+            break
+    for signum in forwarded:  # the child is gone (its pid may be reused): finish the clean-up
+        signal.signal(signum, signal.SIG_IGN)
+    end_descendants()
     if os.WIFSIGNALED(wait_status):
         signum = os.WTERMSIG(wait_status)
         try:

@@ -2,11 +2,13 @@
 import http.client
 import os
 import pickle
+import socket
 import time
 
 import pytest
 
 from sheepdog_drmaa import protocol
+from sheepdog_drmaa.errors import ConfigurationError
 from sheepdog_drmaa.server import TaskServer, make_app
 from sheepdog_drmaa.worker import Channel, ChannelError
 
@@ -47,6 +49,7 @@ def signed_headers(key, route, body, nonce=None, timestamp=None):
     nonce = nonce or protocol.new_nonce()
     timestamp = timestamp or repr(time.time())
     return {protocol.HEADER_NONCE: nonce, protocol.HEADER_TIME: timestamp,
+            protocol.HEADER_HEAD_SIGNATURE: protocol.head_signature(key, route, nonce, timestamp, len(body)),
             protocol.HEADER_SIGNATURE: protocol.request_signature(key, route, nonce, timestamp, body)}
 
 
@@ -101,3 +104,12 @@ def test_a_worker_holding_another_key_is_refused(served):
     server, _ = served
     with pytest.raises(ChannelError, match="refused|not signed"):
         Channel(server.url, b"y" * 32, "w1").call(protocol.ROUTE_HELLO, {}, attempts=1)
+
+
+def test_a_port_in_use_is_a_clear_error_not_an_exit():
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(ConfigurationError, match=f"cannot listen on 127.0.0.1:{port} .*in use.*port=0"):
+            TaskServer(make_app(KEY, {}), "127.0.0.1", port)
