@@ -132,7 +132,7 @@ def _start(f: Callable[..., Any], args: Iterable[Any], given: Dict[str, Any]) ->
         if backend.name == "drmaa":
             _warn_if_loopback(host)
         try:
-            _terminate_leftovers(store, record, backend)
+            claims.end_leftover_workers(store, record.id, backend)
             run = _make_run(store, record, options, function, backend, host, bind, done, me)
         except BaseException:
             backend.close()
@@ -262,15 +262,6 @@ def _refuse_mismatch(store: Store, existing: SweepRecord, options: Options, func
         return
     raise SweepMismatch(f"sweep {options.name!r} in {options.store} was stored with {what}; pass resume=False to "
                         "start that name afresh (its stored results are discarded), or choose another name=")
-
-
-def _terminate_leftovers(store: Store, record: SweepRecord, backend: Backend) -> None:
-    """Jobs of an earlier client of this sweep that may still run: remove them before new ones go out."""
-    leftovers = store.live_workers(record.id)
-    if leftovers:
-        log.info("terminating %d workers left by an earlier run of sweep %s", len(leftovers), record.name or record.id)
-        backend.terminate_leftovers(leftovers)
-        store.record_workers_ended(record.id, [worker_id for worker_id, _, _ in leftovers])
 
 
 def _make_run(store: Store, record: SweepRecord, options: Options, function: bytes, backend: Backend,

@@ -6,13 +6,20 @@ that token (one SQL statement), so of two clients racing for one sweep exactly o
 """
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 import signal
 import socket
 import time
 from dataclasses import dataclass
-from typing import Callable, Optional, Set
+from typing import TYPE_CHECKING, Callable, List, Optional, Set
+
+if TYPE_CHECKING:  # only for annotations: claims.py itself needs neither the store nor a scheduler
+    from .backends import Backend
+    from .store import Store
+
+log = logging.getLogger(__name__)
 
 # A client refreshes its claim every CLAIM_REFRESH_SECONDS; one from another host that has been
 # silent for STALE_CLAIM_SECONDS is taken to be dead (its process cannot be checked from here).
@@ -84,6 +91,20 @@ def is_live(claim: Optional[Claim], now: Optional[float] = None) -> bool:
         pass  # alive, another user's: the start time below still tells
     started = process_start(claim.pid)
     return started is None or claim.started is None or started == claim.started
+
+
+def end_leftover_workers(store: Store, sweep_id: str, backend: Backend) -> List[str]:
+    """Remove the workers an earlier client of the sweep started and did not see end; return their ids.
+
+    A named sweep resumed after its client died, or cancelled from the command line, must not
+    leave them running a task a second time beside the new ones.
+    """
+    leftovers = store.live_workers(sweep_id)
+    if leftovers:
+        log.info("terminating %d workers left by an earlier client of sweep %s", len(leftovers), sweep_id)
+        backend.terminate_leftovers(leftovers)
+        store.record_workers_ended(sweep_id, [worker_id for worker_id, _, _ in leftovers])
+    return [worker_id for worker_id, _, _ in leftovers]
 
 
 def stop_client(claim: Claim, released: Callable[[], bool], timeout: float) -> bool:

@@ -131,18 +131,17 @@ def cmd_cancel(args: argparse.Namespace) -> int:
                               f"within {CANCEL_WAIT_SECONDS:g} s of SIGINT; stop it yourself (kill {owner.pid})")
     # A client on another host cannot be signalled from here: its jobs go now, and it stops by itself
     # within claims.CLAIM_REFRESH_SECONDS, when it finds its claim released.
-    leftovers = store.live_workers(record.id)
-    if leftovers:
+    ended: List[str] = []
+    if store.live_workers(record.id):  # the scheduler is opened only when there is something to remove
         from .backends import open_backend
         backend = open_backend(record.options.get("backend", "auto"))
         try:
-            backend.terminate_leftovers(leftovers)
+            ended = claims.end_leftover_workers(store, record.id, backend)
         finally:
             backend.close()
-        store.record_workers_ended(record.id, [worker_id for worker_id, _, _ in leftovers])
     store.release_claim(record.id, None, SweepPhase.CANCELLED)
-    _emit(args, {"name": record.name, "id": record.id, "terminated_workers": [w for w, _, _ in leftovers]},
-          f"cancelled {record.name or record.id}; terminated {len(leftovers)} leftover jobs")
+    _emit(args, {"name": record.name, "id": record.id, "terminated_workers": ended},
+          f"cancelled {record.name or record.id}; terminated {len(ended)} leftover jobs")
     return 0
 
 

@@ -170,12 +170,13 @@ class Run:
                                            time.time())
         return {"current": current}
 
-    def _persist_end(self, attempt: Attempt) -> None:
-        """Store an attempt the state has already ended (by the scheduler's word or our own decision)."""
+    def _persist_end(self, attempt: Attempt, worker_ended: bool = False) -> None:
+        """Store an attempt the state has already ended (by the scheduler's word or our own decision),
+        with its worker's ending when that is what ended it."""
         assert attempt.cause is not None and attempt.ended is not None
         task_state = self.state.states[attempt.task].value
         self.store.record_end(self.sweep_id, attempt.task, attempt.number, attempt.cause.value, attempt.ended,
-                              attempt.detail, task_state)
+                              attempt.detail, task_state, worker_ended=attempt.worker if worker_ended else None)
         self._announce_end(attempt)
 
     def _announce_end(self, attempt: Attempt) -> None:
@@ -292,9 +293,10 @@ class Run:
     def _worker_ended(self, info: ExitInfo) -> None:
         with self.lock:
             attempt = self.state.worker_ended(info, time.time())
-            self.store.record_workers_ended(self.sweep_id, [info.worker])
-            if attempt is not None:
-                self._persist_end(attempt)
+            if attempt is None:
+                self.store.record_workers_ended(self.sweep_id, [info.worker])
+            else:
+                self._persist_end(attempt, worker_ended=True)
 
     def _shut_down(self) -> None:
         """Terminate every worker still alive, wait (bounded) until the scheduler let them go, stop serving."""

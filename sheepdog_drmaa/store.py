@@ -444,12 +444,16 @@ class Store:
 
     def record_end(self, sweep_id: str, task: int, number: int, cause: str, ended: float,
                    detail: Dict[str, Any], task_state: str, result: Optional[bytes] = None,
-                   error: Optional[bytes] = None) -> None:
-        """Close an attempt and set its task's state (and result, or pickled exception) in one transaction.
+                   error: Optional[bytes] = None, worker_ended: Optional[str] = None) -> None:
+        """Close an attempt and set its task's state (and result, or pickled exception) in one transaction,
+        with the ending of the worker that held it when that is what closed it.
 
         Raises StoreTooLarge, with nothing written, for a result SQLite cannot hold.
         """
         with self._writing() as db:
+            if worker_ended is not None:
+                db.execute("UPDATE workers SET ended = ? WHERE sweep_id = ? AND id = ?",
+                           (time.time(), sweep_id, worker_ended))
             db.execute("UPDATE attempts SET ended = ?, cause = ?, detail = ? "
                        "WHERE sweep_id = ? AND task = ? AND number = ?",
                        (ended, cause, json.dumps(detail, default=repr), sweep_id, task, number))
