@@ -263,7 +263,7 @@ def become_subreaper() -> None:
     try:
         import ctypes  # here, not at the top: only the parent needs it
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
-    except (OSError, AttributeError):
+    except (ImportError, OSError, AttributeError):  # no ctypes, or no prctl in this C library
         pass
 
 
