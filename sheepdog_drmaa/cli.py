@@ -113,6 +113,32 @@ def cmd_results(args: argparse.Namespace) -> int:
     return 1 if unloadable else 0
 
 
+def cmd_logs(args: argparse.Namespace) -> int:
+    """What one attempt of one task printed (the last attempt unless --attempt says which)."""
+    sweep = _open(args)
+    attempts = sweep.attempts(args.task)
+    if not attempts:
+        raise KeyError(f"task {args.task} of sweep {args.name} has not been attempted (it has "
+                       f"{len(sweep)} tasks, numbered from 0)")
+    chosen = [a for a in attempts if args.attempt is None or a.number == args.attempt]
+    if not chosen:
+        raise KeyError(f"task {args.task} has no attempt {args.attempt}; its attempts are "
+                       + ", ".join(str(a.number) for a in attempts))
+    attempt = chosen[-1]
+    data = {"task": attempt.task, "attempt": attempt.number, "worker": attempt.worker, "host": attempt.host,
+            "cause": attempt.cause, "stdout": attempt.stdout, "stderr": attempt.stderr}
+    where = f"task {attempt.task} attempt {attempt.number} (worker {attempt.worker} on {attempt.host or '?'})"
+    if attempt.cause not in (None, "result", "exception"):
+        note = (f"{where} ended as {attempt.cause} before it could report; what it printed is in its "
+                "worker's log files, in the sweep's log directory (by default .sheepdog/logs/<sweep id>/)")
+        text = note
+    else:
+        text = "\n".join(f"--- {name} of {where}:\n{value.rstrip() or '(nothing)'}"
+                         for name, value in (("stdout", attempt.stdout), ("stderr", attempt.stderr)))
+    _emit(args, data, text)
+    return 0
+
+
 def cmd_cancel(args: argparse.Namespace) -> int:
     """Stop the owning client (on this host, checked to be that very process), then terminate any job it left."""
     if not os.path.isfile(args.store):
@@ -163,6 +189,11 @@ def build_parser() -> argparse.ArgumentParser:
         command.set_defaults(run=run)
         if name == "results":
             command.add_argument("--pickle", metavar="FILE", help="write {index: result} as one pickle to FILE")
+    logs = commands.add_parser("logs", parents=[common], help="what a task printed: stdout and stderr of an attempt")
+    logs.add_argument("name", help="the sweep's name (or id)")
+    logs.add_argument("task", type=int, help="the task's index")
+    logs.add_argument("--attempt", type=int, metavar="K", help="which attempt (default: the last)")
+    logs.set_defaults(run=cmd_logs)
     return parser
 
 

@@ -16,8 +16,11 @@ from .errors import ConfigurationError
 ENV_PREFIX = "SHEEPDOG_"
 DEFAULT_STORE = os.path.join(".sheepdog", "sweeps.sqlite")
 DEFAULT_MAX_RESULT_SIZE = 256 << 20
+DEFAULT_OUTPUT_LIMIT = 64 << 10  # bytes of each stream kept per attempt (head and tail)
 # SQLite stores no value longer than 1e9 bytes; the pickled exception and envelope need room too.
 LARGEST_RESULT_SIZE = 900_000_000
+# The output kept travels in the task's report, beside its result: a few MB at most.
+LARGEST_OUTPUT_LIMIT = 16 << 20
 _SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
 
 
@@ -45,6 +48,7 @@ class Options:
     heartbeat_timeout: float = 60.0
     store: str = DEFAULT_STORE
     max_result_size: int = DEFAULT_MAX_RESULT_SIZE
+    output_limit: int = DEFAULT_OUTPUT_LIMIT
     name: Optional[str] = None
     resume: bool = True
 
@@ -89,7 +93,7 @@ _FROM_ENV: Dict[str, Callable[[str], Any]] = {
     "bind": str, "port": int, "python": str, "env": _parse_env_mapping, "queue": str,
     "native_spec": str, "job_name": str, "log_dir": str, "progress": _parse_bool, "errors": str,
     "retries": int, "timeout": float, "heartbeat_interval": float, "heartbeat_timeout": float,
-    "store": str, "max_result_size": str,
+    "store": str, "max_result_size": str, "output_limit": str,
 }
 
 
@@ -149,6 +153,13 @@ def validate(options: Options) -> None:
         options.max_result_size = parse_size(options.max_result_size)
     except ValueError as error:
         raise ConfigurationError(f"max_result_size: {error}") from None
+    try:
+        options.output_limit = parse_size(options.output_limit)
+    except ValueError as error:
+        raise ConfigurationError(f"output_limit: {error}") from None
+    if not 0 <= options.output_limit <= LARGEST_OUTPUT_LIMIT:
+        raise ConfigurationError(f"output_limit={options.output_limit!r}: expected 0 to {LARGEST_OUTPUT_LIMIT:,} bytes "
+                                 "of each stream kept per attempt")
     if not 0 < options.max_result_size <= LARGEST_RESULT_SIZE:
         raise ConfigurationError(f"max_result_size={options.max_result_size!r}: expected more than 0 and at most "
                                  f"{LARGEST_RESULT_SIZE:,} bytes (the sweep store cannot hold larger values)")

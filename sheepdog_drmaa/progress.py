@@ -1,6 +1,11 @@
-"""The progress display: a tqdm bar on stderr with done, failed, running and queued counts."""
+"""The progress display: a tqdm bar on stderr with done, failed, running and queued counts.
+
+While the bar shows, log lines (the library's warnings, the user's own logging) are written
+through it, above the bar, rather than across it.
+"""
 from __future__ import annotations
 
+import contextlib
 import sys
 from typing import Dict, Optional
 
@@ -12,9 +17,12 @@ class Progress:
         if enabled is None:
             enabled = sys.stderr.isatty()
         self.bar = None
+        self._redirect = contextlib.ExitStack()
         if enabled:
             from tqdm import tqdm
+            from tqdm.contrib.logging import logging_redirect_tqdm
             self.bar = tqdm(total=total, desc=description, file=sys.stderr, unit="task", dynamic_ncols=True)
+            self._redirect.enter_context(logging_redirect_tqdm(tqdm_class=tqdm))
         self.last: Dict[str, int] = {}
 
     def update(self, counts: Dict[str, int]) -> None:
@@ -26,5 +34,6 @@ class Progress:
         self.last = dict(counts)
 
     def close(self) -> None:
+        self._redirect.close()
         if self.bar is not None:
             self.bar.close()

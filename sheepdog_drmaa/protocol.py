@@ -172,7 +172,9 @@ class Maybe(NamedTuple):
 Shape = Dict[str, Any]
 _ERROR: Shape = {"types": Maybe(list), "type": Maybe(str), "message": Maybe(str), "traceback": Maybe(str),
                  "pickle": Maybe(bytes)}
+_OUTPUT: Shape = {"stdout": Maybe(str), "stderr": Maybe(str)}
 _REPORT: Shape = {"task": int, "number": int, "result": Maybe(bytes), "exception": Maybe(_ERROR),
+                  "output": Maybe(_OUTPUT),
                   "usage": Maybe(dict)}
 MESSAGE_SHAPES: Dict[str, Shape] = {
     ROUTE_HELLO: {"worker": str, "host": Maybe(str), "process_group": Maybe(int)},

@@ -9,6 +9,7 @@ from typing import Any, List, Optional
 from .store import AttemptRecord, Store
 
 MESSAGE_FAILURES = 20
+STDERR_LINES = 10  # of a failed task's last attempt, in its description
 # The cause of a task whose result arrived but cannot be loaded by the client (not an attempt's cause).
 UNLOADABLE = "unloadable"
 
@@ -35,6 +36,10 @@ class TaskFailure:
                 f"#{a.number} {a.cause} ({a.detail.get('summary', '')})" for a in self.history[:-1])
         if self.traceback:
             text += "\n    " + self.traceback.rstrip().replace("\n", "\n    ")
+        stderr = self.history[-1].stderr.rstrip() if self.history else ""
+        if stderr:
+            tail = stderr.splitlines()[-STDERR_LINES:]
+            text += "\n    its stderr ended with:\n      " + "\n      ".join(tail)
         return text
 
 

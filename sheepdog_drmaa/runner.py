@@ -86,7 +86,8 @@ class Run:
         return {"accepted": True, "function": self.function,
                 "heartbeat_interval": self.options.heartbeat_interval,
                 "heartbeat_timeout": self.options.heartbeat_timeout,
-                "max_result_size": self.options.max_result_size}
+                "max_result_size": self.options.max_result_size,
+                "output_limit": self.options.output_limit}
 
     def _setup_failed(self, message: Dict[str, Any]) -> Dict[str, Any]:
         error = message.get("error")
@@ -135,8 +136,9 @@ class Run:
             error = exception.get("pickle")
         else:
             cause, result = Cause.RESULT, report.get("result")
+        output = report.get("output") or {}
         try:
-            self._store_end(attempt, cause, now, detail, result, error)
+            self._store_end(attempt, cause, now, detail, result, error, output)
         except StoreTooLarge as too_large:
             cause = Cause.EXCEPTION
             size = len(result or b"") + len(error or b"")
@@ -144,15 +146,15 @@ class Run:
                                       f"store can hold ({too_large}); return less, or write it to a file and "
                                       "return the path",
                            "exception_types": [protocol.qualified_name(ResultTooLarge)]})
-            self._store_end(attempt, cause, now, detail, None, None)
+            self._store_end(attempt, cause, now, detail, None, None, output)
         self.state.finish(worker, task, number, cause, now, detail)
         self._announce_end(attempt)
 
     def _store_end(self, attempt: Attempt, cause: Cause, now: float, detail: Dict[str, Any],
-                   result: Optional[bytes], error: Optional[bytes]) -> None:
+                   result: Optional[bytes], error: Optional[bytes], output: Dict[str, str]) -> None:
         task_state = self.state.outcome(attempt, cause, detail).value
         self.store.record_end(self.sweep_id, attempt.task, attempt.number, cause.value, now, detail, task_state,
-                              result=result, error=error)
+                              result=result, error=error, output=output)
 
     @contextlib.contextmanager
     def _fatal_on_store_error(self) -> Iterator[None]:

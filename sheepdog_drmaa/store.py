@@ -66,6 +66,8 @@ CREATE TABLE IF NOT EXISTS attempts (
     ended REAL,
     cause TEXT,
     detail TEXT,
+    stdout TEXT,
+    stderr TEXT,
     PRIMARY KEY (sweep_id, task, number)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS workers (
@@ -84,6 +86,7 @@ _ADDED_COLUMNS = {
     "workers": (("host", "TEXT"), ("process_group", "INTEGER")),
     "sweeps": (("owner_started", "TEXT"), ("owner_token", "TEXT")),
     "tasks": (("args_large", "INTEGER"),),
+    "attempts": (("stdout", "TEXT"), ("stderr", "TEXT")),
 }
 
 # How long a write waits for another process's write lock before giving up with a clear error.
@@ -121,6 +124,8 @@ class AttemptRecord:
     ended: Optional[float]
     cause: Optional[str]
     detail: Dict[str, Any]
+    stdout: str = ""  # what the task printed, head and tail (when the worker lived to report it)
+    stderr: str = ""
 
 
 @dataclass(frozen=True)
@@ -444,7 +449,8 @@ class Store:
 
     def record_end(self, sweep_id: str, task: int, number: int, cause: str, ended: float,
                    detail: Dict[str, Any], task_state: str, result: Optional[bytes] = None,
-                   error: Optional[bytes] = None, worker_ended: Optional[str] = None) -> None:
+                   error: Optional[bytes] = None, worker_ended: Optional[str] = None,
+                   output: Optional[Dict[str, str]] = None) -> None:
         """Close an attempt and set its task's state (and result, or pickled exception) in one transaction,
         with the ending of the worker that held it when that is what closed it.
 
@@ -454,14 +460,16 @@ class Store:
             if worker_ended is not None:
                 db.execute("UPDATE workers SET ended = ? WHERE sweep_id = ? AND id = ?",
                            (time.time(), sweep_id, worker_ended))
-            db.execute("UPDATE attempts SET ended = ?, cause = ?, detail = ? "
+            output = output or {}
+            db.execute("UPDATE attempts SET ended = ?, cause = ?, detail = ?, stdout = ?, stderr = ? "
                        "WHERE sweep_id = ? AND task = ? AND number = ?",
-                       (ended, cause, json.dumps(detail, default=repr), sweep_id, task, number))
+                       (ended, cause, json.dumps(detail, default=repr), output.get("stdout"), output.get("stderr"),
+                        sweep_id, task, number))
             db.execute("UPDATE tasks SET state = ?, result = ?, error = ? WHERE sweep_id = ? AND idx = ?",
                        (task_state, result, error, sweep_id, task))
 
     def attempts(self, sweep_id: str, task: Optional[int] = None) -> List[AttemptRecord]:
-        query = ("SELECT task, number, worker, host, started, ended, cause, detail FROM attempts "
+        query = ("SELECT task, number, worker, host, started, ended, cause, detail, stdout, stderr FROM attempts "
                  "WHERE sweep_id = ?")
         params: Tuple[Any, ...] = (sweep_id,)
         if task is not None:
@@ -471,7 +479,8 @@ class Store:
             rows = db.execute(query + " ORDER BY task, number", params).fetchall()
         return [AttemptRecord(task=r["task"], number=r["number"], worker=r["worker"], host=r["host"],
                               started=r["started"], ended=r["ended"], cause=r["cause"],
-                              detail=json.loads(r["detail"]) if r["detail"] else {}) for r in rows]
+                              detail=json.loads(r["detail"]) if r["detail"] else {},
+                              stdout=r["stdout"] or "", stderr=r["stderr"] or "") for r in rows]
 
     # -- workers ------------------------------------------------------------------------------
 

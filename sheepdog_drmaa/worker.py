@@ -16,12 +16,13 @@ import http.client
 import os
 import resource
 import signal
+import stat
 import sys
 import threading
 import time
 import traceback
 import urllib.parse
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import cloudpickle
 
@@ -121,6 +122,56 @@ def call_function(function: Callable[..., Any], item: Any) -> Any:
     if isinstance(item, tuple):
         return function(*item)
     return function(item)
+
+
+class CapturedOutput:
+    """What each task printed, cut out of the worker's own log files.
+
+    The scheduler points the worker's stdout and stderr at files, and whatever the task writes
+    there (prints from C extensions and subprocesses too) lands in them as it is written, so it
+    is still there if the task is killed midway. After each task the part of each file that the
+    task added is read back through a second descriptor, and its head and tail, at most ``limit``
+    bytes, go to the server with the report. A stream that is not a regular file (a terminal, a
+    pipe) is not captured; stderr merged into stdout (one file) is reported once, as stdout.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.readers: Dict[str, Tuple[int, int]] = {}  # stream name -> (its descriptor, a reader of its file)
+        seen = set()
+        for name, descriptor in (("stdout", 1), ("stderr", 2)):
+            try:
+                status = os.fstat(descriptor)
+                if stat.S_ISREG(status.st_mode) and (status.st_dev, status.st_ino) not in seen:
+                    self.readers[name] = (descriptor, os.open(f"/proc/self/fd/{descriptor}", os.O_RDONLY))
+                    seen.add((status.st_dev, status.st_ino))
+            except OSError:
+                continue  # not capturable here: the task's output stays in the stream alone
+
+    def run(self, task: Callable[[], Dict[str, Any]]) -> Dict[str, Any]:
+        """``task()``'s report, with the output it made under "output"."""
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()
+        starts = {name: self._end(descriptor) for name, (descriptor, _) in self.readers.items()}
+        report = task()
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()
+        report["output"] = {name: self._read(reader, starts[name], self._end(descriptor))
+                            for name, (descriptor, reader) in self.readers.items()}
+        return report
+
+    @staticmethod
+    def _end(descriptor: int) -> int:
+        return os.fstat(descriptor).st_size
+
+    def _read(self, reader: int, start: int, end: int) -> str:
+        size = max(end - start, 0)
+        if size <= self.limit:
+            return os.pread(reader, size, start).decode(errors="replace")
+        half = self.limit // 2
+        head, tail = os.pread(reader, half, start), os.pread(reader, half, end - half)
+        return (head.decode(errors="replace") + f"\n[... {size - 2 * half:,} bytes left out ...]\n"
+                + tail.decode(errors="replace"))
 
 
 def run_task(function: Callable[..., Any], lease: Dict[str, Any], max_result_size: int) -> Dict[str, Any]:
@@ -233,6 +284,7 @@ def serve() -> int:
         if namespace:
             getattr(function, "__globals__", {}).update(namespace)
         heartbeat = Heartbeat(Channel(url, key, worker_id), hello["heartbeat_interval"], hello["heartbeat_timeout"])
+        output = CapturedOutput(hello["output_limit"])
         report: Optional[Dict[str, Any]] = None
         while True:
             reply = channel.call(protocol.ROUTE_LEASE, {"report": report})
@@ -240,7 +292,7 @@ def serve() -> int:
             if lease is None:
                 return protocol.EXIT_OK
             heartbeat.current = {"task": lease["task"], "number": lease["number"]}
-            report = run_task(function, lease, hello["max_result_size"])
+            report = output.run(lambda: run_task(function, lease, hello["max_result_size"]))
             heartbeat.current = None
     except ChannelError as error:
         print(f"sheepdog worker {worker_id}: {error}", file=sys.stderr)

@@ -1,0 +1,66 @@
+"""Each attempt's stdout and stderr, kept with the attempt: prints, C-level writes and subprocesses."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+import sheepdog_drmaa
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(sheepdog_drmaa.__file__)))
+
+
+def run_cli(store, *args):
+    return subprocess.run([sys.executable, "-m", "sheepdog_drmaa", *args, "--store", store], capture_output=True,
+                          text=True, timeout=120, cwd=ROOT)
+
+
+def noisy(x):
+    print(f"python print {x}")
+    os.write(1, f"raw write {x}\n".encode())
+    subprocess.run(["sh", "-c", f"echo subprocess {x}; echo 'to stderr {x}' >&2"], check=True)
+    sys.stderr.write(f"python stderr {x}\n")
+    if x == 2:
+        raise ValueError("two")
+    return x
+
+
+def test_each_attempt_keeps_what_its_task_printed(backend, store):
+    results = sheepdog_drmaa.map(noisy, range(3), backend=backend, store=store, progress=False, errors="return",
+                                 name="noisy")
+    assert results[:2] == [0, 1]
+    sweep = sheepdog_drmaa.Sweep.open("noisy", store=store)
+    for x in range(3):
+        attempt = sweep.attempts(x)[-1]
+        assert attempt.stdout.splitlines() == [f"python print {x}", f"raw write {x}", f"subprocess {x}"]
+        assert f"to stderr {x}" in attempt.stderr and f"python stderr {x}" in attempt.stderr
+        assert not any(f"print {other}" in attempt.stdout for other in range(3) if other != x)
+    assert "its stderr ended with" in results[2].describe() and "python stderr 2" in results[2].describe()
+
+
+def chatty(n):
+    for line in range(n):
+        print(f"line {line:06d}")
+    return n
+
+
+def test_long_output_keeps_its_head_and_tail(store):
+    sheepdog_drmaa.map(chatty, [50_000], backend="local", store=store, progress=False, name="chatty",
+                       output_limit="4K")
+    stdout = sheepdog_drmaa.Sweep.open("chatty", store=store).attempts(0)[0].stdout
+    assert stdout.startswith("line 000000\n") and stdout.rstrip().endswith("line 049999")
+    assert "bytes left out" in stdout and len(stdout) < 4096 + 100
+
+
+def test_the_logs_command_shows_an_attempts_output(store):
+    with pytest.raises(sheepdog_drmaa.SweepFailed):
+        sheepdog_drmaa.map(noisy, [2], backend="local", store=store, progress=False, name="logs")
+    shown = run_cli(store, "logs", "logs", "0")
+    assert shown.returncode == 0, shown.stderr
+    assert "--- stdout of task 0 attempt 1" in shown.stdout and "python print 2" in shown.stdout
+    assert "--- stderr of task 0 attempt 1" in shown.stdout and "to stderr 2" in shown.stdout
+    as_json = json.loads(run_cli(store, "logs", "logs", "0", "--attempt", "1", "--json").stdout)
+    assert as_json["cause"] == "exception" and "python stderr 2" in as_json["stderr"]
+    missing = run_cli(store, "logs", "logs", "0", "--attempt", "5")
+    assert missing.returncode == 2 and "its attempts are 1" in missing.stderr
