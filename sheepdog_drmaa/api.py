@@ -5,6 +5,7 @@ import contextlib
 import dataclasses
 import functools
 import hashlib
+import inspect
 import ipaddress
 import logging
 import os
@@ -133,7 +134,7 @@ def _start(f: Callable[..., Any], args: Iterable[Any], given: Dict[str, Any]) ->
             _warn_if_loopback(host)
         try:
             claims.end_leftover_workers(store, record.id, backend)
-            run = _make_run(store, record, options, function, backend, host, bind, done, me)
+            run = _make_run(store, record, options, function, backend, host, bind, done, me, _source_file(f))
         except BaseException:
             backend.close()
             raise
@@ -164,6 +165,15 @@ def _pickle(value: Any, what: str, index: Optional[int] = None) -> bytes:
         named = name if index is None else f"{name} = {_safe_repr(value)}"
         raise ConfigurationError(f"{named} cannot be serialised with cloudpickle to reach the workers: "
                                  f"{type(error).__name__}: {error}") from error
+
+
+def _source_file(f: Callable[..., Any]) -> Optional[str]:
+    """The file ``f`` was defined in, if it is a real file (not a notebook cell or the prompt)."""
+    try:
+        filename = inspect.getsourcefile(f)
+    except TypeError:  # a builtin, or a callable object without source
+        return None
+    return filename if filename and os.path.isfile(filename) else None
 
 
 def _safe_repr(value: Any) -> str:
@@ -265,7 +275,7 @@ def _refuse_mismatch(store: Store, existing: SweepRecord, options: Options, func
 
 
 def _make_run(store: Store, record: SweepRecord, options: Options, function: bytes, backend: Backend,
-              host: str, bind: str, done: List[int], claim: claims.Claim) -> Run:
+              host: str, bind: str, done: List[int], claim: claims.Claim, source_file: Optional[str]) -> Run:
     """The live run: the key file, the log directory (both owner-only) and the server, ready to drive."""
     base = os.path.dirname(os.path.abspath(options.store))
     key = protocol.new_key()
@@ -277,7 +287,8 @@ def _make_run(store: Store, record: SweepRecord, options: Options, function: byt
     try:
         return Run(store=store, sweep_id=record.id, label=record.name or record.id, n_tasks=record.n_tasks,
                    function=function, backend=backend, spec_without_url=spec, key=key, key_path=key_path,
-                   host=host, bind=bind, port=options.port, options=options, done=done, claim=claim)
+                   host=host, bind=bind, port=options.port, options=options, done=done, claim=claim,
+                   source_file=source_file)
     except BaseException:
         os.unlink(key_path)
         raise

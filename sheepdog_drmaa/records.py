@@ -1,7 +1,9 @@
 """What the user gets back about failed tasks: one record per task, with its attempt history."""
 from __future__ import annotations
 
+import linecache
 import pickle
+import re
 import traceback
 from dataclasses import dataclass, field
 from typing import Any, List, Optional
@@ -85,6 +87,25 @@ def unloadable_failure(store: Store, sweep_id: str, index: int, error: BaseExcep
     failure.traceback = "".join(traceback.format_exception(type(error), error, error.__traceback__))
     failure.exception = error
     return failure
+
+
+_DYNAMIC_FRAME = re.compile(r'^(  File )"<dynamic-code>"(, line (\d+), in .*)$', re.M)
+
+
+def with_source_file(traceback_text: str, filename: Optional[str]) -> str:
+    """A remote traceback with the frames of code that travelled by value named after ``filename``.
+
+    cloudpickle 3 calls the file of a function it pickled by value (one defined in ``__main__``,
+    say) "<dynamic-code>", so the node cannot show its lines. The client knows the file ``f`` came
+    from: its frames get that name back, with their source lines read here.
+    """
+    if not filename or "<dynamic-code>" not in traceback_text:
+        return traceback_text
+
+    def named(match: "re.Match[str]") -> str:
+        line = linecache.getline(filename, int(match.group(3))).strip()
+        return f'{match.group(1)}"{filename}"{match.group(2)}' + (f"\n    {line}" if line else "")
+    return _DYNAMIC_FRAME.sub(named, traceback_text)
 
 
 def render_failures(failures: List[TaskFailure], total: int) -> str:

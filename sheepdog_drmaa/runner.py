@@ -23,6 +23,7 @@ from .errors import (ResultTooLarge, SchedulerUnreachable, StoreError, StoreTooL
 from .failures import Cause, ExitInfo
 from .options import Options
 from .progress import Progress
+from .records import with_source_file
 from .server import TaskServer, make_app
 from .store import Store
 from .sweep import Attempt, StartFailure, SweepPhase, SweepState, TaskState
@@ -41,8 +42,10 @@ class Run:
 
     def __init__(self, *, store: Store, sweep_id: str, label: str, n_tasks: int, function: bytes,
                  backend: Backend, spec_without_url: WorkerSpec, key: bytes, key_path: str,
-                 host: str, bind: str, port: int, options: Options, done: List[int], claim: Claim) -> None:
+                 host: str, bind: str, port: int, options: Options, done: List[int], claim: Claim,
+                 source_file: Optional[str] = None) -> None:
         self.store, self.sweep_id, self.label, self.claim = store, sweep_id, label, claim
+        self.source_file = source_file  # where f was defined, to name its frames in remote tracebacks
         self.function, self.backend, self.key_path = function, backend, key_path
         self.options = options
         self.lock = threading.RLock()
@@ -132,7 +135,7 @@ class Run:
             cause = Cause.EXCEPTION
             detail.update({"summary": f"{exception.get('type')}: {exception.get('message')}",
                            "exception_types": list(exception.get("types", ())),
-                           "traceback": exception.get("traceback", "")})
+                           "traceback": with_source_file(exception.get("traceback", ""), self.source_file)})
             error = exception.get("pickle")
         else:
             cause, result = Cause.RESULT, report.get("result")

@@ -64,3 +64,38 @@ def test_the_logs_command_shows_an_attempts_output(store):
     assert as_json["cause"] == "exception" and "python stderr 2" in as_json["stderr"]
     missing = run_cli(store, "logs", "logs", "0", "--attempt", "5")
     assert missing.returncode == 2 and "its attempts are 1" in missing.stderr
+
+
+def test_frames_of_code_that_travelled_by_value_get_their_file_and_lines_back(tmp_path):
+    from sheepdog_drmaa.records import with_source_file
+    script = tmp_path / "sweep.py"
+    script.write_text("import math\n\ndef f(x):\n    return math.sqrt(x) / 0\n")
+    remote = ('Traceback (most recent call last):\n  File "<dynamic-code>", line 4, in f\n'
+              'ZeroDivisionError: float division by zero\n')  # as cloudpickle 3 leaves it on the node
+    assert with_source_file(remote, str(script)) == (
+        f'Traceback (most recent call last):\n  File "{script}", line 4, in f\n    return math.sqrt(x) / 0\n'
+        'ZeroDivisionError: float division by zero\n')
+    assert with_source_file(remote, None) == remote
+
+
+SCRIPT = """
+import sys
+sys.path.insert(0, {root!r})
+import sheepdog_drmaa
+
+def f(x):
+    y = x + 1
+    raise ValueError(f"bad {{y}}")
+
+try:
+    sheepdog_drmaa.map(f, [1], backend="local", progress=False, store={store!r})
+except sheepdog_drmaa.SweepFailed as failed:
+    print(failed.failures[0].traceback)
+"""
+
+
+def test_a_failure_in_a_script_names_the_script_and_its_line(tmp_path, store):
+    script = tmp_path / "my_sweep.py"
+    script.write_text(SCRIPT.format(root=ROOT, store=store))
+    shown = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120).stdout
+    assert f'File "{script}", line 8, in f\n    raise ValueError(f"bad {{y}}")' in shown
