@@ -23,10 +23,12 @@ class Cause(str, enum.Enum):
     LOST = "lost"              # no heartbeat while the scheduler still said running
     TIMEOUT = "timeout"        # ran past the user's timeout
     CANCELLED = "cancelled"    # the sweep was cancelled while the attempt ran
+    WALLTIME = "walltime"      # the worker reached its runtime limit and the scheduler ended it
 
 
 # Causes that are the cluster's fault rather than f's: retried within the retry budget.
-INFRASTRUCTURE_CAUSES = frozenset({Cause.EXIT, Cause.SIGNAL, Cause.ABORTED, Cause.LOST, Cause.TIMEOUT})
+INFRASTRUCTURE_CAUSES = frozenset({Cause.EXIT, Cause.SIGNAL, Cause.ABORTED, Cause.LOST, Cause.TIMEOUT,
+                                   Cause.WALLTIME})
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple
@@ -48,9 +49,18 @@ class Options:
     heartbeat_timeout: float = 60.0
     store: str = DEFAULT_STORE
     max_result_size: int = DEFAULT_MAX_RESULT_SIZE
+    walltime: Optional[float] = None
+    task_time: Optional[float] = None
     output_limit: int = DEFAULT_OUTPUT_LIMIT
     name: Optional[str] = None
     resume: bool = True
+
+    def runtime_limit(self) -> Optional[float]:
+        """Each worker's runtime limit in seconds: walltime=, else an h_rt in native_spec, else none known."""
+        if self.walltime is not None:
+            return self.walltime
+        found = _H_RT.search(self.native_spec or "")
+        return parse_duration(found.group(1)) if found else None
 
 
 def _parse_env_mapping(text: str) -> Dict[str, str]:
@@ -79,6 +89,25 @@ def parse_size(value: Any) -> int:
     raise ValueError(f"expected a number of bytes or a size such as '512M' or '1G', got {value!r}")
 
 
+def parse_duration(value: Any) -> float:
+    """Seconds from a number, or from "H:MM:SS", "MM:SS" or a plain number in a string."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, str) and value.strip():
+        try:
+            seconds = 0.0
+            for field in value.strip().split(":"):
+                seconds = seconds * 60 + float(field)
+            if value.count(":") <= 2:
+                return seconds
+        except ValueError:
+            pass
+    raise ValueError(f"expected seconds or H:MM:SS, got {value!r}")
+
+
+_H_RT = re.compile(r"(?:^|[\s,])h_rt=([0-9:.]+)")
+
+
 def _parse_bool(text: str) -> bool:
     lowered = text.strip().lower()
     if lowered in ("1", "true", "yes", "on"):
@@ -93,7 +122,7 @@ _FROM_ENV: Dict[str, Callable[[str], Any]] = {
     "bind": str, "port": int, "python": str, "env": _parse_env_mapping, "queue": str,
     "native_spec": str, "job_name": str, "log_dir": str, "progress": _parse_bool, "errors": str,
     "retries": int, "timeout": float, "heartbeat_interval": float, "heartbeat_timeout": float,
-    "store": str, "max_result_size": str, "output_limit": str,
+    "store": str, "max_result_size": str, "output_limit": str, "walltime": str, "task_time": float,
 }
 
 
@@ -153,6 +182,13 @@ def validate(options: Options) -> None:
         options.max_result_size = parse_size(options.max_result_size)
     except ValueError as error:
         raise ConfigurationError(f"max_result_size: {error}") from None
+    for name in ("walltime", "task_time"):
+        if getattr(options, name) is not None:
+            try:
+                setattr(options, name, parse_duration(getattr(options, name)))
+            except ValueError as error:
+                raise ConfigurationError(f"{name}: {error}") from None
+            _positive_number(name, getattr(options, name))
     try:
         options.output_limit = parse_size(options.output_limit)
     except ValueError as error:

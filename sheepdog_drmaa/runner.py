@@ -54,7 +54,8 @@ class Run:
             retry_exceptions=tuple(protocol.qualified_name(t) for t in options.retry_exceptions),
             tasks_per_worker=options.tasks_per_worker,
             max_workers=options.workers or options.max_workers, timeout=options.timeout,
-            heartbeat_timeout=options.heartbeat_timeout, done=done)
+            heartbeat_timeout=options.heartbeat_timeout, done=done, walltime=options.runtime_limit(),
+            task_time=options.task_time)
         self.completed: "queue.Queue[Optional[int]]" = queue.Queue()
         for index in done:
             self.completed.put(index)
@@ -79,7 +80,8 @@ class Run:
 
     def _hello(self, message: Dict[str, Any]) -> Dict[str, Any]:
         with self.lock, self._fatal_on_store_error():
-            accepted = not self.cancel_requested.is_set() and self.state.hello(message["worker"], message.get("host"))
+            accepted = not self.cancel_requested.is_set() and self.state.hello(message["worker"], message.get("host"),
+                                                                                     time.time())
             if accepted:
                 self.store.record_worker_process(self.sweep_id, message["worker"], message.get("host"),
                                                  message.get("process_group"))

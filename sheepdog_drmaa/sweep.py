@@ -14,6 +14,13 @@ from typing import Any, Deque, Dict, Iterable, List, Mapping, Optional, Tuple
 from .failures import Cause, Ending, ExitInfo, classify, is_retryable
 
 
+# Runtime limits: finished durations remembered, the margin on their 90th percentile, and how
+# close to its limit a worker's end counts as "ended at its limit" (its clock starts before hello).
+DURATION_SAMPLES = 256
+TASK_TIME_MARGIN = 1.25
+WALLTIME_SLACK = 3.0
+
+
 class TaskState(str, enum.Enum):
     """A task's state, as stored."""
 
@@ -64,6 +71,7 @@ class Attempt:
 class Worker:
     id: str
     reached: bool = False        # said hello to the server
+    started: Optional[float] = None  # when it said hello: its runtime limit counts from about then
     host: Optional[str] = None   # the execution host it said hello from
     setup_error: Optional[str] = None  # why it could not load the function, if it could not
     attempt: Optional[Attempt] = None
@@ -98,6 +106,8 @@ class SweepState:
         heartbeat_timeout: float = 60.0,
         start_failure_limit: int = 5,
         done: Iterable[int] = (),
+        walltime: Optional[float] = None,
+        task_time: Optional[float] = None,
     ) -> None:
         self.n_tasks = n_tasks
         self.retries = retries
@@ -107,6 +117,9 @@ class SweepState:
         self.timeout = timeout
         self.heartbeat_timeout = heartbeat_timeout
         self.start_failure_limit = start_failure_limit
+        self.walltime = walltime      # each worker's runtime limit, if it has one
+        self.task_time = task_time    # the user's guess of one task's duration, until some have run
+        self.durations: Deque[float] = collections.deque(maxlen=DURATION_SAMPLES)
         self.states: List[TaskState] = [TaskState.PENDING] * n_tasks
         for index in done:
             self.states[index] = TaskState.DONE
@@ -130,12 +143,12 @@ class SweepState:
     def live_workers(self) -> List[Worker]:
         return [w for w in self.workers.values() if not w.ended and not w.terminated]
 
-    def hello(self, worker_id: str, host: Optional[str] = None) -> bool:
+    def hello(self, worker_id: str, host: Optional[str] = None, now: float = 0.0) -> bool:
         """A worker reached the server. False if it is not one of ours (it is told to exit)."""
         worker = self.workers.get(worker_id)
         if worker is None or worker.ended or worker.terminated:
             return False
-        worker.reached, worker.host = True, host
+        worker.reached, worker.host, worker.started = True, host, now
         return True
 
     def setup_failed(self, worker_id: str, error: str) -> None:
@@ -154,7 +167,7 @@ class SweepState:
             return None
         self.early_deaths = 0  # a worker got going: whatever killed the earlier ones is not general
         full = self.tasks_per_worker is not None and worker.tasks_leased >= self.tasks_per_worker
-        if full or not self.pending:
+        if full or not self.pending or self._out_of_time(worker, now):
             worker.retiring = True
             return None
         task = self.pending.popleft()
@@ -202,8 +215,48 @@ class SweepState:
             return None
         detail = {"summary": ending.summary, "exit_status": info.exit_status, "signal": info.signal,
                   "core_dumped": info.core_dumped, "resource_usage": dict(info.resource_usage)}
-        self._end(attempt, ending.cause, now, detail)
+        cause = ending.cause
+        if self._at_its_limit(worker, now):
+            cause = Cause.WALLTIME
+            detail.update(self._walltime_detail(worker, attempt, ending.summary))
+        self._end(attempt, cause, now, detail)
         return attempt
+
+    # -- runtime limits ----------------------------------------------------------------------
+
+    def expected_task_seconds(self) -> float:
+        """How long a task is expected to take: a high percentile of those finished, with a margin
+        (the user's task_time until there are some); 0 when nothing is known."""
+        if self.durations:
+            ordered = sorted(self.durations)
+            return ordered[int(0.9 * (len(ordered) - 1))] * TASK_TIME_MARGIN
+        return (self.task_time or 0.0) * TASK_TIME_MARGIN
+
+    def _out_of_time(self, worker: Worker, now: float) -> bool:
+        """A worker whose time left is below a task's expected duration starts no task: it retires,
+        and a fresh worker takes its place. A fresh worker always takes one (nothing would fit better)."""
+        if self.walltime is None or worker.started is None or worker.tasks_leased == 0:
+            return False
+        left = self.walltime - (now - worker.started) - WALLTIME_SLACK
+        return left < self.expected_task_seconds()
+
+    def _at_its_limit(self, worker: Worker, now: float) -> bool:
+        return (self.walltime is not None and worker.started is not None
+                and now - worker.started >= self.walltime - WALLTIME_SLACK)
+
+    def _walltime_detail(self, worker: Worker, attempt: Attempt, ending: str) -> Dict[str, Any]:
+        """The summary of an attempt ended at its worker's limit, and whether a fresh worker could fit it."""
+        assert self.walltime is not None and worker.started is not None
+        fits = attempt.started - worker.started > WALLTIME_SLACK  # it had less than a whole walltime
+        if fits:
+            summary = (f"its worker reached its runtime limit of {self.walltime:g} s ({ending}); the task "
+                       "had started late in the worker's life and is tried again in a fresh worker, not "
+                       "counted against retries")
+        else:
+            summary = (f"the task ran for the whole runtime limit of {self.walltime:g} s and was ended at it "
+                       f"({ending}); it cannot finish in any worker: raise walltime= (or the h_rt/--time "
+                       "request), or split the task")
+        return {"summary": summary, "fits_fresh_worker": fits}
 
     def overdue(self, now: float) -> List[Tuple[str, Cause]]:
         """Workers whose attempt ran past the timeout or went quiet, with the cause to record."""
@@ -289,6 +342,8 @@ class SweepState:
         that first, and ends the attempt only once it is stored)."""
         if cause is Cause.RESULT:
             return TaskState.DONE
+        if cause is Cause.WALLTIME:
+            return TaskState.PENDING if detail.get("fits_fresh_worker") else TaskState.FAILED
         exception_types = tuple(detail.get("exception_types", ()))
         retryable = is_retryable(cause, exception_types, self.retry_exceptions)
         if retryable and self.failure_counts.get(attempt.task, 0) + 1 <= self.retries:
@@ -304,8 +359,10 @@ class SweepState:
         self.states[task] = next_state
         if next_state is TaskState.DONE:
             self.n_done += 1
+            self.durations.append(now - attempt.started)
             return
-        self.failure_counts[task] = self.failure_counts.get(task, 0) + 1
+        if cause is not Cause.WALLTIME or not detail.get("fits_fresh_worker"):
+            self.failure_counts[task] = self.failure_counts.get(task, 0) + 1
         self.failed_attempts.setdefault(task, []).append(attempt)
         if next_state is TaskState.PENDING:
             self.pending.appendleft(task)

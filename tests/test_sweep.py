@@ -146,3 +146,50 @@ def test_cancel_ends_running_attempts_and_gives_no_more_work():
     assert attempt.cause is Cause.CANCELLED
     assert state.states[0] is TaskState.PENDING and not state.running
     assert state.live_workers() == [] and state.lease("b", 2) is None
+
+
+def test_a_worker_near_its_runtime_limit_starts_no_task_it_cannot_finish():
+    state = SweepState(4, walltime=20.0)
+    state.add_workers(["w1"])
+    state.hello("w1", now=100.0)
+    first = state.lease("w1", now=100.0)  # a fresh worker always takes one: nothing would fit better
+    state.finish("w1", first.task, 1, Cause.RESULT, now=106.0)  # tasks take about 6 s
+    second = state.lease("w1", now=106.0)  # 11 s left (after the slack) for 7.5 s expected: fits
+    assert second is not None
+    state.finish("w1", second.task, 1, Cause.RESULT, now=112.0)
+    assert state.lease("w1", now=112.0) is None  # 5 s left: it retires
+    assert state.workers["w1"].retiring and state.workers_to_submit() == 2  # fresh workers take its place
+
+
+def test_the_users_task_time_guides_leasing_until_tasks_have_finished():
+    state = SweepState(2, walltime=60.0, task_time=50.0)
+    state.add_workers(["w1"])
+    state.hello("w1", now=0.0)
+    first = state.lease("w1", now=0.0)
+    state.finish("w1", first.task, 1, Cause.RESULT, now=1.0)  # one finished: now the real figure counts
+    assert state.lease("w1", now=1.0) is not None
+    assert SweepState(1, walltime=60.0, task_time=50.0).expected_task_seconds() == 62.5
+
+
+def test_a_task_ended_at_its_workers_limit_after_a_late_start_is_retried_without_counting():
+    state = SweepState(2, walltime=20.0, retries=0)
+    state.add_workers(["w1"])
+    state.hello("w1", now=0.0)
+    first = state.lease("w1", now=0.0)
+    state.finish("w1", first.task, 1, Cause.RESULT, now=5.0)
+    late = state.lease("w1", now=5.0)
+    ended = state.worker_ended(ExitInfo("w1", signaled=True, signal="SIGKILL"), now=20.1)
+    assert ended is late and ended.cause is Cause.WALLTIME and ended.detail["fits_fresh_worker"]
+    assert state.states[late.task] is TaskState.PENDING  # even with retries=0
+    assert state.failure_counts.get(late.task, 0) == 0 and "not counted" in ended.detail["summary"]
+
+
+def test_a_task_longer_than_the_whole_runtime_limit_fails_at_once_naming_the_option():
+    state = SweepState(1, walltime=20.0, retries=3)
+    state.add_workers(["w1"])
+    state.hello("w1", now=0.0)
+    state.lease("w1", now=0.5)
+    ended = state.worker_ended(ExitInfo("w1", exited=True, exit_status=0), now=19.0)  # Slurm's "exit 0"
+    assert ended.cause is Cause.WALLTIME and state.states[0] is TaskState.FAILED
+    assert "ran for the whole runtime limit of 20 s" in ended.detail["summary"]
+    assert "walltime=" in ended.detail["summary"]
