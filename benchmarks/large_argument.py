@@ -7,7 +7,6 @@ peak RSS above what it had before the argument existed, as a multiple of the arg
 The argument itself counts once; the goal is a peak of at most about 2x.
 """
 import os
-import resource
 import subprocess
 import sys
 import tempfile

@@ -15,7 +15,8 @@ import socket
 import sys
 import threading
 import uuid
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple, Union
+from collections.abc import Iterable, Iterator
+from typing import Any, Callable
 
 import cloudpickle
 
@@ -25,8 +26,8 @@ from .errors import ConfigurationError, SweepCancelled, SweepLocked, SweepMismat
 from .handle import Sweep
 from .options import Options, resolve
 from .runner import Run
-from .sweep import SweepPhase, TaskState
 from .store import ClaimLost, NewSweep, Store, SweepRecord, private_directory
+from .sweep import SweepPhase, TaskState
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +37,7 @@ FORWARDED_VARIABLES = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "TMP
                        "CONDA_PREFIX")
 
 
-def map(f: Callable[..., Any], args: Iterable[Any], **options: Any) -> List[Any]:
+def map(f: Callable[..., Any], args: Iterable[Any], **options: Any) -> list[Any]:
     """Run ``f`` once per element of ``args`` on the cluster; return the results in input order.
 
     An element that is a tuple is unpacked into arguments (``f(*item)``); anything else, lists
@@ -95,7 +96,7 @@ def map_async(f: Callable[..., Any], args: Iterable[Any], **options: Any) -> Swe
     return sweep
 
 
-def _start(f: Callable[..., Any], args: Iterable[Any], given: Dict[str, Any]) -> Union[List[Any], Sweep]:
+def _start(f: Callable[..., Any], args: Iterable[Any], given: dict[str, Any]) -> list[Any] | Sweep:
     """Check everything, store the sweep (or find the named one), claim it, and prepare its run.
 
     Returns [] for empty ``args``, and a Sweep without a run for a named sweep already finished.
@@ -121,7 +122,7 @@ def _start(f: Callable[..., Any], args: Iterable[Any], given: Dict[str, Any]) ->
     host, bind = _check_address(options)
     store = Store(options.store)
     me = claims.for_this_process()
-    record: Optional[SweepRecord] = None
+    record: SweepRecord | None = None
     try:
         record, done = _prepare_record(store, options, function, blobs, me)
         del blobs  # stored: the client keeps no second copy of every argument while the sweep runs
@@ -151,7 +152,7 @@ def _start(f: Callable[..., Any], args: Iterable[Any], given: Dict[str, Any]) ->
     return Sweep(store, record, run, errors=options.errors)
 
 
-def _pickle(value: Any, what: str, index: Optional[int] = None) -> bytes:
+def _pickle(value: Any, what: str, index: int | None = None) -> bytes:
     """cloudpickle ``value``; on failure, name it (its repr is made only then: it may be costly)."""
     try:
         pickled: bytes = cloudpickle.dumps(value, protocol=5)
@@ -167,7 +168,7 @@ def _pickle(value: Any, what: str, index: Optional[int] = None) -> bytes:
                                  f"{type(error).__name__}: {error}") from error
 
 
-def _source_file(f: Callable[..., Any]) -> Optional[str]:
+def _source_file(f: Callable[..., Any]) -> str | None:
     """The file ``f`` was defined in, if it is a real file (not a notebook cell or the prompt)."""
     try:
         filename = inspect.getsourcefile(f)
@@ -192,7 +193,7 @@ def _digest(blobs: Iterable[bytes]) -> str:
     return digest.hexdigest()
 
 
-@functools.lru_cache(maxsize=None)  # once per host and process
+@functools.cache  # once per host and process
 def _warn_if_loopback(host: str) -> None:
     """Workers on other nodes cannot reach a loopback address (Debian maps its own name to 127.0.1.1)."""
     addresses = {str(info[4][0]) for info in socket.getaddrinfo(host, None)}
@@ -202,7 +203,7 @@ def _warn_if_loopback(host: str) -> None:
                     "on the cluster network.", host, ", ".join(sorted(addresses)))
 
 
-def _check_address(options: Options) -> Tuple[str, str]:
+def _check_address(options: Options) -> tuple[str, str]:
     """The name workers use to reach this host, and the address to listen on; both must work."""
     host = options.host or socket.getfqdn()
     bind = options.bind or host
@@ -223,8 +224,8 @@ def _check_address(options: Options) -> Tuple[str, str]:
     return host, bind
 
 
-def _prepare_record(store: Store, options: Options, function: bytes, blobs: List[bytes],
-                    me: claims.Claim) -> Tuple[SweepRecord, List[int]]:
+def _prepare_record(store: Store, options: Options, function: bytes, blobs: list[bytes],
+                    me: claims.Claim) -> tuple[SweepRecord, list[int]]:
     """The stored sweep to run, claimed by ``me``: a new one, or the named one to resume (with its done tasks).
 
     Whatever two clients do at once, one claim statement succeeds and the other client gets
@@ -275,7 +276,7 @@ def _refuse_mismatch(store: Store, existing: SweepRecord, options: Options, func
 
 
 def _make_run(store: Store, record: SweepRecord, options: Options, function: bytes, backend: Backend,
-              host: str, bind: str, done: List[int], claim: claims.Claim, source_file: Optional[str]) -> Run:
+              host: str, bind: str, done: list[int], claim: claims.Claim, source_file: str | None) -> Run:
     """The live run: the key file, the log directory (both owner-only) and the server, ready to drive."""
     base = os.path.dirname(os.path.abspath(options.store))
     key = protocol.new_key()
@@ -294,7 +295,7 @@ def _make_run(store: Store, record: SweepRecord, options: Options, function: byt
         raise
 
 
-def _worker_environment(options: Options) -> Dict[str, str]:
+def _worker_environment(options: Options) -> dict[str, str]:
     """The job environment: this host's import path and basic variables, then the user's env=."""
     environment = {name: os.environ[name] for name in FORWARDED_VARIABLES if name in os.environ}
     paths = [os.path.abspath(p or os.curdir) for p in sys.path]

@@ -13,7 +13,7 @@ import signal
 import socket
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, List, Optional, Set
+from typing import TYPE_CHECKING, Callable
 
 if TYPE_CHECKING:  # only for annotations: claims.py itself needs neither the store nor a scheduler
     from .backends import Backend
@@ -28,7 +28,7 @@ STALE_CLAIM_SECONDS = 180.0
 
 # Tokens of the claims this process holds now: a claim of this very process is live only while its
 # run is (one left in the store by a run that could not release it is not).
-_held: Set[str] = set()
+_held: set[str] = set()
 
 
 @dataclass(frozen=True)
@@ -37,15 +37,15 @@ class Claim:
 
     pid: int
     host: str
-    started: Optional[str]   # the process's start time in clock ticks since boot (Linux), if known
-    token: Optional[str]     # None in claims written by sheepdog_drmaa 0.1.0
+    started: str | None   # the process's start time in clock ticks since boot (Linux), if known
+    token: str | None     # None in claims written by sheepdog_drmaa 0.1.0
     seen: float              # when the client last refreshed the claim
 
     def describe(self) -> str:
         return f"process {self.pid} on {self.host}"
 
 
-def process_start(pid: int) -> Optional[str]:
+def process_start(pid: int) -> str | None:
     """The start time of process ``pid`` (field 22 of /proc/PID/stat), or None if it is gone or unknown."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as handle:
@@ -71,7 +71,7 @@ def let_go(claim: Claim) -> None:
     _held.discard(claim.token or "")
 
 
-def is_live(claim: Optional[Claim], now: Optional[float] = None) -> bool:
+def is_live(claim: Claim | None, now: float | None = None) -> bool:
     """Whether the claimant may still be running the sweep.
 
     On this host the process is checked (alive, and started when the claim says); on another
@@ -93,7 +93,7 @@ def is_live(claim: Optional[Claim], now: Optional[float] = None) -> bool:
     return started is None or claim.started is None or started == claim.started
 
 
-def end_leftover_workers(store: Store, sweep_id: str, backend: Backend) -> List[str]:
+def end_leftover_workers(store: Store, sweep_id: str, backend: Backend) -> list[str]:
     """Remove the workers an earlier client of the sweep started and did not see end; return their ids.
 
     A named sweep resumed after its client died, or cancelled from the command line, must not

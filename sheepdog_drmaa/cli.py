@@ -12,7 +12,8 @@ import pickle
 import socket
 import sys
 import time
-from typing import Any, Dict, List, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from . import claims
 from .errors import SheepdogError, StoreError, SweepLocked
@@ -38,7 +39,7 @@ def _emit(args: argparse.Namespace, data: Any, text: str) -> None:
 
 def cmd_list(args: argparse.Namespace) -> int:
     store = Store(args.store, readonly=True)
-    rows: List[Dict[str, Any]] = []
+    rows: list[dict[str, Any]] = []
     for record in store.sweeps():
         rows.append({"name": record.name, "id": record.id, "state": record.state, "tasks": record.n_tasks,
                      "age_seconds": time.time() - record.created, **Sweep(store, record).status()})
@@ -56,7 +57,7 @@ def _open(args: argparse.Namespace) -> Sweep:
 def cmd_status(args: argparse.Namespace) -> int:
     sweep = _open(args)
     attempts = sweep.attempts()
-    by_cause: Dict[str, int] = {}
+    by_cause: dict[str, int] = {}
     for attempt in attempts:
         if attempt.cause and attempt.cause != "result":
             by_cause[attempt.cause] = by_cause.get(attempt.cause, 0) + 1
@@ -64,7 +65,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     retried = len({a.task for a in attempts if a.number > 1})
     record = sweep.record
     counts = sweep.status()
-    data: Dict[str, Any] = {"name": record.name, "id": record.id, "state": record.state, "tasks": record.n_tasks,
+    data: dict[str, Any] = {"name": record.name, "id": record.id, "state": record.state, "tasks": record.n_tasks,
             "counts": counts, "running_jobs": running, "retried_tasks": retried,
             "failed_attempts_by_cause": by_cause,
             "owner": record.owner and f"{record.owner.pid}@{record.owner.host}"}
@@ -90,8 +91,8 @@ def cmd_failures(args: argparse.Namespace) -> int:
 def cmd_results(args: argparse.Namespace) -> int:
     """Every result that can be loaded here; each task that failed or cannot be loaded is named on stderr."""
     sweep = _open(args)
-    loaded: Dict[int, Any] = {}
-    failed: List[TaskFailure] = []
+    loaded: dict[int, Any] = {}
+    failed: list[TaskFailure] = []
     for index, value in sweep.as_completed():
         if isinstance(value, TaskFailure):
             failed.append(value)
@@ -157,7 +158,7 @@ def cmd_cancel(args: argparse.Namespace) -> int:
                               f"within {CANCEL_WAIT_SECONDS:g} s of SIGINT; stop it yourself (kill {owner.pid})")
     # A client on another host cannot be signalled from here: its jobs go now, and it stops by itself
     # within claims.CLAIM_REFRESH_SECONDS, when it finds its claim released.
-    ended: List[str] = []
+    ended: list[str] = []
     if store.live_workers(record.id):  # the scheduler is opened only when there is something to remove
         from .backends import open_backend
         backend = open_backend(record.options.get("backend", "auto"))
@@ -197,7 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
     try:

@@ -1,7 +1,7 @@
 """Exception classes raised by sheepdog_drmaa."""
 from __future__ import annotations
 
-from typing import Any, List
+from typing import Any
 
 
 class SheepdogError(Exception):
@@ -59,7 +59,7 @@ class SweepCancelled(SheepdogError):
 class SweepFailed(SheepdogError):
     """Some tasks failed for good; ``.failures`` and ``.results`` keep everything that is known."""
 
-    def __init__(self, message: str, failures: List[Any], results: List[Any]) -> None:
+    def __init__(self, message: str, failures: list[Any], results: list[Any]) -> None:
         super().__init__(message)
         self.failures = failures
         self.results = results

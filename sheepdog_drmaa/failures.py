@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable
 
 from .protocol import EXIT_BAD_CONFIGURATION, EXIT_RESERVED_STATUS, EXIT_SERVER_UNREACHABLE
 
@@ -37,12 +37,12 @@ class ExitInfo:
 
     worker: str
     exited: bool = False
-    exit_status: Optional[int] = None
+    exit_status: int | None = None
     signaled: bool = False
     signal: str = ""
     core_dumped: bool = False
     aborted: bool = False
-    resource_usage: Dict[str, Any] = field(default_factory=dict)
+    resource_usage: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -65,7 +65,8 @@ def _signaled(info: ExitInfo) -> Ending:
 
 # Statuses the worker itself uses, explained (see protocol).
 _WORKER_STATUSES = {
-    EXIT_RESERVED_STATUS: " (the task exited with 99 or 100, which Grid Engine reserves; the worker passed it on as 98)",
+    EXIT_RESERVED_STATUS: (" (the task exited with 99 or 100, which Grid Engine reserves; the worker passed it "
+                           "on as 98)"),
     EXIT_SERVER_UNREACHABLE: " (the worker could not reach the sheepdog server; see its stderr file)",
     EXIT_BAD_CONFIGURATION: " (the worker could not load its configuration or the function; see its stderr file)",
     127: " (command not found: check python=)",
@@ -85,7 +86,7 @@ def _unknown(info: ExitInfo) -> Ending:
 
 # Checked in order; the first predicate that holds decides. Aborted comes first because Grid
 # Engine may also report an exit status for a job it deleted.
-_TABLE: List[Tuple[Callable[[ExitInfo], bool], Callable[[ExitInfo], Ending]]] = [
+_TABLE: list[tuple[Callable[[ExitInfo], bool], Callable[[ExitInfo], Ending]]] = [
     (lambda info: info.aborted, _aborted),
     (lambda info: info.signaled, _signaled),
     (lambda info: info.exited and info.exit_status is not None, _exited),
@@ -101,7 +102,7 @@ def classify(info: ExitInfo) -> Ending:
     raise AssertionError("the last row of the table always applies")
 
 
-def is_retryable(cause: Cause, exception_types: Tuple[str, ...] = (), retry_exceptions: Tuple[str, ...] = ()) -> bool:
+def is_retryable(cause: Cause, exception_types: tuple[str, ...] = (), retry_exceptions: tuple[str, ...] = ()) -> bool:
     """Whether an attempt that ended in ``cause`` may be tried again (budget permitting).
 
     ``exception_types`` are the qualified names of the raised exception's classes (its MRO), and

@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import pickle
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from collections.abc import Iterator
+from typing import Any
 
 from .errors import SweepFailed, SweepIncomplete
 from .options import DEFAULT_STORE
@@ -15,12 +16,12 @@ from .sweep import TaskState, counts_by_name
 class Sweep:
     """A sweep's results, progress and failures; ``cancel()`` stops a live one."""
 
-    def __init__(self, store: Store, record: SweepRecord, run: Optional[Run] = None, errors: str = "raise") -> None:
+    def __init__(self, store: Store, record: SweepRecord, run: Run | None = None, errors: str = "raise") -> None:
         self.store, self.record, self.run, self.errors = store, record, run, errors
         self._streamed = False
 
     @classmethod
-    def open(cls, name: str, store: str = DEFAULT_STORE) -> "Sweep":
+    def open(cls, name: str, store: str = DEFAULT_STORE) -> Sweep:
         """Reopen a stored sweep read-only (from any process) by its name or id."""
         database = Store(store, readonly=True)
         record = database.sweep_named(name) or database.sweep(name)
@@ -35,7 +36,7 @@ class Sweep:
         return self.record.id
 
     @property
-    def name(self) -> Optional[str]:
+    def name(self) -> str | None:
         return self.record.name
 
     def __len__(self) -> int:
@@ -44,11 +45,11 @@ class Sweep:
     def __repr__(self) -> str:
         return f"<Sweep {self.name or self.id} {self.status()}>"
 
-    def wait(self, timeout: Optional[float] = None) -> bool:
+    def wait(self, timeout: float | None = None) -> bool:
         """Block until the sweep ends (or ``timeout`` seconds pass); True if it ended."""
         return self.run is None or self.run.wait(timeout)
 
-    def results(self) -> List[Any]:
+    def results(self) -> list[Any]:
         """All results in input order, once the sweep ends; raises SweepFailed if tasks failed.
 
         Every task is accounted for: a result, or its failure (also when its stored result cannot
@@ -58,8 +59,8 @@ class Sweep:
         if self.run is not None and self.run.error is not None:
             raise self.run.error
         failures = {f.index: f for f in self.failures()}
-        results: List[Any] = []
-        unfinished: List[int] = []
+        results: list[Any] = []
+        unfinished: list[int] = []
         for index, state, blob in self.store.results(self.id):
             if state == TaskState.FAILED:
                 results.append(failures[index])
@@ -78,7 +79,7 @@ class Sweep:
             raise SweepFailed(render_failures(ordered, self.record.n_tasks), ordered, partial)
         return results
 
-    def _incomplete_message(self, unfinished: List[int], accounted: int) -> str:
+    def _incomplete_message(self, unfinished: list[int], accounted: int) -> str:
         label = self.name or self.id
         shown = ", ".join(str(i) for i in unfinished[:10]) + (" ..." if len(unfinished) > 10 else "")
         what = (f"{len(unfinished)} of {self.record.n_tasks} tasks of sweep {label} are neither done nor failed "
@@ -89,7 +90,7 @@ class Sweep:
                  "this sweep has no name= and cannot be resumed; run it again")
         return f"{what}; the sweep is {state}. No result is made up for them: {again}."
 
-    def as_completed(self) -> Iterator[Tuple[int, Any]]:
+    def as_completed(self) -> Iterator[tuple[int, Any]]:
         """Yield ``(index, result)`` as tasks finish; a failed task yields its TaskFailure.
 
         The live stream of a running sweep can be read once; later calls read the store.
@@ -103,7 +104,7 @@ class Sweep:
         for index in self.run.completions():
             yield index, self._value(index, self.store.result(self.id, index)[0])
 
-    def _value(self, index: int, blob: Optional[bytes]) -> Any:
+    def _value(self, index: int, blob: bytes | None) -> Any:
         """The result, or the task's failure: failed on the cluster, or a result that cannot be loaded here."""
         if blob is None:
             return failure_from_store(self.store, self.id, index)
@@ -112,17 +113,17 @@ class Sweep:
         except Exception as error:
             return unloadable_failure(self.store, self.id, index, error)
 
-    def status(self) -> Dict[str, int]:
+    def status(self) -> dict[str, int]:
         """Task counts per state: done, failed, running, queued."""
         if self.run is not None and not self.run.wait(0):
             return self.run.counts()
         return counts_by_name(self.store.counts(self.id))
 
-    def attempts(self, index: Optional[int] = None) -> List[AttemptRecord]:
+    def attempts(self, index: int | None = None) -> list[AttemptRecord]:
         """Every recorded attempt (of one task, or of all), with its cause, worker and details."""
         return self.store.attempts(self.id, index)
 
-    def failures(self) -> List[TaskFailure]:
+    def failures(self) -> list[TaskFailure]:
         """One record per task that failed for good, with its whole attempt history."""
         return [failure_from_store(self.store, self.id, index)
                 for index, state, _ in self.store.task_states(self.id) if state == TaskState.FAILED]

@@ -9,8 +9,9 @@ import json
 import os
 import re
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Mapping, Optional, Tuple
+from typing import Any, Callable
 
 from .errors import ConfigurationError
 
@@ -28,34 +29,34 @@ _SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
 @dataclass
 class Options:
     backend: str = "auto"
-    workers: Optional[int] = None
+    workers: int | None = None
     max_workers: int = 1000
-    tasks_per_worker: Optional[int] = None
-    host: Optional[str] = None
-    bind: Optional[str] = None
+    tasks_per_worker: int | None = None
+    host: str | None = None
+    bind: str | None = None
     port: int = 0
     python: str = sys.executable
-    env: Dict[str, str] = field(default_factory=dict)
-    queue: Optional[str] = None
-    native_spec: Optional[str] = None
+    env: dict[str, str] = field(default_factory=dict)
+    queue: str | None = None
+    native_spec: str | None = None
     job_name: str = "sheepdog"
-    log_dir: Optional[str] = None
-    progress: Optional[bool] = None
+    log_dir: str | None = None
+    progress: bool | None = None
     errors: str = "raise"
     retries: int = 3
-    retry_exceptions: Tuple[type, ...] = ()
-    timeout: Optional[float] = None
+    retry_exceptions: tuple[type, ...] = ()
+    timeout: float | None = None
     heartbeat_interval: float = 10.0
     heartbeat_timeout: float = 60.0
     store: str = DEFAULT_STORE
     max_result_size: int = DEFAULT_MAX_RESULT_SIZE
-    walltime: Optional[float] = None
-    task_time: Optional[float] = None
+    walltime: float | None = None
+    task_time: float | None = None
     output_limit: int = DEFAULT_OUTPUT_LIMIT
-    name: Optional[str] = None
+    name: str | None = None
     resume: bool = True
 
-    def runtime_limit(self) -> Optional[float]:
+    def runtime_limit(self) -> float | None:
         """Each worker's runtime limit in seconds: walltime=, else an h_rt in native_spec, else none known."""
         if self.walltime is not None:
             return self.walltime
@@ -63,7 +64,7 @@ class Options:
         return parse_duration(found.group(1)) if found else None
 
 
-def _parse_env_mapping(text: str) -> Dict[str, str]:
+def _parse_env_mapping(text: str) -> dict[str, str]:
     """``SHEEPDOG_ENV``: a JSON object, or ``KEY=VALUE`` pairs separated by commas."""
     text = text.strip()
     if text.startswith("{"):
@@ -117,7 +118,7 @@ def _parse_bool(text: str) -> bool:
     raise ValueError("expected 1/0, true/false, yes/no or on/off")
 
 
-_FROM_ENV: Dict[str, Callable[[str], Any]] = {
+_FROM_ENV: dict[str, Callable[[str], Any]] = {
     "backend": str, "workers": int, "max_workers": int, "tasks_per_worker": int, "host": str,
     "bind": str, "port": int, "python": str, "env": _parse_env_mapping, "queue": str,
     "native_spec": str, "job_name": str, "log_dir": str, "progress": _parse_bool, "errors": str,
@@ -128,7 +129,7 @@ _FROM_ENV: Dict[str, Callable[[str], Any]] = {
 
 def resolve(given: Mapping[str, Any], environ: Mapping[str, str] = os.environ) -> Options:
     """Options from explicit values (None means unset), then ``SHEEPDOG_*`` variables, then defaults."""
-    values: Dict[str, Any] = {}
+    values: dict[str, Any] = {}
     for option in dataclasses.fields(Options):
         value = given.get(option.name)
         if value is None and option.name in _FROM_ENV:

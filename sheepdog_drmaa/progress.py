@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import contextlib
 import sys
-from typing import Dict, Optional
 
 
 class Progress:
     """Shows counts while a sweep runs; does nothing when disabled."""
 
-    def __init__(self, total: int, enabled: Optional[bool], description: str) -> None:
+    def __init__(self, total: int, enabled: bool | None, description: str) -> None:
         if enabled is None:
             enabled = sys.stderr.isatty()
         self.bar = None
@@ -23,9 +22,9 @@ class Progress:
             from tqdm.contrib.logging import logging_redirect_tqdm
             self.bar = tqdm(total=total, desc=description, file=sys.stderr, unit="task", dynamic_ncols=True)
             self._redirect.enter_context(logging_redirect_tqdm(tqdm_class=tqdm))
-        self.last: Dict[str, int] = {}
+        self.last: dict[str, int] = {}
 
-    def update(self, counts: Dict[str, int]) -> None:
+    def update(self, counts: dict[str, int]) -> None:
         if self.bar is None or counts == self.last:
             return
         finished = counts["done"] + counts["failed"]

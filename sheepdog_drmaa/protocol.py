@@ -21,7 +21,8 @@ import secrets
 import struct
 import threading
 import time
-from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Union
+from collections.abc import Sequence
+from typing import Any, NamedTuple
 
 # Job environment of a worker.
 ENV_URL = "SHEEPDOG_URL"
@@ -94,7 +95,7 @@ def head_signature(key: bytes, route: str, nonce: str, timestamp: str, length: i
     return hmac.new(key, message, hashlib.sha256).hexdigest()
 
 
-def signed_headers(key: bytes, route: str, body: bytes) -> Dict[str, str]:
+def signed_headers(key: bytes, route: str, body: bytes) -> dict[str, str]:
     """The headers of a fresh request to ``route`` carrying ``body``: nonce, timestamp, both signatures."""
     nonce, timestamp = new_nonce(), repr(time.time())
     return {HEADER_NONCE: nonce, HEADER_TIME: timestamp,
@@ -102,7 +103,7 @@ def signed_headers(key: bytes, route: str, body: bytes) -> Dict[str, str]:
             HEADER_SIGNATURE: request_signature(key, route, nonce, timestamp, body)}
 
 
-def response_signature(key: bytes, nonce: str, body: Union[bytes, Sequence[bytes]]) -> str:
+def response_signature(key: bytes, nonce: str, body: bytes | Sequence[bytes]) -> str:
     """Signs a response to the request of ``nonce``; ``body`` may be given as the parts of encode_parts."""
     signature = hmac.new(key, b"response\n" + nonce.encode() + b"\n", hashlib.sha256)
     for part in [body] if isinstance(body, bytes) else body:
@@ -110,7 +111,7 @@ def response_signature(key: bytes, nonce: str, body: Union[bytes, Sequence[bytes
     return signature.hexdigest()
 
 
-def signature_matches(expected: str, given: Optional[str]) -> bool:
+def signature_matches(expected: str, given: str | None) -> bool:
     return given is not None and hmac.compare_digest(expected, given)
 
 
@@ -122,10 +123,10 @@ def out_of_band(data: bytes) -> pickle.PickleBuffer:
     return pickle.PickleBuffer(data)
 
 
-def encode_parts(message: Dict[str, Any]) -> List[bytes]:
+def encode_parts(message: dict[str, Any]) -> list[bytes]:
     """A message as the parts of one body: a length-prefixed pickle, then each out-of-band value the
     same way. Sent part by part, a large argument is never copied into the pickle on its way out."""
-    buffers: List[pickle.PickleBuffer] = []
+    buffers: list[pickle.PickleBuffer] = []
     head = pickle.dumps(message, protocol=5, buffer_callback=buffers.append)
     parts = [_LENGTH.pack(len(head)), head]
     for buffer in buffers:
@@ -134,17 +135,17 @@ def encode_parts(message: Dict[str, Any]) -> List[bytes]:
     return parts
 
 
-def encode(message: Dict[str, Any]) -> bytes:
+def encode(message: dict[str, Any]) -> bytes:
     return b"".join(encode_parts(message))
 
 
-def decode(body: bytes) -> Dict[str, Any]:
+def decode(body: bytes) -> dict[str, Any]:
     """Load a body whose signature has already been checked; anything but a dict is malformed.
 
     Out-of-band values come back as read-only memoryviews of ``body`` (no copy).
     """
     view = memoryview(body)
-    frames: List[memoryview] = []
+    frames: list[memoryview] = []
     offset = 0
     while offset < len(view):
         (length,) = _LENGTH.unpack_from(view, offset)
@@ -169,14 +170,14 @@ class Maybe(NamedTuple):
 
 # What each route's message holds: field name -> type, or the shape of a nested dict, or Maybe of
 # either. Other fields are ignored. The server refuses a message that does not fit its shape.
-Shape = Dict[str, Any]
+Shape = dict[str, Any]
 _ERROR: Shape = {"types": Maybe(list), "type": Maybe(str), "message": Maybe(str), "traceback": Maybe(str),
                  "pickle": Maybe(bytes)}
 _OUTPUT: Shape = {"stdout": Maybe(str), "stderr": Maybe(str)}
 _REPORT: Shape = {"task": int, "number": int, "result": Maybe(bytes), "exception": Maybe(_ERROR),
                   "output": Maybe(_OUTPUT),
                   "usage": Maybe(dict)}
-MESSAGE_SHAPES: Dict[str, Shape] = {
+MESSAGE_SHAPES: dict[str, Shape] = {
     ROUTE_HELLO: {"worker": str, "host": Maybe(str), "process_group": Maybe(int)},
     ROUTE_LEASE: {"worker": str, "report": Maybe(_REPORT)},
     ROUTE_HEARTBEAT: {"worker": str, "task": int, "number": int},
@@ -184,7 +185,7 @@ MESSAGE_SHAPES: Dict[str, Shape] = {
 }
 
 
-def shape_problem(value: Any, shape: Shape, where: str = "message") -> Optional[str]:
+def shape_problem(value: Any, shape: Shape, where: str = "message") -> str | None:
     """What keeps ``value`` from fitting ``shape``, or None if it fits."""
     if not isinstance(value, dict):
         return f"{where} is a {type(value).__name__}, not a dict"
@@ -208,11 +209,11 @@ class ReplayGuard:
 
     def __init__(self, window: float = REPLAY_WINDOW) -> None:
         self.window = window
-        self._seen: Dict[str, float] = {}
+        self._seen: dict[str, float] = {}
         self._lock = threading.Lock()
         self._next_prune = 0.0
 
-    def accept(self, nonce: str, timestamp: str, now: Optional[float] = None) -> bool:
+    def accept(self, nonce: str, timestamp: str, now: float | None = None) -> bool:
         now = time.time() if now is None else now
         if not _NONCE.fullmatch(nonce) or len(timestamp) > 32:
             return False

@@ -6,7 +6,7 @@ import pickle
 import re
 import traceback
 from dataclasses import dataclass, field
-from typing import Any, List, Optional
+from typing import Any
 
 from .store import AttemptRecord, Store
 
@@ -25,9 +25,9 @@ class TaskFailure:
     cause: str
     attempts: int
     summary: str
-    traceback: Optional[str] = None
-    exception: Optional[BaseException] = None
-    history: List[AttemptRecord] = field(default_factory=list)
+    traceback: str | None = None
+    exception: BaseException | None = None
+    history: list[AttemptRecord] = field(default_factory=list)
 
     def describe(self) -> str:
         plural = "s" if self.attempts != 1 else ""
@@ -50,7 +50,7 @@ def _short_repr(value: Any, limit: int = 120) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _load(blob: Optional[bytes]) -> Any:
+def _load(blob: bytes | None) -> Any:
     """Unpickle, or None when that fails (an exception class that only exists on the nodes, say)."""
     if blob is None:
         return None
@@ -92,7 +92,7 @@ def unloadable_failure(store: Store, sweep_id: str, index: int, error: BaseExcep
 _DYNAMIC_FRAME = re.compile(r'^(  File )"<dynamic-code>"(, line (\d+), in .*)$', re.M)
 
 
-def with_source_file(traceback_text: str, filename: Optional[str]) -> str:
+def with_source_file(traceback_text: str, filename: str | None) -> str:
     """A remote traceback with the frames of code that travelled by value named after ``filename``.
 
     cloudpickle 3 calls the file of a function it pickled by value (one defined in ``__main__``,
@@ -102,13 +102,13 @@ def with_source_file(traceback_text: str, filename: Optional[str]) -> str:
     if not filename or "<dynamic-code>" not in traceback_text:
         return traceback_text
 
-    def named(match: "re.Match[str]") -> str:
+    def named(match: re.Match[str]) -> str:
         line = linecache.getline(filename, int(match.group(3))).strip()
         return f'{match.group(1)}"{filename}"{match.group(2)}' + (f"\n    {line}" if line else "")
     return _DYNAMIC_FRAME.sub(named, traceback_text)
 
 
-def render_failures(failures: List[TaskFailure], total: int) -> str:
+def render_failures(failures: list[TaskFailure], total: int) -> str:
     """The message of SweepFailed: each failed task (up to a limit) with its cause and traceback."""
     lines = [f"{len(failures)} of {total} tasks failed:"]
     lines += ["  " + failure.describe() for failure in failures[:MESSAGE_FAILURES]]

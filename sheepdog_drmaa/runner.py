@@ -13,13 +13,21 @@ import os
 import queue
 import threading
 import time
-from typing import Any, Callable, Dict, Iterator, List, Optional
+from collections.abc import Iterator
+from typing import Any, Callable
 
 from . import claims, protocol
 from .backends import Backend, WorkerSpec, log_paths
 from .claims import CLAIM_REFRESH_SECONDS, Claim
-from .errors import (ResultTooLarge, SchedulerUnreachable, StoreError, StoreTooLarge, SweepCancelled, SweepLocked,
-                     WorkersCannotStart)
+from .errors import (
+    ResultTooLarge,
+    SchedulerUnreachable,
+    StoreError,
+    StoreTooLarge,
+    SweepCancelled,
+    SweepLocked,
+    WorkersCannotStart,
+)
 from .failures import Cause, ExitInfo
 from .options import Options
 from .progress import Progress
@@ -42,8 +50,8 @@ class Run:
 
     def __init__(self, *, store: Store, sweep_id: str, label: str, n_tasks: int, function: bytes,
                  backend: Backend, spec_without_url: WorkerSpec, key: bytes, key_path: str,
-                 host: str, bind: str, port: int, options: Options, done: List[int], claim: Claim,
-                 source_file: Optional[str] = None) -> None:
+                 host: str, bind: str, port: int, options: Options, done: list[int], claim: Claim,
+                 source_file: str | None = None) -> None:
         self.store, self.sweep_id, self.label, self.claim = store, sweep_id, label, claim
         self.source_file = source_file  # where f was defined, to name its frames in remote tracebacks
         self.function, self.backend, self.key_path = function, backend, key_path
@@ -56,7 +64,7 @@ class Run:
             max_workers=options.workers or options.max_workers, timeout=options.timeout,
             heartbeat_timeout=options.heartbeat_timeout, done=done, walltime=options.runtime_limit(),
             task_time=options.task_time)
-        self.completed: "queue.Queue[Optional[int]]" = queue.Queue()
+        self.completed: queue.Queue[int | None] = queue.Queue()
         for index in done:
             self.completed.put(index)
         handlers = {protocol.ROUTE_HELLO: self._hello, protocol.ROUTE_LEASE: self._lease,
@@ -70,15 +78,15 @@ class Run:
         environment[protocol.ENV_KEY_FILE] = key_path
         self.spec = dataclasses.replace(spec_without_url, environment=environment)
         self.progress = Progress(n_tasks, options.progress, label)
-        self.to_remove: List[str] = []  # surplus workers not yet removed from the scheduler
+        self.to_remove: list[str] = []  # surplus workers not yet removed from the scheduler
         self.cancel_requested = threading.Event()
         self.finished = threading.Event()
-        self.outcome: Optional[BaseException] = None
-        self.fatal: Optional[BaseException] = None  # a store error met by a server thread: ends the sweep
+        self.outcome: BaseException | None = None
+        self.fatal: BaseException | None = None  # a store error met by a server thread: ends the sweep
 
     # -- server side (server threads) ---------------------------------------------------------
 
-    def _hello(self, message: Dict[str, Any]) -> Dict[str, Any]:
+    def _hello(self, message: dict[str, Any]) -> dict[str, Any]:
         with self.lock, self._fatal_on_store_error():
             accepted = not self.cancel_requested.is_set() and self.state.hello(message["worker"], message.get("host"),
                                                                                      time.time())
@@ -94,7 +102,7 @@ class Run:
                 "max_result_size": self.options.max_result_size,
                 "output_limit": self.options.output_limit}
 
-    def _setup_failed(self, message: Dict[str, Any]) -> Dict[str, Any]:
+    def _setup_failed(self, message: dict[str, Any]) -> dict[str, Any]:
         error = message.get("error")
         text = error.get("traceback", "") if isinstance(error, dict) else ""
         log.warning("worker %s could not load the function:\n%s", message["worker"], text)
@@ -102,7 +110,7 @@ class Run:
             self.state.setup_failed(message["worker"], text)
         return {}
 
-    def _lease(self, message: Dict[str, Any]) -> Dict[str, Any]:
+    def _lease(self, message: dict[str, Any]) -> dict[str, Any]:
         worker = message["worker"]
         report = message.get("report")
         now = time.time()
@@ -118,7 +126,7 @@ class Run:
             args = self.store.task_args(self.sweep_id, attempt.task)
         return {"lease": {"task": attempt.task, "number": attempt.number, "args": protocol.out_of_band(args)}}
 
-    def _accept_report(self, worker: str, report: Dict[str, Any], now: float) -> None:
+    def _accept_report(self, worker: str, report: dict[str, Any], now: float) -> None:
         """Store the reported ending first; only once it is stored does the task change state.
 
         A result the store cannot hold becomes that task's failure, naming the limit.
@@ -129,10 +137,10 @@ class Run:
             log.info("dropped a late report from %s for task %s: that attempt was already closed", worker, task)
             return
         usage = report.get("usage")
-        detail: Dict[str, Any] = {"resource_usage": dict(usage) if isinstance(usage, dict) else {}}
+        detail: dict[str, Any] = {"resource_usage": dict(usage) if isinstance(usage, dict) else {}}
         exception = report.get("exception")
-        result: Optional[bytes] = None
-        error: Optional[bytes] = None
+        result: bytes | None = None
+        error: bytes | None = None
         if isinstance(exception, dict):
             cause = Cause.EXCEPTION
             detail.update({"summary": f"{exception.get('type')}: {exception.get('message')}",
@@ -155,8 +163,8 @@ class Run:
         self.state.finish(worker, task, number, cause, now, detail)
         self._announce_end(attempt)
 
-    def _store_end(self, attempt: Attempt, cause: Cause, now: float, detail: Dict[str, Any],
-                   result: Optional[bytes], error: Optional[bytes], output: Dict[str, str]) -> None:
+    def _store_end(self, attempt: Attempt, cause: Cause, now: float, detail: dict[str, Any],
+                   result: bytes | None, error: bytes | None, output: dict[str, str]) -> None:
         task_state = self.state.outcome(attempt, cause, detail).value
         self.store.record_end(self.sweep_id, attempt.task, attempt.number, cause.value, now, detail, task_state,
                               result=result, error=error, output=output)
@@ -171,7 +179,7 @@ class Run:
                 self.fatal = error
             raise
 
-    def _heartbeat(self, message: Dict[str, Any]) -> Dict[str, Any]:
+    def _heartbeat(self, message: dict[str, Any]) -> dict[str, Any]:
         with self.lock:
             current = self.state.heartbeat(message["worker"], message.get("task", -1), message.get("number", -1),
                                            time.time())
@@ -207,16 +215,16 @@ class Run:
                 pass  # kept in self.outcome, raised by the handle's results()
         threading.Thread(target=drive_quietly, name=f"sheepdog-{self.sweep_id}", daemon=True).start()
 
-    def wait(self, timeout: Optional[float] = None) -> bool:
+    def wait(self, timeout: float | None = None) -> bool:
         """Block until the sweep ends (or ``timeout`` seconds pass); True if it ended."""
         return self.finished.wait(timeout)
 
     @property
-    def error(self) -> Optional[BaseException]:
+    def error(self) -> BaseException | None:
         """What ended the sweep early, if anything did (None while it runs and after a whole run)."""
         return self.outcome
 
-    def counts(self) -> Dict[str, int]:
+    def counts(self) -> dict[str, int]:
         """Tasks per state now: done, failed, running, queued."""
         with self.lock:
             return self.state.counts()

@@ -23,7 +23,8 @@ import socket
 import sys
 import threading
 import time
-from typing import IO, Any, Callable, Dict, Iterator, List, Mapping, Optional, Set, Tuple
+from collections.abc import Iterator, Mapping
+from typing import IO, Any, Callable
 
 from werkzeug.serving import ThreadedWSGIServer, WSGIRequestHandler
 from werkzeug.wrappers import Request, Response
@@ -33,7 +34,7 @@ from .errors import ConfigurationError
 
 log = logging.getLogger(__name__)
 
-Handler = Callable[[Dict[str, Any]], Dict[str, Any]]
+Handler = Callable[[dict[str, Any]], dict[str, Any]]
 MAX_BODY = (256 << 20) + protocol.ENVELOPE_BYTES  # default largest request body: a 256 MiB result
 HEADER_TIMEOUT = 10.0  # seconds from accepting a connection to its request's signed headers
 SOCKET_TIMEOUT = 60.0  # seconds any one read or write of a connection may stall
@@ -51,7 +52,7 @@ class Warnings:
     def __init__(self, what: str, interval: float = SUMMARY_SECONDS) -> None:
         self.what, self.interval = what, interval
         self._count = 0
-        self._timer: Optional[threading.Timer] = None
+        self._timer: threading.Timer | None = None
         self._lock = threading.Lock()
 
     def note(self, message: str, *args: Any) -> None:
@@ -83,7 +84,7 @@ class Warnings:
 
 
 def make_app(key: bytes, handlers: Mapping[str, Handler], max_body: int = MAX_BODY,
-             guard: Optional[protocol.ReplayGuard] = None) -> Callable[..., Any]:
+             guard: protocol.ReplayGuard | None = None) -> Callable[..., Any]:
     """The WSGI application: signed POSTs to the routes in ``handlers``, bodies of at most ``max_body`` bytes."""
     guard = guard or protocol.ReplayGuard()
     refusals = Warnings("refused requests")
@@ -166,7 +167,7 @@ class _Handler(WSGIRequestHandler):
 
     protocol_version = "HTTP/1.1"
     timeout = SOCKET_TIMEOUT  # setup() puts it on the socket
-    server: "_Server"
+    server: _Server
 
     def setup(self) -> None:
         super().setup()
@@ -177,7 +178,7 @@ class _Handler(WSGIRequestHandler):
         super().handle_one_request()
         self.close_connection = True  # werkzeug answers "Connection: close" anyway
 
-    def make_environ(self) -> Dict[str, Any]:
+    def make_environ(self) -> dict[str, Any]:
         environ = super().make_environ()
         environ[ENVIRON_SIGNED] = self._signed
         return environ
@@ -200,8 +201,8 @@ class _Server(ThreadedWSGIServer):
         self.header_timeout, self.max_connections = header_timeout, max_connections
         self.max_unsigned = max(1, max_connections // 4)
         # Connections not yet shown to be a worker's, oldest first: deadline and peer.
-        self.unsigned: "collections.OrderedDict[socket.socket, Tuple[float, Any]]" = collections.OrderedDict()
-        self.busy: Set[socket.socket] = set()  # connections serving a signed request
+        self.unsigned: collections.OrderedDict[socket.socket, tuple[float, Any]] = collections.OrderedDict()
+        self.busy: set[socket.socket] = set()  # connections serving a signed request
         self.lock = threading.Lock()
         self.drops = Warnings("dropped connections")
         self.errors = Warnings("errors on connections")
@@ -269,7 +270,7 @@ class _Server(ThreadedWSGIServer):
             while self.unsigned:
                 self._drop(next(iter(self.unsigned)), None)
 
-    def _drop(self, request: socket.socket, reason: Optional[str]) -> None:
+    def _drop(self, request: socket.socket, reason: str | None) -> None:
         """Wake the connection's thread with end-of-stream; it closes the socket. Hold ``lock``."""
         _, peer = self.unsigned.pop(request)
         if reason is not None:
@@ -301,7 +302,7 @@ def connection_cap(open_files: int) -> int:
     return MAX_CONNECTIONS if open_files == resource.RLIM_INFINITY else max(4, min(MAX_CONNECTIONS, open_files // 2))
 
 
-def _as_bytes(parts: List[bytes], chunk: int = 1 << 20) -> Iterator[bytes]:
+def _as_bytes(parts: list[bytes], chunk: int = 1 << 20) -> Iterator[bytes]:
     """The parts of a body as WSGI wants them (bytes), copying a large out-of-band part a chunk at a time."""
     for part in parts:
         if isinstance(part, bytes):
@@ -320,7 +321,7 @@ class TaskServer:
     """
 
     def __init__(self, app: Callable[..., Any], host: str, port: int = 0, *, header_timeout: float = HEADER_TIMEOUT,
-                 max_connections: Optional[int] = None) -> None:
+                 max_connections: int | None = None) -> None:
         open_files = raise_open_file_limit()
         said = io.StringIO()
         try:

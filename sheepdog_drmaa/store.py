@@ -15,8 +15,9 @@ import sqlite3
 import threading
 import time
 import urllib.parse
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple
+from typing import Any
 
 from .claims import Claim
 from .errors import ConfigurationError, StoreError, StoreTooLarge
@@ -103,15 +104,15 @@ _INSERT_TASK = "INSERT INTO tasks (sweep_id, idx, args, state, args_large) VALUE
 @dataclass(frozen=True)
 class SweepRecord:
     id: str
-    name: Optional[str]
+    name: str | None
     created: float
     updated: float
     n_tasks: int
     state: str
     function_digest: str
     args_digest: str
-    options: Dict[str, Any]
-    owner: Optional[Claim]
+    options: dict[str, Any]
+    owner: Claim | None
 
 
 @dataclass(frozen=True)
@@ -119,11 +120,11 @@ class AttemptRecord:
     task: int
     number: int
     worker: str
-    host: Optional[str]
+    host: str | None
     started: float
-    ended: Optional[float]
-    cause: Optional[str]
-    detail: Dict[str, Any]
+    ended: float | None
+    cause: str | None
+    detail: dict[str, Any]
     stdout: str = ""  # what the task printed, head and tail (when the worker lived to report it)
     stderr: str = ""
 
@@ -133,12 +134,12 @@ class NewSweep:
     """What a new sweep is stored with; its tasks come separately, as a stream of pickled arguments."""
 
     id: str
-    name: Optional[str]
+    name: str | None
     function: bytes
     function_digest: str
     args_digest: str
     n_tasks: int
-    options: Dict[str, Any]
+    options: dict[str, Any]
 
 
 class ClaimLost(Exception):
@@ -279,7 +280,7 @@ class Store:
     # -- sweeps ------------------------------------------------------------------------------
 
     def create_sweep(self, new: NewSweep, args: Iterable[bytes], owner: Claim,
-                     replacing: Optional[SweepRecord] = None) -> None:
+                     replacing: SweepRecord | None = None) -> None:
         """Store a new sweep, all its tasks and its owner's claim in one transaction.
 
         ``replacing`` is an earlier sweep of the same name, deleted in the same transaction, but only
@@ -296,13 +297,14 @@ class Store:
                     "INSERT INTO sweeps (id, name, created, updated, n_tasks, state, function, function_digest, "
                     "args_digest, options, owner_pid, owner_host, owner_seen, owner_started, owner_token) "
                     "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                    (new.id, new.name, now, now, new.n_tasks, SweepPhase.CREATED.value, new.function, new.function_digest,
+                    (new.id, new.name, now, now, new.n_tasks, SweepPhase.CREATED.value, new.function,
+                     new.function_digest,
                      new.args_digest, json.dumps(new.options), owner.pid, owner.host, now, owner.started,
                      owner.token))
             except sqlite3.IntegrityError as error:
                 raise ClaimLost(f"sweep {new.name!r} was just created by another client") from error
             count = 0
-            batch: List[Tuple[str, int, bytes, Optional[int]]] = []
+            batch: list[tuple[str, int, bytes, int | None]] = []
             for count, blob in enumerate(args, start=1):
                 if len(blob) > LARGE_VALUE_BYTES:
                     batch.append((new.id, count - 1, b"", self._write_large(blob)))
@@ -346,11 +348,11 @@ class Store:
                                 (time.time(), sweep_id, token))
             return cursor.rowcount == 1
 
-    def release_claim(self, sweep_id: str, token: Optional[str], state: Optional[SweepPhase] = None) -> None:
+    def release_claim(self, sweep_id: str, token: str | None, state: SweepPhase | None = None) -> None:
         """Clear the claim if it is still ``token``'s (any claim, with None), setting the sweep's state too."""
         with self._writing() as db:
             match = "" if token is None else " AND owner_token = ?"
-            params: Tuple[Any, ...] = (sweep_id,) if token is None else (sweep_id, token)
+            params: tuple[Any, ...] = (sweep_id,) if token is None else (sweep_id, token)
             cursor = db.execute("UPDATE sweeps SET owner_pid = NULL, owner_host = NULL, owner_seen = NULL, "
                                 "owner_started = NULL, owner_token = NULL WHERE id = ?" + match, params)
             if state is not None and cursor.rowcount:
@@ -368,18 +370,18 @@ class Store:
                               ("sweeps", "id")):
             self.db.execute(f"DELETE FROM {table} WHERE {column} = ?", (sweep_id,))
 
-    def sweep(self, sweep_id: str) -> Optional[SweepRecord]:
+    def sweep(self, sweep_id: str) -> SweepRecord | None:
         return self._one_sweep("id = ?", sweep_id)
 
-    def sweep_named(self, name: str) -> Optional[SweepRecord]:
+    def sweep_named(self, name: str) -> SweepRecord | None:
         return self._one_sweep("name = ?", name)
 
-    def _one_sweep(self, where: str, value: str) -> Optional[SweepRecord]:
+    def _one_sweep(self, where: str, value: str) -> SweepRecord | None:
         with self._reading() as db:
             row = db.execute(f"SELECT {_SWEEP_COLUMNS} FROM sweeps WHERE {where}", (value,)).fetchone()
         return _sweep_record(row) if row else None
 
-    def sweeps(self) -> List[SweepRecord]:
+    def sweeps(self) -> list[SweepRecord]:
         with self._reading() as db:
             rows = db.execute(f"SELECT {_SWEEP_COLUMNS} FROM sweeps ORDER BY created").fetchall()
         return [_sweep_record(row) for row in rows]
@@ -403,14 +405,14 @@ class Store:
             with db.blobopen("large_values", "data", row["args_large"], readonly=True) as handle:
                 return handle.read()
 
-    def task_states(self, sweep_id: str) -> Iterator[Tuple[int, str, int]]:
+    def task_states(self, sweep_id: str) -> Iterator[tuple[int, str, int]]:
         """(index, state, attempts) of every task, in index order."""
         with self._reading() as db:
             rows = db.execute("SELECT idx, state, attempts FROM tasks WHERE sweep_id = ? ORDER BY idx",
                               (sweep_id,)).fetchall()
         return iter([(row["idx"], row["state"], row["attempts"]) for row in rows])
 
-    def results(self, sweep_id: str) -> Iterator[Tuple[int, str, Optional[bytes]]]:
+    def results(self, sweep_id: str) -> Iterator[tuple[int, str, bytes | None]]:
         """(index, state, pickled result or None) in index order, read in pages to bound memory."""
         last = -1
         while True:
@@ -424,14 +426,14 @@ class Store:
                 yield row["idx"], row["state"], row["result"]
             last = rows[-1]["idx"]
 
-    def result(self, sweep_id: str, index: int) -> Tuple[Optional[bytes], Optional[bytes]]:
+    def result(self, sweep_id: str, index: int) -> tuple[bytes | None, bytes | None]:
         """(pickled result, pickled exception) of one task; either may be None."""
         with self._reading() as db:
             row = db.execute("SELECT result, error FROM tasks WHERE sweep_id = ? AND idx = ?",
                              (sweep_id, index)).fetchone()
         return row["result"], row["error"]
 
-    def counts(self, sweep_id: str) -> Dict[str, int]:
+    def counts(self, sweep_id: str) -> dict[str, int]:
         with self._reading() as db:
             rows = db.execute("SELECT state, COUNT(*) AS n FROM tasks WHERE sweep_id = ? GROUP BY state",
                               (sweep_id,)).fetchall()
@@ -439,7 +441,7 @@ class Store:
 
     # -- attempts ------------------------------------------------------------------------------
 
-    def record_lease(self, sweep_id: str, task: int, number: int, worker: str, host: Optional[str],
+    def record_lease(self, sweep_id: str, task: int, number: int, worker: str, host: str | None,
                      started: float) -> None:
         with self._writing() as db:
             db.execute("INSERT OR REPLACE INTO attempts (sweep_id, task, number, worker, host, started) "
@@ -448,9 +450,9 @@ class Store:
                        (number, sweep_id, task))
 
     def record_end(self, sweep_id: str, task: int, number: int, cause: str, ended: float,
-                   detail: Dict[str, Any], task_state: str, result: Optional[bytes] = None,
-                   error: Optional[bytes] = None, worker_ended: Optional[str] = None,
-                   output: Optional[Dict[str, str]] = None) -> None:
+                   detail: dict[str, Any], task_state: str, result: bytes | None = None,
+                   error: bytes | None = None, worker_ended: str | None = None,
+                   output: dict[str, str] | None = None) -> None:
         """Close an attempt and set its task's state (and result, or pickled exception) in one transaction,
         with the ending of the worker that held it when that is what closed it.
 
@@ -468,10 +470,10 @@ class Store:
             db.execute("UPDATE tasks SET state = ?, result = ?, error = ? WHERE sweep_id = ? AND idx = ?",
                        (task_state, result, error, sweep_id, task))
 
-    def attempts(self, sweep_id: str, task: Optional[int] = None) -> List[AttemptRecord]:
+    def attempts(self, sweep_id: str, task: int | None = None) -> list[AttemptRecord]:
         query = ("SELECT task, number, worker, host, started, ended, cause, detail, stdout, stderr FROM attempts "
                  "WHERE sweep_id = ?")
-        params: Tuple[Any, ...] = (sweep_id,)
+        params: tuple[Any, ...] = (sweep_id,)
         if task is not None:
             query += " AND task = ?"
             params += (task,)
@@ -496,14 +498,14 @@ class Store:
             db.executemany("UPDATE workers SET ended = ? WHERE sweep_id = ? AND id = ?",
                            ((now, sweep_id, worker) for worker in ids))
 
-    def record_worker_process(self, sweep_id: str, worker: str, host: Optional[str],
-                              process_group: Optional[int]) -> None:
+    def record_worker_process(self, sweep_id: str, worker: str, host: str | None,
+                              process_group: int | None) -> None:
         """Where a worker runs, so that a later client can stop it if this one dies."""
         with self._writing() as db:
             db.execute("UPDATE workers SET host = ?, process_group = ? WHERE sweep_id = ? AND id = ?",
                        (host, process_group, sweep_id, worker))
 
-    def live_workers(self, sweep_id: str) -> List[Tuple[str, Optional[str], Optional[int]]]:
+    def live_workers(self, sweep_id: str) -> list[tuple[str, str | None, int | None]]:
         """(id, host, process group) of the workers submitted and not known to have ended."""
         with self._reading() as db:
             rows = db.execute("SELECT id, host, process_group FROM workers WHERE sweep_id = ? AND ended IS NULL",

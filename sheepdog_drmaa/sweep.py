@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import collections
 import enum
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Deque, Dict, Iterable, List, Mapping, Optional, Tuple
+from typing import Any
 
 from .failures import Cause, Ending, ExitInfo, classify, is_retryable
-
 
 # Runtime limits: finished durations remembered, the margin on their 90th percentile, and how
 # close to its limit a worker's end counts as "ended at its limit" (its clock starts before hello).
@@ -35,7 +35,7 @@ COUNT_NAMES = {TaskState.DONE: "done", TaskState.FAILED: "failed", TaskState.RUN
                TaskState.PENDING: "queued"}
 
 
-def counts_by_name(per_state: Mapping[str, int]) -> Dict[str, int]:
+def counts_by_name(per_state: Mapping[str, int]) -> dict[str, int]:
     """Task counts keyed as the user sees them, from counts keyed by stored TaskState value."""
     return {name: per_state.get(state.value, 0) for state, name in COUNT_NAMES.items()}
 
@@ -61,20 +61,20 @@ class Attempt:
     worker: str
     started: float
     last_seen: float
-    host: Optional[str] = None
-    cause: Optional[Cause] = None
-    ended: Optional[float] = None
-    detail: Dict[str, Any] = field(default_factory=dict)
+    host: str | None = None
+    cause: Cause | None = None
+    ended: float | None = None
+    detail: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
 class Worker:
     id: str
     reached: bool = False        # said hello to the server
-    started: Optional[float] = None  # when it said hello: its runtime limit counts from about then
-    host: Optional[str] = None   # the execution host it said hello from
-    setup_error: Optional[str] = None  # why it could not load the function, if it could not
-    attempt: Optional[Attempt] = None
+    started: float | None = None  # when it said hello: its runtime limit counts from about then
+    host: str | None = None   # the execution host it said hello from
+    setup_error: str | None = None  # why it could not load the function, if it could not
+    attempt: Attempt | None = None
     tasks_leased: int = 0
     retiring: bool = False       # told there is no more work; will exit on its own
     terminated: bool = False     # we asked the scheduler to remove it; its ending is ours
@@ -88,7 +88,7 @@ class StartFailure:
     worker: str
     ending: Ending
     count: int
-    setup_error: Optional[str] = None
+    setup_error: str | None = None
 
 
 class SweepState:
@@ -99,15 +99,15 @@ class SweepState:
         n_tasks: int,
         *,
         retries: int = 3,
-        retry_exceptions: Tuple[str, ...] = (),
-        tasks_per_worker: Optional[int] = None,
+        retry_exceptions: tuple[str, ...] = (),
+        tasks_per_worker: int | None = None,
         max_workers: int = 1000,
-        timeout: Optional[float] = None,
+        timeout: float | None = None,
         heartbeat_timeout: float = 60.0,
         start_failure_limit: int = 5,
         done: Iterable[int] = (),
-        walltime: Optional[float] = None,
-        task_time: Optional[float] = None,
+        walltime: float | None = None,
+        task_time: float | None = None,
     ) -> None:
         self.n_tasks = n_tasks
         self.retries = retries
@@ -119,20 +119,21 @@ class SweepState:
         self.start_failure_limit = start_failure_limit
         self.walltime = walltime      # each worker's runtime limit, if it has one
         self.task_time = task_time    # the user's guess of one task's duration, until some have run
-        self.durations: Deque[float] = collections.deque(maxlen=DURATION_SAMPLES)
-        self.states: List[TaskState] = [TaskState.PENDING] * n_tasks
+        self.durations: collections.deque[float] = collections.deque(maxlen=DURATION_SAMPLES)
+        self.states: list[TaskState] = [TaskState.PENDING] * n_tasks
         for index in done:
             self.states[index] = TaskState.DONE
-        self.pending: Deque[int] = collections.deque(i for i, s in enumerate(self.states) if s is TaskState.PENDING)
-        self.attempt_numbers: Dict[int, int] = {}
-        self.failure_counts: Dict[int, int] = {}
-        self.failed_attempts: Dict[int, List[Attempt]] = {}
-        self.workers: Dict[str, Worker] = {}
-        self.running: Dict[str, Attempt] = {}
+        self.pending: collections.deque[int] = collections.deque(
+            i for i, s in enumerate(self.states) if s is TaskState.PENDING)
+        self.attempt_numbers: dict[int, int] = {}
+        self.failure_counts: dict[int, int] = {}
+        self.failed_attempts: dict[int, list[Attempt]] = {}
+        self.workers: dict[str, Worker] = {}
+        self.running: dict[str, Attempt] = {}
         self.n_done = sum(1 for s in self.states if s is TaskState.DONE)
         self.n_failed = 0
         self.early_deaths = 0
-        self.last_early_death: Optional[StartFailure] = None
+        self.last_early_death: StartFailure | None = None
 
     # -- workers -------------------------------------------------------------------------
 
@@ -140,10 +141,10 @@ class SweepState:
         for worker_id in ids:
             self.workers[worker_id] = Worker(worker_id)
 
-    def live_workers(self) -> List[Worker]:
+    def live_workers(self) -> list[Worker]:
         return [w for w in self.workers.values() if not w.ended and not w.terminated]
 
-    def hello(self, worker_id: str, host: Optional[str] = None, now: float = 0.0) -> bool:
+    def hello(self, worker_id: str, host: str | None = None, now: float = 0.0) -> bool:
         """A worker reached the server. False if it is not one of ours (it is told to exit)."""
         worker = self.workers.get(worker_id)
         if worker is None or worker.ended or worker.terminated:
@@ -158,7 +159,7 @@ class SweepState:
             worker.setup_error = error
             worker.retiring = True
 
-    def lease(self, worker_id: str, now: float) -> Optional[Attempt]:
+    def lease(self, worker_id: str, now: float) -> Attempt | None:
         """Give the worker the next pending task, or None: it should exit."""
         worker = self.workers.get(worker_id)
         if worker is None or worker.ended or worker.terminated or not worker.reached or worker.retiring:
@@ -190,7 +191,7 @@ class SweepState:
         return True
 
     def finish(self, worker_id: str, task: int, number: int, cause: Cause, now: float,
-               detail: Optional[Dict[str, Any]] = None) -> Optional[Attempt]:
+               detail: dict[str, Any] | None = None) -> Attempt | None:
         """A worker reported a result or an exception. None if the attempt was superseded."""
         attempt = self.current(worker_id, task, number)
         if attempt is None:
@@ -198,7 +199,7 @@ class SweepState:
         self._end(attempt, cause, now, detail or {})
         return attempt
 
-    def worker_ended(self, info: ExitInfo, now: float) -> Optional[Attempt]:
+    def worker_ended(self, info: ExitInfo, now: float) -> Attempt | None:
         """The scheduler says a worker is gone; end whatever attempt it still held."""
         worker = self.workers.get(info.worker)
         if worker is None or worker.ended:
@@ -244,7 +245,7 @@ class SweepState:
         return (self.walltime is not None and worker.started is not None
                 and now - worker.started >= self.walltime - WALLTIME_SLACK)
 
-    def _walltime_detail(self, worker: Worker, attempt: Attempt, ending: str) -> Dict[str, Any]:
+    def _walltime_detail(self, worker: Worker, attempt: Attempt, ending: str) -> dict[str, Any]:
         """The summary of an attempt ended at its worker's limit, and whether a fresh worker could fit it."""
         assert self.walltime is not None and worker.started is not None
         fits = attempt.started - worker.started > WALLTIME_SLACK  # it had less than a whole walltime
@@ -258,7 +259,7 @@ class SweepState:
                        "request), or split the task")
         return {"summary": summary, "fits_fresh_worker": fits}
 
-    def overdue(self, now: float) -> List[Tuple[str, Cause]]:
+    def overdue(self, now: float) -> list[tuple[str, Cause]]:
         """Workers whose attempt ran past the timeout or went quiet, with the cause to record."""
         late = []
         for worker_id, attempt in self.running.items():
@@ -268,7 +269,7 @@ class SweepState:
                 late.append((worker_id, Cause.LOST))
         return late
 
-    def expire(self, worker_id: str, cause: Cause, now: float) -> Optional[Attempt]:
+    def expire(self, worker_id: str, cause: Cause, now: float) -> Attempt | None:
         """End a worker's attempt on our own decision (lost, timeout); the job is being terminated."""
         worker = self.workers[worker_id]
         worker.terminated = True
@@ -283,7 +284,7 @@ class SweepState:
         self._end(attempt, cause, now, {"summary": summary})
         return attempt
 
-    def surplus_workers(self) -> List[str]:
+    def surplus_workers(self) -> list[str]:
         """Once nothing is pending, workers that never started are not needed: mark and return them."""
         if self.pending:
             return []
@@ -317,7 +318,7 @@ class SweepState:
     # -- state -----------------------------------------------------------------------------
 
     @property
-    def start_failure(self) -> Optional[StartFailure]:
+    def start_failure(self) -> StartFailure | None:
         if self.early_deaths >= self.start_failure_limit:
             return self.last_early_death
         return None
@@ -326,18 +327,18 @@ class SweepState:
     def finished(self) -> bool:
         return self.n_done + self.n_failed == self.n_tasks
 
-    def counts(self) -> Dict[str, int]:
+    def counts(self) -> dict[str, int]:
         return counts_by_name({TaskState.DONE.value: self.n_done, TaskState.FAILED.value: self.n_failed,
                                TaskState.RUNNING.value: len(self.running), TaskState.PENDING.value: len(self.pending)})
 
-    def current(self, worker_id: str, task: int, number: int) -> Optional[Attempt]:
+    def current(self, worker_id: str, task: int, number: int) -> Attempt | None:
         """The worker's running attempt, if it is that task's attempt ``number``; else None (superseded)."""
         attempt = self.running.get(worker_id)
         if attempt is None or attempt.task != task or attempt.number != number:
             return None
         return attempt
 
-    def outcome(self, attempt: Attempt, cause: Cause, detail: Dict[str, Any]) -> TaskState:
+    def outcome(self, attempt: Attempt, cause: Cause, detail: dict[str, Any]) -> TaskState:
         """What the attempt's task becomes if the attempt ends so; changes nothing (the runner stores
         that first, and ends the attempt only once it is stored)."""
         if cause is Cause.RESULT:
@@ -350,7 +351,7 @@ class SweepState:
             return TaskState.PENDING
         return TaskState.FAILED
 
-    def _end(self, attempt: Attempt, cause: Cause, now: float, detail: Dict[str, Any]) -> None:
+    def _end(self, attempt: Attempt, cause: Cause, now: float, detail: dict[str, Any]) -> None:
         next_state = self.outcome(attempt, cause, detail)
         attempt.cause, attempt.ended, attempt.detail = cause, now, detail
         del self.running[attempt.worker]

@@ -12,6 +12,7 @@ Start-up is on every task's path: standard library, cloudpickle and protocol onl
 """
 from __future__ import annotations
 
+import functools
 import http.client
 import os
 import resource
@@ -22,7 +23,7 @@ import threading
 import time
 import traceback
 import urllib.parse
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable
 
 import cloudpickle
 
@@ -47,9 +48,9 @@ class Channel:
         parsed = urllib.parse.urlsplit(url)
         self.host, self.port = parsed.hostname or "", parsed.port or 80
         self.key, self.worker_id = key, worker_id
-        self.connection: Optional[http.client.HTTPConnection] = None
+        self.connection: http.client.HTTPConnection | None = None
 
-    def call(self, route: str, message: Dict[str, Any], attempts: int = CONNECT_ATTEMPTS) -> Dict[str, Any]:
+    def call(self, route: str, message: dict[str, Any], attempts: int = CONNECT_ATTEMPTS) -> dict[str, Any]:
         message = dict(message, worker=self.worker_id)
         body = protocol.encode(message)
         for attempt in range(attempts):
@@ -58,11 +59,12 @@ class Channel:
             except (OSError, http.client.HTTPException) as error:
                 self.close()
                 if attempt == attempts - 1:
-                    raise ChannelError(f"cannot reach the sheepdog server at {self.host}:{self.port}: {error}") from error
+                    raise ChannelError(
+                        f"cannot reach the sheepdog server at {self.host}:{self.port}: {error}") from error
                 time.sleep(CONNECT_BACKOFF * (attempt + 1))
         raise AssertionError("unreachable")
 
-    def _call_once(self, route: str, body: bytes) -> Dict[str, Any]:
+    def _call_once(self, route: str, body: bytes) -> dict[str, Any]:
         headers = protocol.signed_headers(self.key, route, body)
         nonce = headers[protocol.HEADER_NONCE]
         headers["Content-Type"] = "application/octet-stream"
@@ -93,7 +95,7 @@ class Heartbeat:
 
     def __init__(self, channel: Channel, interval: float, give_up_after: float) -> None:
         self.channel, self.interval, self.give_up_after = channel, interval, give_up_after
-        self.current: Optional[Dict[str, int]] = None
+        self.current: dict[str, int] | None = None
         self.wake = threading.Event()
         thread = threading.Thread(target=self._run, name="sheepdog-heartbeat", daemon=True)
         thread.start()
@@ -137,7 +139,7 @@ class CapturedOutput:
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
-        self.readers: Dict[str, Tuple[int, int]] = {}  # stream name -> (its descriptor, a reader of its file)
+        self.readers: dict[str, tuple[int, int]] = {}  # stream name -> (its descriptor, a reader of its file)
         seen = set()
         for name, descriptor in (("stdout", 1), ("stderr", 2)):
             try:
@@ -148,7 +150,7 @@ class CapturedOutput:
             except OSError:
                 continue  # not capturable here: the task's output stays in the stream alone
 
-    def run(self, task: Callable[[], Dict[str, Any]]) -> Dict[str, Any]:
+    def run(self, task: Callable[[], dict[str, Any]]) -> dict[str, Any]:
         """``task()``'s report, with the output it made under "output"."""
         for stream in (sys.stdout, sys.stderr):
             stream.flush()
@@ -174,13 +176,13 @@ class CapturedOutput:
                 + tail.decode(errors="replace"))
 
 
-def run_task(function: Callable[..., Any], lease: Dict[str, Any], max_result_size: int) -> Dict[str, Any]:
+def run_task(function: Callable[..., Any], lease: dict[str, Any], max_result_size: int) -> dict[str, Any]:
     """Run one leased task; return the report for the server.
 
     A result whose pickle is larger than ``max_result_size`` is not sent: the task fails with
     ResultTooLarge instead, which names the option (the server would refuse the body anyway).
     """
-    report: Dict[str, Any] = {"task": lease["task"], "number": lease["number"]}
+    report: dict[str, Any] = {"task": lease["task"], "number": lease["number"]}
     started, before = time.time(), resource.getrusage(resource.RUSAGE_SELF)
     try:
         item = cloudpickle.loads(lease["args"])
@@ -203,10 +205,10 @@ def run_task(function: Callable[..., Any], lease: Dict[str, Any], max_result_siz
     return report
 
 
-def describe_exception(error: BaseException, max_size: int) -> Dict[str, Any]:
+def describe_exception(error: BaseException, max_size: int) -> dict[str, Any]:
     """The exception as the server records it; its pickle is left out if it fails or is too large."""
     try:
-        pickled: Optional[bytes] = cloudpickle.dumps(error, protocol=5)
+        pickled: bytes | None = cloudpickle.dumps(error, protocol=5)
     except Exception:
         pickled = None
     if pickled is not None and len(pickled) > max_size:
@@ -285,14 +287,14 @@ def serve() -> int:
             getattr(function, "__globals__", {}).update(namespace)
         heartbeat = Heartbeat(Channel(url, key, worker_id), hello["heartbeat_interval"], hello["heartbeat_timeout"])
         output = CapturedOutput(hello["output_limit"])
-        report: Optional[Dict[str, Any]] = None
+        report: dict[str, Any] | None = None
         while True:
             reply = channel.call(protocol.ROUTE_LEASE, {"report": report})
             lease = reply.get("lease")
             if lease is None:
                 return protocol.EXIT_OK
             heartbeat.current = {"task": lease["task"], "number": lease["number"]}
-            report = output.run(lambda: run_task(function, lease, hello["max_result_size"]))
+            report = output.run(functools.partial(run_task, function, lease, hello["max_result_size"]))
             heartbeat.current = None
     except ChannelError as error:
         print(f"sheepdog worker {worker_id}: {error}", file=sys.stderr)
