@@ -191,6 +191,11 @@ class _Handler(WSGIRequestHandler):
     def log(self, type: str, message: str, *args: Any) -> None:
         log.debug("%s " + message, self.address_string(), *args)
 
+    def log_request(self, code: Any = "-", size: Any = "-") -> None:
+        """Werkzeug formats a request line for every request; only worth it when DEBUG is on."""
+        if log.isEnabledFor(logging.DEBUG):
+            super().log_request(code, size)
+
 
 class _Server(ThreadedWSGIServer):
     """Werkzeug's threaded server with the connection bounds of this module's docstring."""
@@ -303,7 +308,11 @@ def connection_cap(open_files: int) -> int:
 
 
 def _as_bytes(parts: list[bytes], chunk: int = 1 << 20) -> Iterator[bytes]:
-    """The parts of a body as WSGI wants them (bytes), copying a large out-of-band part a chunk at a time."""
+    """The parts of a body as WSGI wants them (bytes): a small body in one piece (one write), a large
+    out-of-band part copied a chunk at a time."""
+    if sum(len(part) for part in parts) <= chunk:
+        yield b"".join(parts)
+        return
     for part in parts:
         if isinstance(part, bytes):
             yield part
