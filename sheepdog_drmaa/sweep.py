@@ -294,14 +294,14 @@ class SweepState:
         return [w.id for w in surplus]
 
     def workers_to_submit(self) -> int:
-        """How many new workers the pending tasks need now (0 while spare workers exist)."""
+        """How many new workers the pending tasks need now: one for each that no spare worker (idle,
+        or still queued) will take. A spare worker may never come (sent to a dead node, say): it
+        does not hold back the others' replacements."""
         if not self.pending:
             return 0
         live = self.live_workers()
-        spare = [w for w in live if w.attempt is None and not w.retiring]
-        if spare:
-            return 0
-        wanted = min(len(self.pending), self.max_workers - len(live))
+        spare = sum(1 for w in live if w.attempt is None and not w.retiring)
+        wanted = min(len(self.pending) - spare, self.max_workers - len(live))
         return max(wanted, 0)
 
     def cancel(self, now: float) -> None:

@@ -193,3 +193,14 @@ def test_a_task_longer_than_the_whole_runtime_limit_fails_at_once_naming_the_opt
     assert ended.cause is Cause.WALLTIME and state.states[0] is TaskState.FAILED
     assert "ran for the whole runtime limit of 20 s" in ended.detail["summary"]
     assert "walltime=" in ended.detail["summary"]
+
+
+def test_each_lost_task_gets_a_replacement_worker_beyond_the_spare_ones():
+    state = SweepState(5, max_workers=10)
+    state.add_workers(["w1", "w2", "w3", "queued"])
+    for worker in ("w1", "w2", "w3"):
+        state.hello(worker)
+        state.lease(worker, now=0)
+    for worker in ("w1", "w2", "w3"):  # their node died: three tasks are pending again
+        state.worker_ended(ExitInfo(worker, aborted=True), now=1)
+    assert len(state.pending) == 5 and state.workers_to_submit() == 4  # "queued" may take one, not all
