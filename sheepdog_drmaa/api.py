@@ -120,26 +120,29 @@ def _start(f: Callable[..., Any], args: Iterable[Any], given: dict[str, Any]) ->
     if not blobs:
         return []
     host, bind = _check_address(options)
-    store = Store(options.store)
+    backend = open_backend(options.backend, local_slots=options.workers)
+    try:
+        backend.check_request(options.queue, options.native_spec, options.walltime)
+        if backend.name == "drmaa":
+            _warn_if_loopback(host)
+        store = Store(options.store)
+    except BaseException:
+        backend.close()
+        raise
     me = claims.for_this_process()
     record: SweepRecord | None = None
     try:
         record, done = _prepare_record(store, options, function, blobs, me)
         del blobs  # stored: the client keeps no second copy of every argument while the sweep runs
         if len(done) == record.n_tasks:
+            backend.close()
             store.release_claim(record.id, me.token)
             claims.let_go(me)
             return Sweep(store, record, errors=options.errors)
-        backend = open_backend(options.backend)
-        if backend.name == "drmaa":
-            _warn_if_loopback(host)
-        try:
-            claims.end_leftover_workers(store, record.id, backend)
-            run = _make_run(store, record, options, function, backend, host, bind, done, me, _source_file(f))
-        except BaseException:
-            backend.close()
-            raise
+        claims.end_leftover_workers(store, record.id, backend)
+        run = _make_run(store, record, options, function, backend, host, bind, done, me, _source_file(f))
     except BaseException:
+        backend.close()
         claims.let_go(me)
         if record is not None:
             if record.name is None:
@@ -284,7 +287,8 @@ def _make_run(store: Store, record: SweepRecord, options: Options, function: byt
     protocol.write_key_file(key_path, key)
     log_dir = private_directory(os.path.abspath(options.log_dir or os.path.join(base, "logs", record.id)))
     spec = WorkerSpec(python=options.python, environment=_worker_environment(options), working_directory=os.getcwd(),
-                      log_dir=log_dir, job_name=options.job_name, queue=options.queue, native_spec=options.native_spec)
+                      log_dir=log_dir, job_name=options.job_name, queue=options.queue, native_spec=options.native_spec,
+                      walltime=options.walltime)
     try:
         return Run(store=store, sweep_id=record.id, label=record.name or record.id, n_tasks=record.n_tasks,
                    function=function, backend=backend, spec_without_url=spec, key=key, key_path=key_path,

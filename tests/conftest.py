@@ -1,71 +1,82 @@
-"""Shared fixtures: a temporary store, the real Grid Engine (required in CI), waiting helpers."""
+"""Shared fixtures: a temporary store, and the real schedulers (required in CI) each test runs on.
+
+drmaa-python loads one libdrmaa per process, chosen by DRMAA_LIBRARY_PATH, so one pytest process
+tests local and one scheduler: ci/test.sh runs Grid Engine's (``-m "not slurm"``) and then Slurm's
+(``-m slurm``) in a process of its own.
+"""
 import os
 import shutil
 import subprocess
-import time
 
 import pytest
+from helpers import BackendName, Cluster, wait_until
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
+CLUSTERS = [pytest.param("gridengine", marks=pytest.mark.gridengine),
+            pytest.param("slurm", marks=pytest.mark.slurm)]
 
 
-def pytest_configure(config):
-    config.addinivalue_line("markers", "gridengine: runs on the real one-node Grid Engine (required in CI)")
-
-
-def wait_until(predicate, timeout, what):
-    """Poll ``predicate`` until it is true; fail the test with ``what`` after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.1)
-
-
-def qstat_jobs():
-    """Lines of `qstat -u '*'` that name a job (empty when the cluster has no job)."""
-    out = subprocess.run(["qstat", "-u", "*"], capture_output=True, text=True, check=True).stdout
-    return [line for line in out.splitlines()[2:] if line.strip()]
-
-
-@pytest.fixture(scope="session")
-def gridengine():
-    """The real Grid Engine through libdrmaa; a failure (not a skip) in CI when it is missing."""
+def usable_cluster(name):
+    """The real scheduler ``name`` through libdrmaa; a failure (not a skip) in CI when it is missing."""
+    cluster = Cluster(name)
+    setup = {"gridengine": "ci/gridengine.sh", "slurm": "ci/slurm.sh"}[name]
     problem = None
-    if shutil.which("qstat") is None:
-        problem = "qstat is not on PATH (run `bash ci/gridengine.sh` and eval its output)"
+    if shutil.which(cluster.command) is None:
+        problem = f"{cluster.command} is not on PATH (run `bash {setup}` and eval its output)"
     else:
-        result = subprocess.run(["qstat"], capture_output=True, text=True)
+        result = subprocess.run([cluster.command], capture_output=True, text=True)
         if result.returncode != 0:
-            problem = f"qstat failed: {result.stderr.strip()}"
+            problem = f"{cluster.command} failed: {result.stderr.strip()}"
     if problem is None:
         try:
             from sheepdog_drmaa.backends.drmaa import DrmaaBackend
-            DrmaaBackend().close()
+            backend = DrmaaBackend()
+            answered = backend.scheduler.name
+            backend.close()
+            if answered != name:
+                problem = (f"this process loaded the DRMAA library of {answered} "
+                           f"(DRMAA_LIBRARY_PATH={os.environ.get('DRMAA_LIBRARY_PATH')!r}); run the {name} tests "
+                           f"in a pytest process of their own with {name}'s libdrmaa, as ci/test.sh does")
         except Exception as error:
             problem = str(error)
     if problem is not None:
         if IN_CI:
-            pytest.fail(f"Grid Engine is required in CI but is not usable: {problem}")
-        pytest.skip(f"Grid Engine is not usable here: {problem}")
+            pytest.fail(f"{name} is required in CI but is not usable: {problem}")
+        pytest.skip(f"{name} is not usable here: {problem}")
+    return cluster
 
 
-@pytest.fixture
-def clean_cluster(gridengine):
-    """Assert the test leaves no job behind in qstat (waiting, with a deadline, for deletions to finish)."""
-    yield
-    wait_until(lambda: not qstat_jobs(), 30, "qstat to be empty after the test")
+@pytest.fixture(scope="session")
+def gridengine():
+    return usable_cluster("gridengine")
 
 
-@pytest.fixture(params=["local", pytest.param("drmaa", marks=pytest.mark.gridengine)])
+@pytest.fixture(scope="session")
+def slurm():
+    return usable_cluster("slurm")
+
+
+def checked_clean(request, name):
+    """The session's cluster ``name``, with a check after the test that it left no job behind."""
+    cluster = request.getfixturevalue(name)
+    request.addfinalizer(lambda: wait_until(lambda: not cluster.jobs(), 30,
+                                            f"{cluster.command} to be empty after the test"))
+    return cluster
+
+
+@pytest.fixture(params=CLUSTERS)
+def cluster(request):
+    """Each real scheduler in turn, checked to leave no job behind."""
+    return checked_clean(request, request.param)
+
+
+@pytest.fixture(params=["local", *CLUSTERS])
 def backend(request):
-    """Each backend in turn; the DRMAA one on the real Grid Engine, checked to leave no job behind."""
-    if request.param == "drmaa":
-        request.getfixturevalue("clean_cluster")
-    return request.param
+    """Each backend in turn: local processes, then DRMAA on each real scheduler, checked to leave no job."""
+    if request.param == "local":
+        return BackendName("local", "local")
+    checked_clean(request, request.param)
+    return BackendName("drmaa", request.param)
 
 
 @pytest.fixture

@@ -122,24 +122,24 @@ def test_a_store_that_cannot_be_written(local_map, tmp_path):
         local_map(abs, [1], store=str(tmp_path / "file" / "sweeps.sqlite"))
 
 
-@pytest.mark.gridengine
-def test_a_loopback_host_is_warned_about_on_a_cluster(store, caplog, clean_cluster):
+def test_a_loopback_host_is_warned_about_on_a_cluster(store, caplog, cluster):
     assert sheepdog_drmaa.map(abs, [-1], backend="drmaa", store=store, progress=False, host="127.0.0.1") == [1]
     assert "resolves only to the loopback address 127.0.0.1" in caplog.text
 
 
-@pytest.mark.gridengine
 @pytest.mark.parametrize("options, words", [
     ({"queue": "nope.q"}, "nope.q"),
-    ({"native_spec": "-l nosuchresource=1"}, "nosuchresource"),
+    ({"native_spec": {"gridengine": "-l nosuchresource=1", "slurm": "--constraint=nosuchresource"}}, "nosuchresource"),
 ])
-def test_a_job_the_scheduler_refuses_is_a_clear_error(store, clean_cluster, options, words):
+def test_a_job_the_scheduler_refuses_is_a_clear_error(store, cluster, options, words):
+    options = {name: value[cluster.name] if isinstance(value, dict) else value for name, value in options.items()}
     with pytest.raises(sheepdog_drmaa.SubmissionRefused, match=f"refused the workers' job.*{words}"):
         sheepdog_drmaa.map(abs, [1], backend="drmaa", store=store, progress=False, **options)
 
 
 @pytest.mark.gridengine
-def test_native_spec_reaches_grid_engine(store, clean_cluster):
+@pytest.mark.parametrize("cluster", ["gridengine"], indirect=True)
+def test_native_spec_reaches_grid_engine(store, cluster):
     def allocate(megabytes):
         return len(bytearray(megabytes * 1024 * 1024))
     results = sheepdog_drmaa.map(allocate, [1, 2000], backend="drmaa", store=store, progress=False,

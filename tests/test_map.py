@@ -1,4 +1,8 @@
 """map() end to end, through the local backend and on the real Grid Engine."""
+import os
+import re
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -106,17 +110,23 @@ def test_map_async_handle(backend, store):
     assert dict(sweep.as_completed()) == seen  # a second reading comes from the store
 
 
-@pytest.mark.gridengine
-def test_arrays_larger_than_the_cluster_allows_are_split(store, clean_cluster, monkeypatch):
+def test_arrays_larger_than_the_cluster_allows_are_split(store, cluster, monkeypatch):
     from sheepdog_drmaa.backends import drmaa as drmaa_backend
     original = drmaa_backend._read_max_array_size
-    monkeypatch.setattr(drmaa_backend, "_read_max_array_size", lambda: 3)
+    monkeypatch.setattr(drmaa_backend, "_read_max_array_size", lambda scheduler: 3)
     sweep = sheepdog_drmaa.map_async(lambda x: x, range(8), backend="drmaa", store=store, progress=False,
                                      tasks_per_worker=1)
     assert sweep.results() == list(range(8))
-    jobs = {attempt.worker.split(".")[0] for attempt in sweep.attempts()}
+    jobs = {cluster.array_of(attempt.worker) for attempt in sweep.attempts()}
     assert len(jobs) >= 3  # 8 workers in arrays of at most 3
-    assert original() == 75000  # what qconf -sconf says on the test cluster
+    # The real limit, as the cluster's own configuration says (not this CI cluster's numbers).
+    if cluster.name == "gridengine":
+        shown = subprocess.run(["qconf", "-sconf"], capture_output=True, text=True, check=True).stdout
+        largest = int(re.search(r"^max_aj_tasks\s+(\d+)", shown, re.M).group(1))
+    else:
+        shown = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True, check=True).stdout
+        largest = int(re.search(r"^MaxArraySize\s*=\s*(\d+)", shown, re.M).group(1)) - 1  # indices run below it
+    assert original(drmaa_backend._shared.scheduler) == largest
 
 
 def test_the_progress_display_shows_every_count(capsys):
@@ -128,6 +138,25 @@ def test_the_progress_display_shows_every_count(capsys):
     assert "5/10" in shown
     for words in ("done=4", "failed=1", "running=2", "queued=3"):
         assert words in shown
+
+
+def test_log_lines_go_above_the_progress_bar_not_across_it(capsys):
+    import logging
+
+    from sheepdog_drmaa.progress import Progress
+    handler = logging.StreamHandler(sys.stderr)
+    logging.getLogger().addHandler(handler)
+    try:
+        progress = Progress(10, True, "demo")
+        progress.update({"done": 4, "failed": 0, "running": 2, "queued": 4})
+        logging.getLogger("sheepdog_drmaa.runner").warning("a line from the library")
+        progress.close()
+        shown = capsys.readouterr().err
+        before = shown[:shown.index("a line from the library")]
+        assert before.endswith("\r")  # the bar was cleared first, and is drawn again after the line
+        assert logging.getLogger().handlers[-1] is handler  # the user's handler is back once the bar is gone
+    finally:
+        logging.getLogger().removeHandler(handler)
 
 
 def allocate_and_spin(megabytes):
@@ -147,3 +176,20 @@ def test_each_attempt_keeps_its_resource_usage(backend, store):
     assert usage["cpu_seconds"] >= 0.2
     assert usage["seconds"] >= usage["cpu_seconds"] * 0.9
     assert attempt.host
+
+
+def report_start_and_wait(directory, x):
+    open(os.path.join(directory, f"{x}.started"), "w").close()
+    deadline = time.monotonic() + 60
+    while len([name for name in os.listdir(directory) if name.endswith(".started")]) < 4:
+        assert time.monotonic() < deadline, "the four tasks never ran at the same time"
+        time.sleep(0.02)
+    return x
+
+
+def test_workers_n_on_the_local_backend_runs_n_at_once(store, tmp_path):
+    # Each task waits until all four have started: it can only finish if four workers run at once
+    # (on a 2-core machine, more than one per core).
+    results = sheepdog_drmaa.map(report_start_and_wait, [(str(tmp_path), x) for x in range(4)], backend="local",
+                                 store=store, progress=False, workers=4)
+    assert results == [0, 1, 2, 3]

@@ -52,7 +52,7 @@ def bent(monkeypatch):
     def install(**settings):
         backend = BentBackend(**settings)
         made["backend"] = backend
-        monkeypatch.setattr(api, "open_backend", lambda name: backend)
+        monkeypatch.setattr(api, "open_backend", lambda name, **settings: backend)
         return backend
     return install
 

@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Protocol, Sequence, Tuple
+from typing import Optional, Protocol
 
 from ..errors import BackendUnavailable, ConfigurationError
 from ..failures import ExitInfo
@@ -19,16 +20,17 @@ class WorkerSpec:
     """How to start workers: the same for every worker of one submission."""
 
     python: str
-    environment: Dict[str, str]
+    environment: dict[str, str]
     working_directory: str
     log_dir: str
     job_name: str
-    queue: Optional[str] = None
-    native_spec: Optional[str] = None
+    queue: str | None = None
+    native_spec: str | None = None
+    walltime: float | None = None  # each worker's runtime limit, asked of the scheduler
 
 
 # A worker an earlier client started: (id, host it said hello from, its process group there).
-Leftover = Tuple[str, Optional[str], Optional[int]]
+Leftover = tuple[str, Optional[str], Optional[int]]
 
 
 class Backend(Protocol):
@@ -37,10 +39,14 @@ class Backend(Protocol):
     name: str
     max_array_size: int
 
-    def submit(self, count: int, spec: WorkerSpec) -> List[str]:
+    def submit(self, count: int, spec: WorkerSpec) -> list[str]:
         """Start ``count`` workers as one bulk submission; return their ids."""
 
-    def wait_any(self, timeout: float) -> Optional[ExitInfo]:
+    def check_request(self, queue: str | None, native_spec: str | None, walltime: float | None) -> None:
+        """Raise ConfigurationError for a request this scheduler would refuse, before anything is
+        stored or submitted."""
+
+    def wait_any(self, timeout: float) -> ExitInfo | None:
         """The exit information of one finished worker, or None after ``timeout`` seconds."""
 
     def terminate(self, worker_ids: Sequence[str]) -> None:
@@ -53,29 +59,37 @@ class Backend(Protocol):
         """Release the scheduler session."""
 
 
-def worker_command(spec: WorkerSpec) -> List[str]:
+def worker_command(spec: WorkerSpec) -> list[str]:
     return [spec.python, "-m", "sheepdog_drmaa.worker"]
 
 
-def log_paths(spec: WorkerSpec, worker_id: str) -> Dict[str, str]:
-    """Where a worker's stdout and stderr go; the same naming for every backend."""
+def log_paths(spec: WorkerSpec, worker_id: str) -> dict[str, str]:
+    """Where a worker's stdout and stderr go; the same naming for every backend.
+
+    The DRMAA backend submits with the scheduler's placeholders in place of ``worker_id``
+    ('$JOB_ID.$TASK_ID' on Grid Engine, '%A_%a' on Slurm), which become the worker's id.
+    """
     stem = os.path.join(spec.log_dir, f"{spec.job_name}.{worker_id}")
     return {"stdout": stem + ".out", "stderr": stem + ".err"}
 
 
-def open_backend(name: str) -> Backend:
-    """The backend called ``name``; "auto" is DRMAA when its library loads, else local."""
+def open_backend(name: str, local_slots: int | None = None) -> Backend:
+    """The backend called ``name``; "auto" is DRMAA when its library loads, else local.
+
+    ``local_slots``: how many local workers run at once (default: one per CPU); a sweep with
+    ``workers=N`` on the local backend runs N.
+    """
     if name not in BACKEND_NAMES:
         raise ConfigurationError(f"backend={name!r} is not one of {', '.join(BACKEND_NAMES)}")
     if name == "local":
         from .local import LocalBackend
-        return LocalBackend()
+        return LocalBackend(local_slots)
     from .drmaa import DrmaaBackend
     try:
         return DrmaaBackend()
     except BackendUnavailable as error:
         if name == "drmaa":
             raise
-        log.warning("Grid Engine is not usable here, running workers as local processes instead: %s", error)
+        log.warning("DRMAA is not usable here, running workers as local processes instead: %s", error)
         from .local import LocalBackend
-        return LocalBackend()
+        return LocalBackend(local_slots)

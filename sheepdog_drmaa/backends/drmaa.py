@@ -1,28 +1,42 @@
-"""Workers as Grid Engine array jobs through the DRMAA C library. The only importer of ``drmaa``.
+"""Workers as array jobs through the DRMAA C library (Grid Engine, Slurm). The only importer of ``drmaa``.
 
 drmaa-python keeps one error buffer for all threads and DRMAA allows one session per process,
 so every call goes through one process-wide session under one lock. Several sweeps in one
 process share it; exit information that ``wait(ANY)`` hands to the wrong sweep is passed on.
+
+How the end of a worker is learnt depends on the scheduler. Grid Engine's qmaster pushes job
+ends to the library, so ``wait(ANY)`` is a local call, polled every 20 ms. On Slurm every
+``wait(ANY)`` asks the controller about each unreaped job (1.6 s with 1,000 jobs), so instead
+one ``squeue`` lists the sweep's arrays per poll, every 0.5 s backing off to 4 s while nothing
+changes, and only the tasks it shows ended are waited for, each by its own id.
 """
 from __future__ import annotations
 
 import collections
+import itertools
 import logging
 import os
 import shutil
 import subprocess
 import threading
 import time
-from typing import Any, Deque, Dict, List, Optional, Sequence, Set
+from collections.abc import Sequence
+from typing import Any
 
+from .. import protocol
 from ..errors import BackendUnavailable, SchedulerUnreachable, SubmissionRefused
 from ..failures import ExitInfo
 from . import Leftover, WorkerSpec, log_paths, worker_command
+from .schedulers import Scheduler, identify
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MAX_ARRAY_SIZE = 75_000
 POLL_SECONDS = 0.02
+# Listing a sweep's jobs (Slurm, or any scheduler whose wait(ANY) is not cheap): first soon after
+# a change, then less often while nothing ends. Every ended job is collected well within Slurm's
+# MinJobAge (300 s by default), after which slurm-drmaa would make up its exit information.
+LIST_MIN_SECONDS = 0.5
+LIST_MAX_SECONDS = 4.0
 # How often to look for workers whose end wait() never reported (lost during a qmaster outage).
 RECONCILE_SECONDS = 60.0
 RECONCILE_AFTER_ERROR_SECONDS = 5.0
@@ -64,13 +78,14 @@ def _import_drmaa() -> Any:
 
 
 class _SharedSession:
-    """The process's one DRMAA session, its lock, and a mailbox per backend for misdelivered exits."""
+    """The process's one DRMAA session, its scheduler, its lock, and each backend's misdelivered exits."""
 
     def __init__(self) -> None:
         self.lock = threading.RLock()
         self.session: Any = None
+        self.scheduler: Scheduler = Scheduler()
         self.users = 0
-        self.owner: Dict[str, "DrmaaBackend"] = {}
+        self.owner: dict[str, DrmaaBackend] = {}
 
     def open(self, drmaa: Any) -> Any:
         with self.lock:
@@ -80,8 +95,9 @@ class _SharedSession:
                     session.initialize()
                 except drmaa.errors.DrmaaException as error:
                     raise BackendUnavailable(
-                        f"cannot open a DRMAA session with Grid Engine: {error}. Check SGE_ROOT and SGE_CELL "
-                        "and that qmaster is running (qstat should answer).") from error
+                        f"cannot open a DRMAA session: {error}. Check that the scheduler is running (qstat or "
+                        "squeue should answer) and, for Grid Engine, SGE_ROOT and SGE_CELL.") from error
+                self.scheduler = identify(str(session.drmaaImplementation), str(session.drmsInfo))
                 self.session = session
             self.users += 1
             return self.session
@@ -97,27 +113,26 @@ class _SharedSession:
 
 
 _shared = _SharedSession()
+_serial = itertools.count(1)  # names of workers submitted one job each (plain DRMAA)
 
 
-def _read_max_array_size() -> int:
-    """Grid Engine's max_aj_tasks from ``qconf -sconf``, or its default when that cannot be read."""
-    qconf = shutil.which("qconf")
-    if qconf is None:
-        return DEFAULT_MAX_ARRAY_SIZE
+class _Unanswered(Exception):
+    """The scheduler's listing command failed (its controller down, most often)."""
+
+
+def _run(command: list[str]) -> subprocess.CompletedProcess[str]:
+    """Run a scheduler command; an exception when it is missing or hangs."""
+    return subprocess.run(command, capture_output=True, text=True, timeout=30)
+
+
+def _read_max_array_size(scheduler: Scheduler) -> int:
+    """The scheduler's largest array (Grid Engine's max_aj_tasks, Slurm's MaxArraySize), or its default."""
+    if not scheduler.config_command or shutil.which(scheduler.config_command[0]) is None:
+        return scheduler.default_max_array_size
     try:
-        text = subprocess.run([qconf, "-sconf"], capture_output=True, text=True, timeout=30).stdout
+        return scheduler.max_array_size(_run(list(scheduler.config_command)).stdout)
     except (OSError, subprocess.SubprocessError):
-        return DEFAULT_MAX_ARRAY_SIZE
-    for line in text.splitlines():
-        fields = line.split()
-        if len(fields) == 2 and fields[0] == "max_aj_tasks" and fields[1].isdigit() and int(fields[1]) > 0:
-            return int(fields[1])
-    return DEFAULT_MAX_ARRAY_SIZE
-
-
-def _job_of(worker_id: str) -> str:
-    """The array job id of a task id such as '49.3'."""
-    return worker_id.split(".", 1)[0]
+        return scheduler.default_max_array_size
 
 
 def _number(text: str) -> Any:
@@ -133,14 +148,25 @@ class DrmaaBackend:
     def __init__(self) -> None:
         self.drmaa = _import_drmaa()
         self.session = _shared.open(self.drmaa)
-        self.max_array_size = _read_max_array_size()
-        self._mailbox: Deque[ExitInfo] = collections.deque()
-        self._unreaped: Dict[str, Set[str]] = {}  # array job id -> its task ids not yet reported ended
+        self.scheduler = _shared.scheduler
+        self.max_array_size = _read_max_array_size(self.scheduler)
+        self._mailbox: collections.deque[ExitInfo] = collections.deque()
+        self._unreaped: dict[str, set[str]] = {}  # array job id -> its task ids not yet reported ended
+        self._job_of: dict[str, str] = {}  # plain DRMAA: worker name -> DRMAA job id, and back
+        self._name_of: dict[str, str] = {}
         self._next_reconcile = time.monotonic() + RECONCILE_SECONDS
+        self._next_listing = 0.0
+        self._listing_interval = LIST_MIN_SECONDS
         self._closed = False
 
-    def submit(self, count: int, spec: WorkerSpec) -> List[str]:
-        ids: List[str] = []
+    def check_request(self, queue: str | None, native_spec: str | None, walltime: float | None) -> None:
+        """The options as this scheduler would be asked (Grid Engine spellings refused on Slurm, say)."""
+        self.scheduler.native_specification(queue, native_spec, walltime)
+
+    def submit(self, count: int, spec: WorkerSpec) -> list[str]:
+        native = self.scheduler.native_specification(spec.queue, spec.native_spec, spec.walltime)
+        title = self.scheduler.title
+        ids: list[str] = []
         with _shared.lock:
             template = self.session.createJobTemplate()
             try:
@@ -150,36 +176,50 @@ class DrmaaBackend:
                 template.jobName = spec.job_name
                 template.workingDirectory = spec.working_directory
                 template.jobEnvironment = spec.environment
-                paths = log_paths(spec, "$JOB_ID.$TASK_ID")
+                paths = log_paths(spec, self.scheduler.log_id)  # both set: Slurm sends an unset errorPath to /dev/null
                 template.outputPath = ":" + paths["stdout"]
                 template.errorPath = ":" + paths["stderr"]
-                native = []
-                if spec.queue:
-                    native.append(f"-q {spec.queue}")
-                if spec.native_spec:
-                    native.append(spec.native_spec)
                 if native:
-                    template.nativeSpecification = " ".join(native)
-                remaining = count
+                    template.nativeSpecification = native
+                remaining = count if self.scheduler.bulk else 0
                 while remaining:
                     size = min(remaining, self.max_array_size)
                     ids.extend(self.session.runBulkJobs(template, 1, size, 1))
                     remaining -= size
-            except (self.drmaa.errors.DrmCommunicationException, self.drmaa.errors.TryLaterException) as error:
-                raise SchedulerUnreachable(f"cannot reach Grid Engine's qmaster to submit workers: {error}") from error
-            except self.drmaa.errors.DeniedByDrmException as error:
+                if not self.scheduler.bulk:
+                    ids.extend(self._run_named(template, spec) for _ in range(count))
+            except (self.drmaa.errors.DrmCommunicationException, self.drmaa.errors.TryLaterException,
+                    self.drmaa.errors.InternalException) as error:
+                raise SchedulerUnreachable(f"cannot reach {title} to submit workers: {error}") from error
+            except (self.drmaa.errors.DeniedByDrmException, self.drmaa.errors.InvalidAttributeValueException,
+                    self.drmaa.errors.InvalidAttributeFormatException) as error:
                 raise SubmissionRefused(
-                    f"Grid Engine refused the workers' job: {error}. Check queue={spec.queue!r} and "
+                    f"{title} refused the workers' job: {error}. Check queue={spec.queue!r} and "
                     f"native_spec={spec.native_spec!r}.") from error
             finally:
                 self.session.deleteJobTemplate(template)
             for worker_id in ids:
                 _shared.owner[worker_id] = self
         for worker_id in ids:
-            self._unreaped.setdefault(_job_of(worker_id), set()).add(worker_id)
+            self._unreaped.setdefault(self.scheduler.array_of(worker_id), set()).add(worker_id)
+        self._list_soon()
         return ids
 
-    def wait_any(self, timeout: float) -> Optional[ExitInfo]:
+    def _run_named(self, template: Any, spec: WorkerSpec) -> str:
+        """Submit one worker as a job of its own, telling it its name (plain DRMAA only)."""
+        name = f"{spec.job_name}-{os.getpid()}-{next(_serial)}"
+        template.jobEnvironment = {**spec.environment, protocol.ENV_WORKER_ID: name}
+        paths = log_paths(spec, name)
+        template.outputPath, template.errorPath = ":" + paths["stdout"], ":" + paths["stderr"]
+        job = self.session.runJob(template)
+        self._job_of[name], self._name_of[job] = job, name
+        return name
+
+    def _job(self, worker_or_array: str) -> str:
+        """The DRMAA id to ask about a worker or an array job."""
+        return self._job_of.get(worker_or_array, worker_or_array)
+
+    def wait_any(self, timeout: float) -> ExitInfo | None:
         deadline = time.monotonic() + timeout
         while True:
             if self._mailbox:
@@ -187,23 +227,29 @@ class DrmaaBackend:
             with _shared.lock:
                 if self._mailbox:
                     continue
-                if time.monotonic() >= self._next_reconcile:
+                if not self.scheduler.cheap_wait_any:
+                    if time.monotonic() >= self._next_listing:
+                        self._collect_listed()
+                        continue
+                elif time.monotonic() >= self._next_reconcile:
                     self._reconcile()
                     continue
-                info = self._wait_once()
-                if info is not None:
-                    owner = _shared.owner.pop(info.worker, None)
-                    if owner is not None and owner is not self:
-                        owner._mailbox.append(info)
-                        continue
-                    self._forget(info.worker)
-                    return info
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
+                else:
+                    info = self._wait_once()
+                    if info is not None:
+                        owner = _shared.owner.pop(info.worker, None)
+                        if owner is not None and owner is not self:
+                            owner._mailbox.append(info)
+                            continue
+                        self._forget(info.worker)
+                        return info
+            now = time.monotonic()
+            if now >= deadline:
                 return None
-            time.sleep(min(POLL_SECONDS, remaining))
+            pause = POLL_SECONDS if self.scheduler.cheap_wait_any else self._next_listing - now
+            time.sleep(max(0.0, min(pause, deadline - now)))
 
-    def _wait_once(self) -> Optional[ExitInfo]:
+    def _wait_once(self) -> ExitInfo | None:
         """One finished job without blocking: DRMAA's wait takes whole seconds, too coarse to block on."""
         drmaa = self.drmaa
         try:
@@ -212,7 +258,7 @@ class DrmaaBackend:
             return None  # nothing finished yet, or no job of this session left to wait for
         except (drmaa.errors.DrmCommunicationException, drmaa.errors.TryLaterException) as error:
             # qmaster restarting, say: the workers carry on over HTTP; ask again on the next turn.
-            log.warning("cannot reach Grid Engine's qmaster for exit information (will keep asking): %s", error)
+            log.warning("cannot reach %s for exit information (will keep asking): %s", self.scheduler.title, error)
             self._next_reconcile = time.monotonic() + RECONCILE_AFTER_ERROR_SECONDS
             return None
         except Exception as error:
@@ -221,15 +267,20 @@ class DrmaaBackend:
             log.info("wait() failed without naming the job (%s); checking which workers are gone", error)
             self._next_reconcile = 0.0
             return None
+        return self._exit_info(job)
+
+    def _exit_info(self, job: Any, state: str = "") -> ExitInfo:
+        """A DRMAA JobInfo in neutral form; ``state`` is Slurm's word for how the job ended, if known."""
+        usage = job.resourceUsage if self.scheduler.reports_usage else None
         return ExitInfo(
-            worker=job.jobId,
+            worker=self._name_of.get(job.jobId, job.jobId),
             exited=bool(job.hasExited),
             exit_status=int(job.exitStatus) if job.hasExited else None,
             signaled=bool(job.hasSignal),
             signal=str(job.terminatedSignal or ""),
             core_dumped=bool(job.hasCoreDump),
-            aborted=bool(job.wasAborted),
-            resource_usage={name: _number(value) for name, value in (job.resourceUsage or {}).items()},
+            aborted=bool(job.wasAborted) or state in self.scheduler.killed_states,
+            resource_usage={name: _number(value) for name, value in (usage or {}).items()},
         )
 
     def _reconcile(self) -> None:
@@ -240,26 +291,95 @@ class DrmaaBackend:
                 try:
                     self.session.jobStatus(worker_id)
                 except self.drmaa.errors.InvalidJobException:
-                    log.info("worker %s vanished from Grid Engine without exit information", worker_id)
-                    self._forget(worker_id)
-                    _shared.owner.pop(worker_id, None)
-                    self._mailbox.append(ExitInfo(worker_id, aborted=True))
+                    log.info("worker %s vanished from %s without exit information", worker_id, self.scheduler.title)
+                    self._gone(worker_id, ExitInfo(worker_id, aborted=True))
                 except self.drmaa.errors.DrmaaException:
                     return  # qmaster unreachable: try again later
 
+    def _collect_listed(self) -> None:
+        """Wait, each by its id, for the workers that one listing of their arrays (or jobStatus) shows ended.
+
+        A pending Slurm task that was cancelled leaves the listing at once, but wait() returns it only
+        once Slurm purges its record (MinJobAge later), with jobStatus "undetermined" until then: it
+        never ran, so its end is reported here as an abort.
+        """
+        drmaa = self.drmaa
+        try:
+            states = self._listing()
+        except _Unanswered as error:
+            log.warning("cannot list %s's jobs (will keep asking): %s", self.scheduler.title, error)
+            self._next_listing = time.monotonic() + LIST_MAX_SECONDS
+            return
+        ended_any = False
+        try:
+            for worker_id in [w for tasks in self._unreaped.values() for w in tasks]:
+                job = self._job(worker_id)
+                state = "" if states is None else states.get(worker_id, "")
+                if states is None:
+                    if self.session.jobStatus(job) not in (drmaa.JobState.DONE, drmaa.JobState.FAILED,
+                                                           drmaa.JobState.UNDETERMINED):
+                        continue
+                elif state in self.scheduler.active_states:
+                    continue
+                try:
+                    info = self._exit_info(self.session.wait(job, drmaa.Session.TIMEOUT_NO_WAIT), state)
+                except drmaa.errors.ExitTimeoutException:
+                    cancelled_while_queued = (self.scheduler.cancelled_queued_unseen and state in ("", "CANCELLED")
+                                              and self.session.jobStatus(job) == drmaa.JobState.UNDETERMINED)
+                    if not cancelled_while_queued:
+                        continue
+                    info = ExitInfo(worker_id, aborted=True)
+                except drmaa.errors.InvalidJobException:  # not known to the session any more: it vanished
+                    info = ExitInfo(worker_id, aborted=True)
+                self._gone(worker_id, info)
+                ended_any = True
+        except drmaa.errors.DrmaaException as error:  # the controller is unreachable (slurm-drmaa: after ~18 s)
+            log.warning("cannot reach %s for exit information (will keep asking): %s", self.scheduler.title, error)
+        interval = LIST_MIN_SECONDS if ended_any else min(self._listing_interval * 2, LIST_MAX_SECONDS)
+        self._listing_interval = interval
+        self._next_listing = time.monotonic() + interval
+
+    def _listing(self) -> dict[str, str] | None:
+        """{worker id: state} for every task of this backend's arrays in one query, or None to ask DRMAA per task.
+
+        Raises _Unanswered when the scheduler does not answer: asking DRMAA per task then would
+        block each query (slurm-drmaa: 18 s while slurmctld is down).
+        """
+        command = self.scheduler.listing_command(sorted(self._unreaped))
+        if not self._unreaped or command is None or shutil.which(command[0]) is None:
+            return None
+        try:
+            result = _run(command)
+        except (OSError, subprocess.SubprocessError) as error:
+            raise _Unanswered(f"{command[0]}: {error}") from error
+        if result.returncode != 0 and "Invalid job id" not in result.stderr:  # that one: every array purged
+            raise _Unanswered(f"{command[0]}: {result.stderr.strip()}")
+        return self.scheduler.parse_listing(result.stdout)
+
+    def _gone(self, worker_id: str, info: ExitInfo) -> None:
+        """Hand a worker's end to its sweep's backend (this one, most often) and stop tracking it."""
+        self._forget(worker_id)
+        self._name_of.pop(self._job_of.pop(worker_id, ""), None)
+        owner = _shared.owner.pop(worker_id, None) or self
+        owner._mailbox.append(info)
+
     def _forget(self, worker_id: str) -> None:
-        job = _job_of(worker_id)
+        job = self.scheduler.array_of(worker_id)
         tasks = self._unreaped.get(job)
         if tasks is not None:
             tasks.discard(worker_id)
             if not tasks:
                 del self._unreaped[job]
 
+    def _list_soon(self) -> None:
+        self._listing_interval = LIST_MIN_SECONDS
+        self._next_listing = min(self._next_listing, time.monotonic() + LIST_MIN_SECONDS)
+
     def terminate(self, worker_ids: Sequence[str]) -> None:
         """One control call per array job whose every remaining task goes, one per task otherwise.
 
-        Each call is a round trip to qmaster (about 3 ms here), so removing a whole array of 1,000
-        queued workers task by task would take seconds.
+        Each call is a round trip to the scheduler (about 3 ms on Grid Engine here), so removing a
+        whole array of 1,000 queued workers task by task would take seconds.
         """
         drmaa = self.drmaa
         requested = set(worker_ids)
@@ -272,13 +392,19 @@ class DrmaaBackend:
         with _shared.lock:
             for target in targets:
                 try:
-                    self.session.control(target, drmaa.JobControlAction.TERMINATE)
+                    self.session.control(self._job(target), drmaa.JobControlAction.TERMINATE)
                 except drmaa.errors.DrmaaException as error:  # already gone, most often
                     log.debug("terminating %s: %s", target, error)
+        self._list_soon()
 
     def terminate_leftovers(self, leftovers: Sequence[Leftover]) -> None:
         """Every job of an earlier client of the sweep goes whole: one call per array job."""
-        jobs = sorted({_job_of(worker_id) for worker_id, _, _ in leftovers})
+        if not self.scheduler.bulk:
+            log.warning("cannot remove the %d workers an earlier client of this sweep submitted: on %s only that "
+                        "client knew their job ids; they cannot reach this client and exit", len(leftovers),
+                        self.scheduler.title)
+            return
+        jobs = sorted({self.scheduler.array_of(worker_id) for worker_id, _, _ in leftovers})
         with _shared.lock:
             for job in jobs:
                 try:

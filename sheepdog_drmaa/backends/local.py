@@ -77,6 +77,9 @@ class LocalBackend:
             return
         self._running[worker_id] = (process, spec, time.time())
 
+    def check_request(self, queue: str | None, native_spec: str | None, walltime: float | None) -> None:
+        """Local workers take no scheduler options: nothing to refuse (a walltime still guides leasing)."""
+
     def wait_any(self, timeout: float) -> ExitInfo | None:
         deadline = time.monotonic() + timeout
         while True:

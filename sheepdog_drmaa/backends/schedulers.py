@@ -1,0 +1,201 @@
+"""What differs between the schedulers behind DRMAA: ids, log names, options, limits. Pure: no I/O.
+
+The DRMAA backend picks one of these from the implementation string the loaded libdrmaa reports,
+runs the commands they name, and hands the output back to be parsed here.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import re
+import shlex
+from collections.abc import Sequence
+
+from ..errors import ConfigurationError
+
+log = logging.getLogger(__name__)
+
+
+class Scheduler:
+    """Plain DRMAA, for an implementation this library was not tested with.
+
+    A plain DRMAA job cannot learn its own id, so each worker is one job (not an array task) and is
+    told the name it goes by; the backend keeps which job carries which name.
+    """
+
+    name = "generic"
+    title = "the DRMAA scheduler"
+    bulk = False                        # workers are tasks of array jobs, each finding its id in its environment
+    separator = ""                      # between the array job's id and the task index in a worker id
+    log_id = ""                         # output path text that the scheduler turns into the worker's id
+    queue_option = ""                   # the native option that names a queue; "" when unknown
+    default_max_array_size = 1000
+    config_command: tuple[str, ...] = ()  # prints the largest array; () when there is no such command
+    cheap_wait_any = False              # True: wait(ANY) costs nothing per unreaped job, poll it often
+    reports_usage = True                # resourceUsage holds real measurements
+    active_states: frozenset[str] = frozenset()  # listed states of a job that has not ended
+    killed_states: frozenset[str] = frozenset()  # listed states of a job the scheduler ended, whatever DRMAA says
+    cancelled_queued_unseen = False     # wait() misses a job cancelled while queued (jobStatus "undetermined")
+
+    def array_of(self, worker_id: str) -> str:
+        """The id of the array job a worker (a task of it) belongs to; the worker itself without arrays."""
+        return worker_id.split(self.separator, 1)[0] if self.separator else worker_id
+
+    def max_array_size(self, config_text: str) -> int:
+        """The largest array one bulk submission may ask for, from ``config_command``'s output."""
+        return self.default_max_array_size
+
+    def native_specification(self, queue: str | None, native_spec: str | None,
+                             walltime: float | None = None) -> str | None:
+        """The job template's nativeSpecification for ``queue=``, ``walltime=`` and ``native_spec=``
+        (which comes last: where it names the same option, the scheduler takes it)."""
+        parts = []
+        if queue:
+            if not self.queue_option:
+                raise ConfigurationError(f"queue={queue!r}: not known how to name a queue on {self.title}; "
+                                         "pass its native option in native_spec= instead")
+            parts.append(f"{self.queue_option} {queue}")
+        if walltime is not None:
+            parts.append(self.runtime_request(walltime))
+        if native_spec:
+            parts.append(native_spec)
+        return " ".join(parts) or None
+
+    def runtime_request(self, seconds: float) -> str:
+        """The native option asking for a runtime limit of at least ``seconds``."""
+        raise ConfigurationError(f"walltime= cannot be requested from {self.title} by name; pass its own "
+                                 "option in native_spec= (walltime= still guides which tasks a worker starts)")
+
+    def listing_command(self, arrays: Sequence[str]) -> list[str] | None:
+        """A command listing these arrays' tasks with their states in one query, or None (ask DRMAA per task)."""
+        return None
+
+    def parse_listing(self, text: str) -> dict[str, str]:
+        """``listing_command``'s output as {worker id: state}."""
+        return {}
+
+
+class GridEngine(Scheduler):
+    """Son of Grid Engine and its relatives: ids '49.3', qmaster pushes job ends to the DRMAA library."""
+
+    name = "gridengine"
+    title = "Grid Engine"
+    bulk = True
+    separator = "."
+    log_id = "$JOB_ID.$TASK_ID"
+    queue_option = "-q"
+    default_max_array_size = 75_000
+    config_command = ("qconf", "-sconf")
+    cheap_wait_any = True
+
+    def runtime_request(self, seconds: float) -> str:
+        whole = math.ceil(seconds)
+        return f"-l h_rt={whole // 3600}:{whole // 60 % 60:02d}:{whole % 60:02d}"
+
+    def max_array_size(self, config_text: str) -> int:
+        for line in config_text.splitlines():
+            fields = line.split()
+            if len(fields) == 2 and fields[0] == "max_aj_tasks" and fields[1].isdigit() and int(fields[1]) > 0:
+                return int(fields[1])
+        return self.default_max_array_size
+
+
+# Grid Engine spellings that Slurm refuses or reads otherwise, with what to write instead.
+_GRID_ENGINE_SPELLINGS = {
+    "-q": "-p/--partition (or queue=)",
+    "-pe": "--cpus-per-task (-c)",
+    "-notify": "--signal (e.g. --signal=USR2@60)",
+    "-cwd": "nothing: Slurm jobs start in the submit directory",
+    "-V": "nothing: Slurm copies the submit environment",
+}
+_GRID_ENGINE_RESOURCES = {
+    # slurm-drmaa 1.1.6 reads -t itself, as H:MM[:SS] only (-t 5:00 is five hours there, five minutes
+    # to sbatch; bare minutes such as -t 90 are refused).
+    "h_rt": "--time (-t) as H:MM, e.g. -t 1:30 for 90 minutes (h_rt=3600 is -t 1:00)",
+    "s_rt": "--time (-t) as H:MM, and --signal for the warning",
+    "h_vmem": "--mem (per node) or --mem-per-cpu, e.g. --mem=4G",
+    "s_vmem": "--mem (per node) or --mem-per-cpu, e.g. --mem=4G",
+    "mem_free": "--mem (per node) or --mem-per-cpu, e.g. --mem=4G",
+    "virtual_free": "--mem (per node) or --mem-per-cpu, e.g. --mem=4G",
+}
+
+
+class Slurm(Scheduler):
+    """Slurm through DRMAA for Slurm (slurm-drmaa): ids '238_4'; every wait(ANY) queries each unreaped job."""
+
+    name = "slurm"
+    title = "Slurm"
+    bulk = True
+    separator = "_"
+    log_id = "%A_%a"
+    queue_option = "-p"
+    default_max_array_size = 1000
+    config_command = ("scontrol", "show", "config")
+    reports_usage = False  # slurm-drmaa 1.1.6 reports zeros only
+    # Until Slurm purges its record (MinJobAge, 300 s by default).
+    cancelled_queued_unseen = True
+    active_states = frozenset({"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED", "RESIZING",
+                               "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD", "RESV_DEL_HOLD", "SIGNALING", "STAGE_OUT",
+                               "STOPPED", "SPECIAL_EXIT", "POWER_UP_NODE", "UPDATE_DB"})
+    # Slurm ended the task (its limits, a node, scancel) even when slurm-drmaa says "exit 0", as it
+    # does for a cancelled whole array or, racing, for a task over --time.
+    killed_states = frozenset({"CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "PREEMPTED", "DEADLINE",
+                               "BOOT_FAIL"})
+
+    def max_array_size(self, config_text: str) -> int:
+        # Array indices run below MaxArraySize; arrays here are numbered from 1.
+        found = re.search(r"^MaxArraySize\s*=\s*(\d+)", config_text, re.MULTILINE)
+        return max(int(found.group(1)) - 1, 1) if found else self.default_max_array_size
+
+    def native_specification(self, queue: str | None, native_spec: str | None,
+                             walltime: float | None = None) -> str | None:
+        """Refuses Grid Engine spellings before anything is submitted, naming the Slurm option."""
+        if native_spec:
+            _refuse_grid_engine_spellings(native_spec)
+        return super().native_specification(queue, native_spec, walltime)
+
+    def runtime_request(self, seconds: float) -> str:
+        # slurm-drmaa reads -t as H:MM (whole minutes), so the limit is rounded up to one.
+        minutes = max(1, math.ceil(seconds / 60))
+        return f"-t {minutes // 60}:{minutes % 60:02d}"
+
+    def listing_command(self, arrays: Sequence[str]) -> list[str] | None:
+        return ["squeue", "--noheader", "--array", "--states=all", "--format=%i %T", "--jobs=" + ",".join(arrays)]
+
+    def parse_listing(self, text: str) -> dict[str, str]:
+        states = {}
+        for line in text.splitlines():
+            fields = line.split()
+            if len(fields) == 2:
+                states[fields[0]] = fields[1]
+        return states
+
+
+def _refuse_grid_engine_spellings(native_spec: str) -> None:
+    try:
+        words = shlex.split(native_spec)
+    except ValueError as error:
+        raise ConfigurationError(f"native_spec={native_spec!r} cannot be split into options: {error}") from error
+    for position, word in enumerate(words):
+        if word in _GRID_ENGINE_SPELLINGS:
+            raise ConfigurationError(f"native_spec={native_spec!r}: {word} is Grid Engine's spelling; on Slurm "
+                                     f"use {_GRID_ENGINE_SPELLINGS[word]}")
+        if word == "-l":
+            following = words[position + 1] if position + 1 < len(words) else ""
+            resource = following.split("=", 1)[0]
+            instead = _GRID_ENGINE_RESOURCES.get(resource, "--mem, --time, --gres or --constraint")
+            raise ConfigurationError(f"native_spec={native_spec!r}: -l {following} is Grid Engine's spelling; "
+                                     f"Slurm has no -l: use {instead}")
+
+
+def identify(implementation: str, drms: str) -> Scheduler:
+    """The scheduler behind the loaded libdrmaa, from its DRMAA implementation and DRMS strings."""
+    text = f"{implementation} {drms}".lower()
+    if "slurm" in text:
+        return Slurm()
+    if re.search(r"grid ?engine|\bsge\b|\bge\b|\buge\b|\bogs\b", text):
+        return GridEngine()
+    log.warning("the DRMAA library reports %r (%r), a scheduler sheepdog_drmaa was not tested on; using plain "
+                "DRMAA, which may not work (worker ids, log names and queue= are scheduler-specific)",
+                implementation, drms)
+    return Scheduler()

@@ -1,0 +1,141 @@
+"""What every backend promises the runner (backends/__init__.py, Backend), checked on each one.
+
+The workers here are not sheepdog workers but a stand-in interpreter that exits with the status
+it is told, or sleeps: submission, exit information, termination and leftovers are the backend's
+alone, whatever the workers do.
+"""
+import os
+import stat
+import time
+
+import pytest
+from helpers import wait_until
+
+from sheepdog_drmaa.backends import WorkerSpec, open_backend
+from sheepdog_drmaa.failures import classify
+
+STAND_IN = """#!/bin/sh
+# Called as: stand-in -m sheepdog_drmaa.worker. Behaves as $CONTRACT_BEHAVIOUR says.
+case "$CONTRACT_BEHAVIOUR" in
+  sleep) exec sleep 300 ;;
+  *) exit "$CONTRACT_BEHAVIOUR" ;;
+esac
+"""
+
+
+@pytest.fixture(params=["local", pytest.param("gridengine", marks=pytest.mark.gridengine),
+                        pytest.param("slurm", marks=pytest.mark.slurm)])
+def contract_backend(request):
+    """A backend opened as the runner opens it: local, or DRMAA on each real scheduler."""
+    if request.param == "local":
+        backend = open_backend("local")
+        yield backend, None
+    else:
+        cluster = request.getfixturevalue(request.param)  # fails in CI if the scheduler is not usable
+        backend = open_backend("drmaa")
+        yield backend, cluster
+    backend.close()
+
+
+def spec_for(tmp_path, behaviour):
+    interpreter = tmp_path / "stand-in"
+    interpreter.write_text(STAND_IN)
+    interpreter.chmod(interpreter.stat().st_mode | stat.S_IXUSR)
+    logs = tmp_path / "logs"
+    logs.mkdir(exist_ok=True)
+    return WorkerSpec(python=str(interpreter), environment={"CONTRACT_BEHAVIOUR": behaviour},
+                      working_directory=str(tmp_path), log_dir=str(logs), job_name="contract")
+
+
+def collect(backend, ids, timeout=120):
+    """The exit information of every worker in ``ids``, waiting for each with a deadline."""
+    endings = {}
+    deadline = time.monotonic() + timeout
+    while set(endings) != set(ids):
+        assert time.monotonic() < deadline, f"no exit information for {sorted(set(ids) - set(endings))}"
+        info = backend.wait_any(0.5)
+        if info is not None:
+            assert info.worker in ids and info.worker not in endings, info
+            endings[info.worker] = info
+    return endings
+
+
+def test_a_bulk_submission_gives_distinct_ids_and_each_workers_exit_status(contract_backend, tmp_path):
+    backend, _ = contract_backend
+    ids = backend.submit(3, spec_for(tmp_path, "3"))
+    assert len(ids) == len(set(ids)) == 3
+    for info in collect(backend, ids).values():
+        assert info.exited and info.exit_status == 3 and not info.aborted
+    assert backend.wait_any(0) is None  # every ending is given once
+
+
+def test_a_clean_exit_is_reported_clean(contract_backend, tmp_path):
+    backend, _ = contract_backend
+    ids = backend.submit(2, spec_for(tmp_path, "0"))
+    assert all(classify(info).clean for info in collect(backend, ids).values())
+
+
+def test_terminated_workers_end_and_are_reported_not_clean(contract_backend, tmp_path):
+    backend, cluster = contract_backend
+    ids = backend.submit(2, spec_for(tmp_path, "sleep"))
+    if cluster is not None:
+        wait_until(lambda: not set(cluster.queued_workers()) & set(ids), 60, "the workers to start")
+    else:
+        time.sleep(0.2)  # local workers start at once; give sleep a moment to be exec'd
+    backend.terminate(ids)
+    for info in collect(backend, ids).values():
+        assert not classify(info).clean, info
+
+
+def test_queued_workers_can_be_terminated_before_they_start(contract_backend, tmp_path):
+    backend, cluster = contract_backend
+    slots = 8 if cluster is not None else getattr(backend, "slots", 2)
+    ids = backend.submit(slots + 3, spec_for(tmp_path, "sleep"))
+    backend.terminate(ids)
+    assert set(collect(backend, ids)) == set(ids)
+
+
+def test_leftovers_of_an_earlier_client_are_removed(contract_backend, tmp_path):
+    backend, cluster = contract_backend
+    earlier = open_backend("local" if cluster is None else "drmaa")  # a client that died, say
+    ids = earlier.submit(2, spec_for(tmp_path, "sleep"))
+    if cluster is None:
+        wait_until(lambda: len(stand_ins()) == 2, 10, "the earlier client's workers to run")
+    backend.terminate_leftovers([(worker, None, None) for worker in ids])
+    if cluster is None:
+        wait_until(lambda: not stand_ins(), 10, "the earlier client's workers to be gone")
+    else:
+        wait_until(lambda: not jobs_of(cluster, ids), 60, "the earlier client's workers to leave the scheduler")
+    earlier.close()
+
+
+def test_close_leaves_no_worker_behind(contract_backend, tmp_path):
+    backend, cluster = contract_backend
+    ids = backend.submit(3, spec_for(tmp_path, "sleep"))
+    backend.close()
+    if cluster is not None:
+        wait_until(lambda: not jobs_of(cluster, ids), 60, "the scheduler to have no job of this backend left")
+    else:
+        wait_until(lambda: not stand_ins(), 10, "the local workers to be gone")
+
+
+def jobs_of(cluster, ids):
+    """The scheduler's lines about the array jobs of ``ids`` (other tests' jobs are not ours to judge)."""
+    arrays = {cluster.array_of(worker) for worker in ids}
+    return [line for line in cluster.jobs() if cluster.array_of(line.split()[0]) in arrays]
+
+
+def stand_ins():
+    """Live processes of this machine started as sleeping stand-in workers (zombies are gone already)."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as handle:
+                tagged = b"CONTRACT_BEHAVIOUR=sleep" in handle.read()
+            with open(f"/proc/{pid}/stat", "rb") as handle:
+                alive = handle.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+        except OSError:
+            continue
+        if tagged and alive:
+            found.append(pid)
+    return found

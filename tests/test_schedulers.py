@@ -1,0 +1,95 @@
+"""The per-scheduler part of the DRMAA backend: which scheduler answered, ids, limits, option spellings."""
+import os
+
+import pytest
+from helpers import wait_until
+
+import sheepdog_drmaa
+from sheepdog_drmaa import ConfigurationError, WorkersCannotStart
+from sheepdog_drmaa.backends import WorkerSpec, log_paths
+from sheepdog_drmaa.backends.schedulers import GridEngine, Scheduler, Slurm, identify
+from sheepdog_drmaa.worker import worker_id_from_environment
+
+
+@pytest.mark.parametrize("implementation, drms, name", [
+    ("SGE 8.1.9", "SGE 8.1.9", "gridengine"),
+    ("DRMAA for Slurm 1.1.6", "SLURM 22.05.8", "slurm"),
+    ("UGE 8.6.4", "UGE 8.6.4", "gridengine"),
+])
+def test_the_scheduler_is_chosen_from_the_drmaa_implementation_string(implementation, drms, name):
+    assert identify(implementation, drms).name == name
+
+
+def test_an_unknown_scheduler_gets_plain_drmaa_with_a_warning(caplog):
+    scheduler = identify("PBS DRMAA v. 1.0.19", "Torque 6.1")
+    assert type(scheduler) is Scheduler and "not tested on" in caplog.text
+
+
+def test_array_ids_and_the_largest_array():
+    assert GridEngine().array_of("49.3") == "49" and Slurm().array_of("238_4") == "238"
+    assert GridEngine().max_array_size("max_aj_instances 2000\nmax_aj_tasks 500\n") == 500
+    assert GridEngine().max_array_size("") == 75_000
+    assert Slurm().max_array_size("MaxArraySize            = 40001\nMaxJobCount = 10000\n") == 40_000
+    assert Slurm().max_array_size("") == 1000  # Slurm's default MaxArraySize=1001 allows indices up to 1000
+
+
+def test_queue_is_the_partition_on_slurm():
+    assert GridEngine().native_specification("long.q", "-l h_vmem=1G") == "-q long.q -l h_vmem=1G"
+    assert Slurm().native_specification("long", "--mem=1G") == "-p long --mem=1G"
+    assert Slurm().native_specification(None, None) is None
+
+
+@pytest.mark.parametrize("native_spec, instead", [
+    ("-q all.q", "-p/--partition"),
+    ("-l h_rt=3600", "-t 1:00"),
+    ("--mem=1G -l h_vmem=2G", "--mem"),
+    ("-pe smp 4", "--cpus-per-task"),
+    ("-l gpu=1", "--gres"),
+])
+def test_grid_engine_spellings_are_refused_on_slurm_naming_the_slurm_option(native_spec, instead):
+    with pytest.raises(ConfigurationError, match="Grid Engine's spelling") as caught:
+        Slurm().native_specification(None, native_spec)
+    assert instead in str(caught.value)
+
+
+def test_the_squeue_listing_is_read_per_task():
+    assert Slurm().parse_listing("7_1 RUNNING\n7_2 PENDING\n7_3 CANCELLED\n\n") == {
+        "7_1": "RUNNING", "7_2": "PENDING", "7_3": "CANCELLED"}
+
+
+@pytest.mark.parametrize("scheduler, environment, worker", [
+    (GridEngine(), {"JOB_ID": "49", "SGE_TASK_ID": "3"}, "49.3"),
+    (Slurm(), {"SLURM_ARRAY_JOB_ID": "238", "SLURM_ARRAY_TASK_ID": "4", "SLURM_JOB_ID": "242", "JOB_ID": "9"},
+     "238_4"),
+])
+def test_a_worker_finds_its_own_id_and_its_log_files(scheduler, environment, worker, monkeypatch, tmp_path):
+    for name in ("SHEEPDOG_WORKER_ID", "JOB_ID", "SGE_TASK_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    assert worker_id_from_environment() == worker
+    spec = WorkerSpec(python="python3", environment={}, working_directory=".", log_dir=str(tmp_path), job_name="j")
+    # The placeholders the backend submits with expand to the same names the error messages quote.
+    expanded = log_paths(spec, scheduler.log_id)["stderr"]
+    expanded = expanded.replace("$JOB_ID", "49").replace("$TASK_ID", "3").replace("%A", "238").replace("%a", "4")
+    assert expanded == log_paths(spec, worker)["stderr"]
+
+
+@pytest.mark.slurm
+def test_a_grid_engine_option_reaching_slurm_is_refused_before_anything_is_submitted(store, slurm):
+    with pytest.raises(ConfigurationError, match="--time"):
+        sheepdog_drmaa.map(abs, [1], backend="drmaa", store=store, progress=False, native_spec="-l h_rt=600")
+    assert not slurm.jobs()
+
+
+@pytest.mark.slurm
+def test_a_scheduler_not_known_gets_plain_drmaa_one_named_job_per_worker(store, slurm, monkeypatch, caplog):
+    from sheepdog_drmaa.backends import drmaa as drmaa_backend
+    monkeypatch.setattr(drmaa_backend, "identify", lambda implementation, drms: Scheduler())
+    sweep = sheepdog_drmaa.map_async(lambda x: x * 3, range(6), backend="drmaa", store=store, progress=False,
+                                     workers=3)
+    assert sweep.results() == [0, 3, 6, 9, 12, 15]
+    assert {attempt.worker for attempt in sweep.attempts()} <= {f"sheepdog-{os.getpid()}-{n}" for n in range(1, 99)}
+    with pytest.raises(WorkersCannotStart, match="status 1"):
+        sheepdog_drmaa.map(abs, [1, 2], backend="drmaa", store=store, progress=False, python="/bin/false")
+    wait_until(lambda: not slurm.jobs(), 30, "squeue to be empty")
