@@ -191,18 +191,24 @@ def send_unsigned_body(port, size, chunked=False):
 # -- item 5: nobody without the key makes the server read a body ------------------------------
 
 
+def peak_growth(server, senders):
+    """How much the server's peak RSS grew, in MB, while ``senders`` ran at once (each in a thread)."""
+    before = server.status("VmHWM")
+    threads = [threading.Thread(target=send) for send in senders]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    growth = server.status("VmHWM") - before
+    print(f"peak RSS growth of the server: {growth:.1f} MB")
+    return growth
+
+
 @pytest.mark.parametrize("clients, size, chunked", [(5, 100 * MB, False), (1, 300 * MB, True)],
                          ids=["five-100MB-bodies", "chunked-300MB-body"])
 def test_unsigned_bodies_do_not_raise_the_servers_memory(child, clients, size, chunked):
     server = child()
-    before = server.status("VmHWM")
-    senders = [threading.Thread(target=send_unsigned_body, args=(server.port, size, chunked)) for _ in range(clients)]
-    for sender in senders:
-        sender.start()
-    for sender in senders:
-        sender.join(timeout=30)
-    growth = server.status("VmHWM") - before
-    print(f"peak RSS growth of the server: {growth:.1f} MB")
+    growth = peak_growth(server, [lambda: send_unsigned_body(server.port, size, chunked)] * clients)
     assert growth < 30, f"{clients} unsigned {size // MB} MB bodies raised the server's peak RSS by {growth:.0f} MB"
 
 
@@ -218,14 +224,7 @@ def test_unsigned_headers_do_not_raise_the_servers_memory(child):
                 pass  # refused and closed before the headers were all sent
 
     server = child()
-    before = server.status("VmHWM")
-    senders = [threading.Thread(target=send_long_headers) for _ in range(50)]
-    for sender in senders:
-        sender.start()
-    for sender in senders:
-        sender.join(timeout=30)
-    growth = server.status("VmHWM") - before
-    print(f"peak RSS growth of the server: {growth:.1f} MB")
+    growth = peak_growth(server, [send_long_headers] * 50)
     assert growth < 30, f"50 requests with 6.5 MB of headers raised the server's peak RSS by {growth:.0f} MB"
 
 
