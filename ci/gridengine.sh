@@ -52,13 +52,7 @@ rebuild_cell_if_foreign() {
   fi
 }
 
-wait_for() {  # wait_for SECONDS DESCRIPTION COMMAND...
-  local deadline=$((SECONDS + $1)) what=$2; shift 2
-  until "$@" >/dev/null 2>&1; do
-    if [ $SECONDS -ge $deadline ]; then log "timed out waiting for $what"; return 1; fi
-    sleep 0.5
-  done
-}
+. "$(dirname "$0")/lib.sh"
 
 edit_with() {  # edit_with SED_SCRIPT qconf -mXXX ...: run a qconf editor command non-interactively
   local script=$1; shift

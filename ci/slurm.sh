@@ -20,13 +20,7 @@ conf=/etc/slurm/slurm.conf
 state=/var/lib/slurm/slurmctld
 log() { echo "[slurm] $*" >&2; }
 
-wait_for() {  # wait_for SECONDS DESCRIPTION COMMAND...
-  local deadline=$((SECONDS + $1)) what=$2; shift 2
-  until "$@" >/dev/null 2>&1; do
-    if [ $SECONDS -ge $deadline ]; then log "timed out waiting for $what"; return 1; fi
-    sleep 0.2
-  done
-}
+. "$(dirname "$0")/lib.sh"
 
 check_tarball() {
   if [ ! -f "$tarball" ] && [ ! -f "$prefix/lib/libdrmaa.so" ]; then

@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
-# Set up everything (the package, a one-node Grid Engine, a one-node Slurm) and run the test suite:
+# Set up everything (the package, a one-node Grid Engine with three more hosts in network
+# namespaces, a one-node Slurm) and run ruff, mypy and the test suite:
 # local and Grid Engine in one pytest process, then Slurm in another (drmaa-python loads one
 # libdrmaa per process). Without slurm-drmaa's source (ci/slurm.sh exits 3) Slurm is left out,
 # saying so in one line.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 eval "$(bash ci/gridengine.sh)"
+# Three execution hosts in network namespaces; after gridengine.sh, which restarts every execd.
+eval "$(bash ci/multihost.sh)"
 python3 -m pip install -q --disable-pip-version-check -e '.[test]' 2>&1 | grep -v -e "Running pip as the 'root' user" -e "is ignored: it is neither" || true
 
 # The habits first: lint and types, on the whole tree.
