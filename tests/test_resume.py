@@ -154,9 +154,9 @@ def flaky(directory, x):
     return x
 
 
-def test_the_command_line_on_finished_failed_and_retried_tasks(store, tmp_path):
+def test_the_command_line_on_finished_failed_and_retried_tasks(backend, store, tmp_path):
     with pytest.raises(sheepdog_drmaa.SweepFailed):
-        sheepdog_drmaa.map(flaky, [(str(tmp_path), x) for x in range(4)], backend="local", store=store,
+        sheepdog_drmaa.map(flaky, [(str(tmp_path), x) for x in range(4)], backend=backend, store=store,
                            name="mixed", progress=False)
     listing = cli(store, "list")
     assert "mixed" in listing and "failed" in listing
