@@ -123,7 +123,7 @@ _FROM_ENV: dict[str, Callable[[str], Any]] = {
     "bind": str, "port": int, "python": str, "env": _parse_env_mapping, "queue": str,
     "native_spec": str, "job_name": str, "log_dir": str, "progress": _parse_bool, "errors": str,
     "retries": int, "timeout": float, "heartbeat_interval": float, "heartbeat_timeout": float,
-    "store": str, "max_result_size": str, "output_limit": str, "walltime": str, "task_time": float,
+    "store": str, "max_result_size": str, "output_limit": str, "walltime": str, "task_time": str,
 }
 
 

@@ -70,7 +70,9 @@ class Run:
         handlers = {protocol.ROUTE_HELLO: self._hello, protocol.ROUTE_LEASE: self._lease,
                     protocol.ROUTE_HEARTBEAT: self._heartbeat, protocol.ROUTE_SETUP_FAILED: self._setup_failed}
         # A request carries at most one result (or one pickled exception) and its envelope.
-        max_body = options.max_result_size + protocol.ENVELOPE_BYTES
+        # A report carries one result (or pickled exception), the output kept (up to 3 bytes a
+        # character once decoded, for each of two streams) and its envelope.
+        max_body = options.max_result_size + 6 * options.output_limit + protocol.ENVELOPE_BYTES
         self.server = TaskServer(make_app(key, handlers, max_body=max_body), bind, port)
         self.url = self.server.url_for(host)
         environment = dict(spec_without_url.environment)
@@ -320,7 +322,8 @@ class Run:
                 self.cancel_requested.set()
                 running = list(self.state.running.values())
                 self.state.cancel(time.time())
-                for attempt in running:
+                # A client that lost its claim leaves the store to the one that took it over.
+                for attempt in [] if isinstance(self.outcome, SweepLocked) else running:
                     self._quietly(self.store.record_end, self.sweep_id, attempt.task, attempt.number,
                                   Cause.CANCELLED.value, attempt.ended or time.time(), attempt.detail,
                                   TaskState.PENDING.value)

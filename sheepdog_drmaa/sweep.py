@@ -120,6 +120,7 @@ class SweepState:
         self.walltime = walltime      # each worker's runtime limit, if it has one
         self.task_time = task_time    # the user's guess of one task's duration, until some have run
         self.durations: collections.deque[float] = collections.deque(maxlen=DURATION_SAMPLES)
+        self.walltime_retried: set[int] = set()  # tasks already retried once, uncounted, after a walltime end
         self.states: list[TaskState] = [TaskState.PENDING] * n_tasks
         for index in done:
             self.states[index] = TaskState.DONE
@@ -144,7 +145,7 @@ class SweepState:
     def live_workers(self) -> list[Worker]:
         return [w for w in self.workers.values() if not w.ended and not w.terminated]
 
-    def hello(self, worker_id: str, host: str | None = None, now: float = 0.0) -> bool:
+    def hello(self, worker_id: str, host: str | None = None, now: float | None = None) -> bool:
         """A worker reached the server. False if it is not one of ours (it is told to exit)."""
         worker = self.workers.get(worker_id)
         if worker is None or worker.ended or worker.terminated:
@@ -248,7 +249,9 @@ class SweepState:
     def _walltime_detail(self, worker: Worker, attempt: Attempt, ending: str) -> dict[str, Any]:
         """The summary of an attempt ended at its worker's limit, and whether a fresh worker could fit it."""
         assert self.walltime is not None and worker.started is not None
-        fits = attempt.started - worker.started > WALLTIME_SLACK  # it had less than a whole walltime
+        # It had less than a whole walltime only if it was not the worker's first task; and a task
+        # is retried uncounted once at most, so that a wrong guess of its duration cannot loop.
+        fits = worker.tasks_leased > 1 and attempt.task not in self.walltime_retried
         if fits:
             summary = (f"its worker reached its runtime limit of {self.walltime:g} s ({ending}); the task "
                        "had started late in the worker's life and is tried again in a fresh worker, not "
@@ -362,7 +365,9 @@ class SweepState:
             self.n_done += 1
             self.durations.append(now - attempt.started)
             return
-        if cause is not Cause.WALLTIME or not detail.get("fits_fresh_worker"):
+        if cause is Cause.WALLTIME and detail.get("fits_fresh_worker"):
+            self.walltime_retried.add(task)
+        else:
             self.failure_counts[task] = self.failure_counts.get(task, 0) + 1
         self.failed_attempts.setdefault(task, []).append(attempt)
         if next_state is TaskState.PENDING:

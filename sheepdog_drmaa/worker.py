@@ -126,6 +126,15 @@ def call_function(function: Callable[..., Any], item: Any) -> Any:
     return function(item)
 
 
+def _flush_c_streams() -> None:
+    """Flush C's stdio buffers too (printf from an extension is block-buffered into a file)."""
+    try:
+        import ctypes
+        ctypes.CDLL(None).fflush(None)
+    except (ImportError, OSError, AttributeError):
+        pass  # no C library to ask: what C code printed arrives when the worker exits
+
+
 class CapturedOutput:
     """What each task printed, cut out of the worker's own log files.
 
@@ -158,6 +167,7 @@ class CapturedOutput:
         report = task()
         for stream in (sys.stdout, sys.stderr):
             stream.flush()
+        _flush_c_streams()
         report["output"] = {name: self._read(reader, starts[name], self._end(descriptor))
                             for name, (descriptor, reader) in self.readers.items()}
         return report

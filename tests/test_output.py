@@ -1,4 +1,5 @@
 """Each attempt's stdout and stderr, kept with the attempt: prints, C-level writes and subprocesses."""
+import ctypes
 import json
 import os
 import subprocess
@@ -20,6 +21,7 @@ def noisy(x):
     print(f"python print {x}")
     os.write(1, f"raw write {x}\n".encode())
     subprocess.run(["sh", "-c", f"echo subprocess {x}; echo 'to stderr {x}' >&2"], check=True)
+    ctypes.CDLL(None).printf(b"c printf %d\n", x)  # C stdio: block-buffered into a file
     sys.stderr.write(f"python stderr {x}\n")
     if x == 2:
         raise ValueError("two")
@@ -33,7 +35,8 @@ def test_each_attempt_keeps_what_its_task_printed(backend, store):
     sweep = sheepdog_drmaa.Sweep.open("noisy", store=store)
     for x in range(3):
         attempt = sweep.attempts(x)[-1]
-        assert attempt.stdout.splitlines() == [f"python print {x}", f"raw write {x}", f"subprocess {x}"]
+        assert attempt.stdout.splitlines() == [f"python print {x}", f"raw write {x}", f"subprocess {x}",
+                                               f"c printf {x}"]
         assert f"to stderr {x}" in attempt.stderr and f"python stderr {x}" in attempt.stderr
         assert not any(f"print {other}" in attempt.stdout for other in range(3) if other != x)
     assert "its stderr ended with" in results[2].describe() and "python stderr 2" in results[2].describe()

@@ -204,3 +204,26 @@ def test_each_lost_task_gets_a_replacement_worker_beyond_the_spare_ones():
     for worker in ("w1", "w2", "w3"):  # their node died: three tasks are pending again
         state.worker_ended(ExitInfo(worker, aborted=True), now=1)
     assert len(state.pending) == 5 and state.workers_to_submit() == 4  # "queued" may take one, not all
+
+
+def test_a_workers_first_task_ended_at_its_limit_had_the_whole_limit():
+    state = SweepState(1, walltime=20.0, retries=3)
+    state.add_workers(["w1"])
+    state.hello("w1", now=0.0)
+    state.lease("w1", now=10.0)  # its first task, however late (loading f took long, say)
+    ended = state.worker_ended(ExitInfo("w1", signaled=True, signal="SIGKILL"), now=20.0)
+    assert ended.cause is Cause.WALLTIME and not ended.detail["fits_fresh_worker"]
+    assert state.states[0] is TaskState.FAILED
+
+
+def test_a_walltime_end_is_retried_uncounted_once_at_most():
+    state = SweepState(2, walltime=20.0, retries=1)
+    outcomes = []
+    for round_, worker in enumerate(["a", "b"]):
+        state.add_workers([worker])
+        state.hello(worker, now=100.0 * round_)
+        state.workers[worker].tasks_leased = 1  # as if it had finished another task first
+        attempt = state.lease(worker, now=100.0 * round_ + 5)
+        ended = state.worker_ended(ExitInfo(worker, signaled=True, signal="SIGKILL"), now=100.0 * round_ + 20)
+        outcomes.append((attempt.task, ended.detail["fits_fresh_worker"], state.failure_counts.get(attempt.task, 0)))
+    assert outcomes == [(0, True, 0), (0, False, 1)]  # the second time it counts, as any failure

@@ -184,7 +184,16 @@ class DrmaaBackend:
                 remaining = count if self.scheduler.bulk else 0
                 while remaining:
                     size = min(remaining, self.max_array_size)
-                    ids.extend(self.session.runBulkJobs(template, 1, size, 1))
+                    try:
+                        ids.extend(self.session.runBulkJobs(template, 1, size, 1))
+                    except self.drmaa.errors.DrmaaException as error:
+                        if not ids:
+                            raise
+                        # Some arrays went out: they are this submission (the runner asks again
+                        # for the rest), never ids dropped with an exception.
+                        log.warning("submitted %d of %d workers before %s refused the rest (%s); the rest "
+                                    "will be asked for again", len(ids), count, title, error)
+                        break
                     remaining -= size
                 if not self.scheduler.bulk:
                     ids.extend(self._run_named(template, spec) for _ in range(count))
