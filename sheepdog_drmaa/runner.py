@@ -62,7 +62,8 @@ class Run:
             retry_exceptions=tuple(protocol.qualified_name(t) for t in options.retry_exceptions),
             tasks_per_worker=options.tasks_per_worker,
             max_workers=options.workers or options.max_workers, timeout=options.timeout,
-            heartbeat_timeout=options.heartbeat_timeout, done=done, walltime=options.runtime_limit(),
+            heartbeat_timeout=options.heartbeat_timeout, done=done, attempts_made=store.attempts_made(sweep_id),
+            walltime=options.runtime_limit(),
             task_time=options.task_time)
         self.completed: queue.Queue[int | None] = queue.Queue()
         for index in done:

@@ -396,6 +396,13 @@ class Store:
         with self._reading() as db:
             return int(db.execute("SELECT COUNT(*) FROM tasks WHERE sweep_id = ?", (sweep_id,)).fetchone()[0])
 
+    def attempts_made(self, sweep_id: str) -> dict[int, int]:
+        """How many attempts each unfinished task has had, for those that had any (a resumed sweep)."""
+        with self._reading() as db:
+            rows = db.execute("SELECT idx, attempts FROM tasks WHERE sweep_id = ? AND state != 'done' "
+                              "AND attempts > 0", (sweep_id,)).fetchall()
+        return {row["idx"]: row["attempts"] for row in rows}
+
     def task_args(self, sweep_id: str, index: int) -> bytes:
         with self._reading() as db:
             row = db.execute("SELECT args, args_large FROM tasks WHERE sweep_id = ? AND idx = ?",

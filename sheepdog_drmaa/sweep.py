@@ -106,6 +106,7 @@ class SweepState:
         heartbeat_timeout: float = 60.0,
         start_failure_limit: int = 5,
         done: Iterable[int] = (),
+        attempts_made: Mapping[int, int] | None = None,
         walltime: float | None = None,
         task_time: float | None = None,
     ) -> None:
@@ -126,7 +127,8 @@ class SweepState:
             self.states[index] = TaskState.DONE
         self.pending: collections.deque[int] = collections.deque(
             i for i, s in enumerate(self.states) if s is TaskState.PENDING)
-        self.attempt_numbers: dict[int, int] = {}
+        # Attempts are numbered on from those an earlier client made, so none is recorded twice.
+        self.attempt_numbers: dict[int, int] = dict(attempts_made or {})
         self.failure_counts: dict[int, int] = {}
         self.failed_attempts: dict[int, list[Attempt]] = {}
         self.workers: dict[str, Worker] = {}

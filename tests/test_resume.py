@@ -71,6 +71,10 @@ def test_a_killed_client_resumes_without_rerunning_finished_tasks(backend, store
     # The process that ran task 6 for the killed client was stopped, not left to run it a second time.
     orphan = int((directory / "6.runs").read_text().splitlines()[0])
     wait_until(lambda: gone(orphan), 30, "the killed client's worker to be gone")
+    # The killed client's attempt at task 6 is kept; the new client's attempt is numbered after it.
+    attempts = sheepdog_drmaa.Sweep.open("sweep-42", store=store).attempts(6)
+    assert [a.number for a in attempts] == [1, 2] and attempts[1].cause == "result"
+    assert attempts[0].worker != attempts[1].worker
     if backend == "drmaa":
         wait_until(lambda: not Cluster(backend.scheduler).jobs(), 30, "no job to be left")
 
