@@ -293,13 +293,15 @@ class Run:
                 info = self.backend.wait_any(0)
             with self.lock:
                 now = time.time()
-                for worker, cause in self.state.overdue(now):
+                overdue = self.state.overdue(now)
+                for worker, cause in overdue:
                     attempt = self.state.expire(worker, cause, now)
-                    self.backend.terminate([worker])
                     if attempt is not None:
                         self._persist_end(attempt)
                 surplus = self.state.surplus_workers()
                 counts = self.state.counts()
+            if overdue:  # outside the lock: a scheduler that hangs must not stall the workers' requests
+                self.backend.terminate([worker for worker, _ in overdue])
             if surplus:
                 log.info("removing %d queued workers that are no longer needed", len(surplus))
                 self.to_remove.extend(surplus)
