@@ -126,13 +126,21 @@ def call_function(function: Callable[..., Any], item: Any) -> Any:
     return function(item)
 
 
-def _flush_c_streams() -> None:
-    """Flush C's stdio buffers too (printf from an extension is block-buffered into a file)."""
+@functools.cache  # loaded once per process: it is asked after every task
+def _libc() -> Any:
+    """This process's C library through ctypes (imported only when first needed), or None."""
     try:
         import ctypes
-        ctypes.CDLL(None).fflush(None)
-    except (ImportError, OSError, AttributeError):
-        pass  # no C library to ask: what C code printed arrives when the worker exits
+        return ctypes.CDLL(None, use_errno=True)
+    except (ImportError, OSError):
+        return None
+
+
+def _flush_c_streams() -> None:
+    """Flush C's stdio buffers too (printf from an extension is block-buffered into a file)."""
+    libc = _libc()
+    if libc is not None:  # without one, what C code printed arrives when the worker exits
+        libc.fflush(None)
 
 
 class CapturedOutput:
@@ -324,10 +332,11 @@ def become_subreaper() -> None:
 
     Linux only; elsewhere they still escape to init.
     """
+    libc = _libc()
     try:
-        import ctypes  # here, not at the top: only the parent needs it
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
-    except (ImportError, OSError, AttributeError):  # no ctypes, or no prctl in this C library
+        if libc is not None:
+            libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    except AttributeError:  # no prctl in this C library
         pass
 
 

@@ -14,15 +14,15 @@ from helpers import wait_until
 import sheepdog_drmaa
 
 
-def six_seconds(x):
-    time.sleep(6)
+def sleep_then(seconds, x):
+    time.sleep(seconds)
     return x
 
 
 @pytest.mark.gridengine
 def test_a_long_sweep_under_a_runtime_limit_loses_no_attempt_to_it(gridengine, store):
     started = time.monotonic()
-    results = sheepdog_drmaa.map(six_seconds, range(40), backend="drmaa", store=store, progress=False,
+    results = sheepdog_drmaa.map(sleep_then, [(6, x) for x in range(40)], backend="drmaa", store=store, progress=False,
                                  workers=4, native_spec="-l h_rt=0:0:20", name="walltime")
     elapsed = time.monotonic() - started
     assert results == list(range(40))
@@ -36,16 +36,11 @@ def test_a_long_sweep_under_a_runtime_limit_loses_no_attempt_to_it(gridengine, s
     wait_until(lambda: not gridengine.jobs(), 30, "qstat to be empty")
 
 
-def sleep_a_minute(x):
-    time.sleep(60)
-    return x
-
-
 @pytest.mark.gridengine
 def test_a_task_longer_than_the_runtime_limit_fails_at_once_naming_the_option(gridengine, store):
     started = time.monotonic()
     with pytest.raises(sheepdog_drmaa.SweepFailed) as caught:
-        sheepdog_drmaa.map(sleep_a_minute, [1], backend="drmaa", store=store, progress=False, retries=3,
+        sheepdog_drmaa.map(sleep_then, [(60, 1)], backend="drmaa", store=store, progress=False, retries=3,
                            native_spec="-l h_rt=0:0:6")
     failure = caught.value.failures[0]
     assert failure.cause == "walltime" and failure.attempts == 1
@@ -80,6 +75,6 @@ def test_walltime_is_asked_of_the_scheduler(cluster, store, tmp_path):
 @pytest.mark.slurm
 def test_a_grid_engine_runtime_spelling_is_refused_on_slurm_before_anything_is_stored(slurm, store):
     with pytest.raises(sheepdog_drmaa.ConfigurationError, match=r"-l h_rt=0:0:20 is Grid Engine's spelling.*--time"):
-        sheepdog_drmaa.map(six_seconds, [1], backend="drmaa", store=store, progress=False,
+        sheepdog_drmaa.map(sleep_then, [(6, 1)], backend="drmaa", store=store, progress=False,
                            native_spec="-l h_rt=0:0:20")
     assert not os.path.exists(store)
