@@ -122,7 +122,7 @@ def _start(f: Callable[..., Any], args: Iterable[Any], given: dict[str, Any]) ->
     host, bind = _check_address(options)
     backend = open_backend(options.backend, local_slots=options.workers)
     try:
-        backend.check_request(options.queue, options.native_spec, options.walltime)
+        backend.check_request(_worker_spec(options, log_dir=""))
         if backend.name == "drmaa":
             _warn_if_loopback(host)
         store = Store(options.store)
@@ -286,9 +286,7 @@ def _make_run(store: Store, record: SweepRecord, options: Options, function: byt
     key_path = os.path.join(private_directory(os.path.join(base, "keys")), f"{record.id}-{os.getpid()}.key")
     protocol.write_key_file(key_path, key)
     log_dir = private_directory(os.path.abspath(options.log_dir or os.path.join(base, "logs", record.id)))
-    spec = WorkerSpec(python=options.python, environment=_worker_environment(options), working_directory=os.getcwd(),
-                      log_dir=log_dir, job_name=options.job_name, queue=options.queue, native_spec=options.native_spec,
-                      walltime=options.walltime)
+    spec = _worker_spec(options, log_dir)
     try:
         return Run(store=store, sweep_id=record.id, label=record.name or record.id, n_tasks=record.n_tasks,
                    function=function, backend=backend, spec_without_url=spec, key=key, key_path=key_path,
@@ -297,6 +295,13 @@ def _make_run(store: Store, record: SweepRecord, options: Options, function: byt
     except BaseException:
         os.unlink(key_path)
         raise
+
+
+def _worker_spec(options: Options, log_dir: str) -> WorkerSpec:
+    """How this sweep's workers are to be started, as asked of the scheduler."""
+    return WorkerSpec(python=options.python, environment=_worker_environment(options), working_directory=os.getcwd(),
+                      log_dir=log_dir, job_name=options.job_name, queue=options.queue, native_spec=options.native_spec,
+                      walltime=options.walltime)
 
 
 def _worker_environment(options: Options) -> dict[str, str]:

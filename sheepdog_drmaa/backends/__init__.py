@@ -27,6 +27,7 @@ class WorkerSpec:
     queue: str | None = None
     native_spec: str | None = None
     walltime: float | None = None  # each worker's runtime limit, asked of the scheduler
+    avoid_hosts: tuple[str, ...] = ()  # hosts whose workers never reached the server: not to be used
 
 
 # A worker an earlier client started: (id, host it said hello from, its process group there).
@@ -42,9 +43,13 @@ class Backend(Protocol):
     def submit(self, count: int, spec: WorkerSpec) -> list[str]:
         """Start ``count`` workers as one bulk submission; return their ids."""
 
-    def check_request(self, queue: str | None, native_spec: str | None, walltime: float | None) -> None:
+    def check_request(self, spec: WorkerSpec) -> None:
         """Raise ConfigurationError for a request this scheduler would refuse, before anything is
         stored or submitted."""
+
+    def running_hosts(self) -> dict[str, str | None]:
+        """Workers the scheduler shows started (running, or being sent to their host), each with the
+        host it was sent to where known. Cheap: answered from what the backend last listed."""
 
     def wait_any(self, timeout: float) -> ExitInfo | None:
         """The exit information of one finished worker, or None after ``timeout`` seconds."""

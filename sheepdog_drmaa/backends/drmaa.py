@@ -159,9 +159,9 @@ class DrmaaBackend:
         self._listing_interval = LIST_MIN_SECONDS
         self._closed = False
 
-    def check_request(self, queue: str | None, native_spec: str | None, walltime: float | None) -> None:
+    def check_request(self, spec: WorkerSpec) -> None:
         """The options as this scheduler would be asked (Grid Engine spellings refused on Slurm, say)."""
-        self.scheduler.native_specification(queue, native_spec, walltime)
+        self.scheduler.native_specification(spec.queue, spec.native_spec, spec.walltime)
 
     def submit(self, count: int, spec: WorkerSpec) -> list[str]:
         native = self.scheduler.native_specification(spec.queue, spec.native_spec, spec.walltime)

@@ -77,7 +77,7 @@ class LocalBackend:
             return
         self._running[worker_id] = (process, spec, time.time())
 
-    def check_request(self, queue: str | None, native_spec: str | None, walltime: float | None) -> None:
+    def check_request(self, spec: WorkerSpec) -> None:
         """Local workers take no scheduler options: nothing to refuse (a walltime still guides leasing)."""
 
     def wait_any(self, timeout: float) -> ExitInfo | None:
