@@ -31,9 +31,11 @@ ENV_WORKER_ID = "SHEEPDOG_WORKER_ID"
 
 # Routes, all POST.
 ROUTE_HELLO = "/hello"
-ROUTE_LEASE = "/lease"
+ROUTE_LEASE = "/lease"          # reports what the worker ran, and asks for its next batch
+ROUTE_REPORT = "/report"        # reports part of a batch early (a large result, or a slow batch)
 ROUTE_HEARTBEAT = "/heartbeat"
 ROUTE_SETUP_FAILED = "/setup-failed"
+ROUTE_TASK_DIED = "/task-died"  # the worker's parent names the task its child was running as it died
 
 HEADER_SIGNATURE = "X-Sheepdog-Signature"
 HEADER_NONCE = "X-Sheepdog-Nonce"
@@ -52,6 +54,11 @@ GRID_ENGINE_RESERVED = (99, 100)
 REPLAY_WINDOW = 300.0
 # Room for a report's own fields (usage, exception text) around its result, in bytes.
 ENVELOPE_BYTES = 1 << 20
+# A worker sends the reports it has gathered once they reach about this size (or this age, in
+# seconds) without waiting for the end of its batch: one request carries at most this much more
+# than its largest report.
+REPORT_FLUSH_BYTES = 1 << 20
+REPORT_FLUSH_SECONDS = 1.0
 
 _NONCE = re.compile(r"[0-9a-f]{32}")  # what new_nonce makes
 
@@ -168,6 +175,12 @@ class Maybe(NamedTuple):
     kind: Any
 
 
+class ListOf(NamedTuple):
+    """In a message shape: a list whose items each have the shape ``item``."""
+
+    item: Any
+
+
 # What each route's message holds: field name -> type, or the shape of a nested dict, or Maybe of
 # either. Other fields are ignored. The server refuses a message that does not fit its shape.
 Shape = dict[str, Any]
@@ -179,9 +192,11 @@ _REPORT: Shape = {"task": int, "number": int, "result": Maybe(bytes), "exception
                   "usage": Maybe(dict)}
 MESSAGE_SHAPES: dict[str, Shape] = {
     ROUTE_HELLO: {"worker": str, "host": Maybe(str), "process_group": Maybe(int)},
-    ROUTE_LEASE: {"worker": str, "report": Maybe(_REPORT)},
-    ROUTE_HEARTBEAT: {"worker": str, "task": int, "number": int},
+    ROUTE_LEASE: {"worker": str, "reports": ListOf(_REPORT)},
+    ROUTE_REPORT: {"worker": str, "reports": ListOf(_REPORT)},
+    ROUTE_HEARTBEAT: {"worker": str, "running": Maybe({"task": int, "number": int, "elapsed": float})},
     ROUTE_SETUP_FAILED: {"worker": str, "error": Maybe(_ERROR)},
+    ROUTE_TASK_DIED: {"worker": str, "task": int, "number": int, "max_rss_kb": Maybe(int)},
 }
 
 
@@ -199,6 +214,13 @@ def shape_problem(value: Any, shape: Shape, where: str = "message") -> str | Non
             problem = shape_problem(field, kind, place)
             if problem is not None:
                 return problem
+        elif isinstance(kind, ListOf):
+            if not isinstance(field, list):
+                return f"{place} is a {type(field).__name__}, not a list"
+            for index, item in enumerate(field):
+                problem = shape_problem(item, kind.item, f"{place}[{index}]")
+                if problem is not None:
+                    return problem
         elif not isinstance(field, kind) or (kind is int and isinstance(field, bool)):
             return f"{place} is a {type(field).__name__}, not a {kind.__name__}"
     return None

@@ -33,12 +33,13 @@ from .options import Options
 from .progress import Progress
 from .records import with_source_file
 from .server import TaskServer, make_app
-from .store import Store
-from .sweep import Attempt, StartFailure, SweepPhase, SweepState, TaskState
+from .store import AttemptEnd, Lease, Store
+from .sweep import Attempt, StartFailure, SweepPhase, SweepState, TaskState, Worker
 
 log = logging.getLogger(__name__)
 
 POLL_SECONDS = 0.1
+OUT_OF_BAND_BYTES = 64 * 1024  # arguments larger than this travel beside the lease's pickle
 REMOVAL_BATCH = 50
 SUBMIT_RETRY_SECONDS = 10.0
 REAP_SECONDS = 15.0
@@ -69,11 +70,13 @@ class Run:
         for index in done:
             self.completed.put(index)
         handlers = {protocol.ROUTE_HELLO: self._hello, protocol.ROUTE_LEASE: self._lease,
-                    protocol.ROUTE_HEARTBEAT: self._heartbeat, protocol.ROUTE_SETUP_FAILED: self._setup_failed}
-        # A request carries at most one result (or one pickled exception) and its envelope.
+                    protocol.ROUTE_REPORT: self._report, protocol.ROUTE_HEARTBEAT: self._heartbeat,
+                    protocol.ROUTE_SETUP_FAILED: self._setup_failed, protocol.ROUTE_TASK_DIED: self._task_died}
         # A report carries one result (or pickled exception), the output kept (up to 3 bytes a
-        # character once decoded, for each of two streams) and its envelope.
-        max_body = options.max_result_size + 6 * options.output_limit + protocol.ENVELOPE_BYTES
+        # character once decoded, for each of two streams) and its envelope; a request carries
+        # the reports gathered below the flush size, and one more.
+        max_body = (options.max_result_size + 6 * options.output_limit + protocol.ENVELOPE_BYTES
+                    + protocol.REPORT_FLUSH_BYTES)
         self.server = TaskServer(make_app(key, handlers, max_body=max_body), bind, port)
         self.url = self.server.url_for(host)
         environment = dict(spec_without_url.environment)
@@ -114,63 +117,87 @@ class Run:
         return {}
 
     def _lease(self, message: dict[str, Any]) -> dict[str, Any]:
+        """Store what the worker reports, then give it its next batch (none: it should exit)."""
         worker = message["worker"]
-        report = message.get("report")
         now = time.time()
         with self.lock, self._fatal_on_store_error():
-            if isinstance(report, dict):
-                self._accept_report(worker, report, now)
+            self._accept_reports(worker, message["reports"], now)
             if self.cancel_requested.is_set() or self.fatal is not None:
-                return {"lease": None}
-            attempt = self.state.lease(worker, now)
-            if attempt is None:
-                return {"lease": None}
-            self.store.record_lease(self.sweep_id, attempt.task, attempt.number, worker, attempt.host, now)
-            args = self.store.task_args(self.sweep_id, attempt.task)
-        return {"lease": {"task": attempt.task, "number": attempt.number, "args": protocol.out_of_band(args)}}
+                return {"leases": []}
+            batch = self.state.lease(worker, now)
+            if not batch:
+                return {"leases": []}
+            args = self.store.record_leases(self.sweep_id, [Lease(a.task, a.number, worker, a.host, a.started)
+                                                            for a in batch])
+        return {"leases": [{"task": a.task, "number": a.number,
+                            "args": protocol.out_of_band(blob) if len(blob) > OUT_OF_BAND_BYTES else blob}
+                           for a, blob in zip(batch, args)]}
 
-    def _accept_report(self, worker: str, report: dict[str, Any], now: float) -> None:
-        """Store the reported ending first; only once it is stored does the task change state.
+    def _report(self, message: dict[str, Any]) -> dict[str, Any]:
+        """Part of a batch, reported before the batch's end."""
+        with self.lock, self._fatal_on_store_error():
+            self._accept_reports(message["worker"], message["reports"], time.time())
+        return {}
 
-        A result the store cannot hold becomes that task's failure, naming the limit.
-        """
-        task, number = report.get("task", -1), report.get("number", -1)
-        attempt = self.state.current(worker, task, number)
-        if attempt is None:
-            log.info("dropped a late report from %s for task %s: that attempt was already closed", worker, task)
+    def _accept_reports(self, worker: str, reports: list[dict[str, Any]], now: float) -> None:
+        """Store the reported endings first, all in one transaction; only once they are stored do
+        their tasks change state. A result the store cannot hold becomes that task's failure."""
+        ends: list[tuple[Attempt, Cause, dict[str, Any], bytes | None, bytes | None, dict[str, str]]] = []
+        seen = set()
+        for report in reports:
+            task, number = report["task"], report["number"]
+            attempt = self.state.current(worker, task, number)
+            if attempt is None or task in seen:
+                log.info("dropped a late report from %s for task %s: that attempt was already closed", worker, task)
+                continue
+            seen.add(task)
+            ends.append((attempt, *self._reported_ending(report)))
+        if not ends:
             return
+        try:
+            self._store_ends(ends, now)
+        except StoreTooLarge:  # one of them (at least) does not fit: store them one by one
+            for position, end in enumerate(ends):
+                try:
+                    self._store_ends([end], now)
+                except StoreTooLarge as too_large:
+                    ends[position] = end = self._too_large(end, too_large)
+                    self._store_ends([end], now)
+        for attempt, cause, detail, _, _, _ in ends:
+            self.state.finish(worker, attempt.task, attempt.number, cause, now, detail)
+            self._announce_end(attempt)
+
+    def _reported_ending(self, report: dict[str, Any]
+                         ) -> tuple[Cause, dict[str, Any], bytes | None, bytes | None, dict[str, str]]:
+        """A worker's report as (cause, detail, pickled result, pickled exception, output)."""
         usage = report.get("usage")
         detail: dict[str, Any] = {"resource_usage": dict(usage) if isinstance(usage, dict) else {}}
         exception = report.get("exception")
-        result: bytes | None = None
-        error: bytes | None = None
         if isinstance(exception, dict):
-            cause = Cause.EXCEPTION
             detail.update({"summary": f"{exception.get('type')}: {exception.get('message')}",
                            "exception_types": list(exception.get("types", ())),
                            "traceback": with_source_file(exception.get("traceback", ""), self.source_file)})
-            error = exception.get("pickle")
-        else:
-            cause, result = Cause.RESULT, report.get("result")
-        output = report.get("output") or {}
-        try:
-            self._store_end(attempt, cause, now, detail, result, error, output)
-        except StoreTooLarge as too_large:
-            cause = Cause.EXCEPTION
-            size = len(result or b"") + len(error or b"")
-            detail.update({"summary": f"ResultTooLarge: the pickled result is {size:,} bytes, more than the "
-                                      f"store can hold ({too_large}); return less, or write it to a file and "
-                                      "return the path",
-                           "exception_types": [protocol.qualified_name(ResultTooLarge)]})
-            self._store_end(attempt, cause, now, detail, None, None, output)
-        self.state.finish(worker, task, number, cause, now, detail)
-        self._announce_end(attempt)
+            return Cause.EXCEPTION, detail, None, exception.get("pickle"), report.get("output") or {}
+        return Cause.RESULT, detail, report.get("result"), None, report.get("output") or {}
 
-    def _store_end(self, attempt: Attempt, cause: Cause, now: float, detail: dict[str, Any],
-                   result: bytes | None, error: bytes | None, output: dict[str, str]) -> None:
-        task_state = self.state.outcome(attempt, cause, detail).value
-        self.store.record_end(self.sweep_id, attempt.task, attempt.number, cause.value, now, detail, task_state,
-                              result=result, error=error, output=output)
+    @staticmethod
+    def _too_large(end: tuple[Attempt, Cause, dict[str, Any], bytes | None, bytes | None, dict[str, str]],
+                   too_large: StoreTooLarge
+                   ) -> tuple[Attempt, Cause, dict[str, Any], bytes | None, bytes | None, dict[str, str]]:
+        """The ending of an attempt whose result (or exception) the store refused: a failure naming the limit."""
+        attempt, _, detail, result, error, output = end
+        size = len(result or b"") + len(error or b"")
+        detail = dict(detail, summary=f"ResultTooLarge: the pickled result is {size:,} bytes, more than the store "
+                                      f"can hold ({too_large}); return less, or write it to a file and return the path",
+                      exception_types=[protocol.qualified_name(ResultTooLarge)])
+        return attempt, Cause.EXCEPTION, detail, None, None, output
+
+    def _store_ends(self, ends: list[tuple[Attempt, Cause, dict[str, Any], bytes | None, bytes | None,
+                                           dict[str, str]]], now: float) -> None:
+        self.store.record_ends(self.sweep_id, [
+            AttemptEnd(attempt.task, attempt.number, cause.value, now, detail,
+                       self.state.outcome(attempt, cause, detail).value, result, error, output)
+            for attempt, cause, detail, result, error, output in ends])
 
     @contextlib.contextmanager
     def _fatal_on_store_error(self) -> Iterator[None]:
@@ -183,26 +210,37 @@ class Run:
             raise
 
     def _heartbeat(self, message: dict[str, Any]) -> dict[str, Any]:
+        running = message.get("running")
+        named = (running["task"], running["number"], running["elapsed"]) if running else None
         with self.lock:
-            current = self.state.heartbeat(message["worker"], message.get("task", -1), message.get("number", -1),
-                                           time.time())
-        return {"current": current}
+            holds = self.state.heartbeat(message["worker"], named, time.time())
+        return {"current": holds}
 
-    def _persist_end(self, attempt: Attempt, worker_ended: bool = False) -> None:
-        """Store an attempt the state has already ended (by the scheduler's word or our own decision),
-        with its worker's ending when that is what ended it."""
-        assert attempt.cause is not None and attempt.ended is not None
-        task_state = self.state.states[attempt.task].value
-        self.store.record_end(self.sweep_id, attempt.task, attempt.number, attempt.cause.value, attempt.ended,
-                              attempt.detail, task_state, worker_ended=attempt.worker if worker_ended else None)
-        self._announce_end(attempt)
+    def _task_died(self, message: dict[str, Any]) -> dict[str, Any]:
+        """The worker's parent names the task its child was running as it died."""
+        detail = {"peak_rss_kb": message["max_rss_kb"]} if message.get("max_rss_kb") is not None else {}
+        with self.lock:
+            self.state.task_died(message["worker"], message["task"], message["number"], detail)
+        return {}
+
+    def _persist_ends(self, attempts: list[Attempt], worker_ended: str | None = None) -> None:
+        """Store attempts the state has already ended (by the scheduler's word or our own decision),
+        in one transaction with their worker's ending when that is what ended them."""
+        ends = []
+        for attempt in attempts:
+            assert attempt.cause is not None and attempt.ended is not None
+            ends.append(AttemptEnd(attempt.task, attempt.number, attempt.cause.value, attempt.ended, attempt.detail,
+                                   self.state.states[attempt.task].value))
+        self.store.record_ends(self.sweep_id, ends, worker_ended=worker_ended)
+        for attempt in attempts:
+            self._announce_end(attempt)
 
     def _announce_end(self, attempt: Attempt) -> None:
         assert attempt.cause is not None
         task_state = self.state.states[attempt.task].value
         if task_state in (TaskState.DONE, TaskState.FAILED):
             self.completed.put(attempt.task)
-        if attempt.cause is not Cause.RESULT:
+        if attempt.cause not in (Cause.RESULT, Cause.RETURNED, Cause.CANCELLED):
             log.log(logging.INFO if task_state == TaskState.PENDING else logging.WARNING,
                     "task %d attempt %d: %s (%s); task is now %s", attempt.task, attempt.number,
                     attempt.cause.value, attempt.detail.get("summary", ""), task_state)
@@ -291,16 +329,21 @@ class Run:
             while info is not None:
                 self._worker_ended(info)
                 info = self.backend.wait_any(0)
+            started = self.backend.running_hosts()
             with self.lock:
                 now = time.time()
                 overdue = self.state.overdue(now)
                 for worker, cause in overdue:
-                    attempt = self.state.expire(worker, cause, now)
-                    if attempt is not None:
-                        self._persist_end(attempt)
+                    ended = self.state.expire(worker, cause, now)
+                    if ended:
+                        self._persist_ends(ended)
+                stuck = self.state.unresponsive(started, now)
                 surplus = self.state.surplus_workers()
                 counts = self.state.counts()
-            if overdue:  # outside the lock: a scheduler that hangs must not stall the workers' requests
+            if stuck:
+                self._write_off(stuck)
+            # Outside the lock: a scheduler that hangs must not stall the workers' requests.
+            if overdue:
                 self.backend.terminate([worker for worker, _ in overdue])
             if surplus:
                 log.info("removing %d queued workers that are no longer needed", len(surplus))
@@ -310,26 +353,35 @@ class Run:
                 self.backend.terminate(batch)
             self.progress.update(counts)
 
+    def _write_off(self, stuck: list[Worker]) -> None:
+        """Remove workers that started but never reached the server, and send no more to their hosts."""
+        for worker in stuck:
+            log.warning("worker %s was started on %s but has not reached the server at %s within %g s: that host "
+                        "is down or cannot reach this one. The worker is removed%s.", worker.id,
+                        worker.dispatched_to or "an unknown host", self.url, self.state.hello_timeout,
+                        " and no more workers of this sweep are sent there" if worker.dispatched_to else "")
+        avoid = tuple(sorted(self.state.silent_hosts))
+        if avoid != self.spec.avoid_hosts:
+            self.spec = dataclasses.replace(self.spec, avoid_hosts=avoid)
+        self.backend.terminate([worker.id for worker in stuck])
+
     def _worker_ended(self, info: ExitInfo) -> None:
         with self.lock:
-            attempt = self.state.worker_ended(info, time.time())
-            if attempt is None:
-                self.store.record_workers_ended(self.sweep_id, [info.worker])
+            ended = self.state.worker_ended(info, time.time())
+            if ended:
+                self._persist_ends(ended, worker_ended=info.worker)
             else:
-                self._persist_end(attempt, worker_ended=True)
+                self.store.record_workers_ended(self.sweep_id, [info.worker])
 
     def _shut_down(self) -> None:
         """Terminate every worker still alive, wait (bounded) until the scheduler let them go, stop serving."""
         with self.lock:
             if not self.state.finished:
                 self.cancel_requested.set()
-                running = list(self.state.running.values())
-                self.state.cancel(time.time())
+                cancelled = self.state.cancel(time.time())
                 # A client that lost its claim leaves the store to the one that took it over.
-                for attempt in [] if isinstance(self.outcome, SweepLocked) else running:
-                    self._quietly(self.store.record_end, self.sweep_id, attempt.task, attempt.number,
-                                  Cause.CANCELLED.value, attempt.ended or time.time(), attempt.detail,
-                                  TaskState.PENDING.value)
+                if cancelled and not isinstance(self.outcome, SweepLocked):
+                    self._quietly(self._persist_ends, cancelled)
             # Every worker not known to have ended, already asked to go or not: whole arrays then
             # go in one scheduler call each.
             leftover = [w.id for w in self.state.workers.values() if not w.ended]
@@ -364,7 +416,7 @@ class Run:
     def _reap_all(self) -> None:
         deadline = time.monotonic() + REAP_SECONDS
         while time.monotonic() < deadline:
-            if all(w.ended for w in self.state.workers.values()):
+            if not self.state.workers:
                 return
             info = self.backend.wait_any(POLL_SECONDS)
             if info is not None:

@@ -15,8 +15,8 @@ import sqlite3
 import threading
 import time
 import urllib.parse
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from .claims import Claim
@@ -127,6 +127,32 @@ class AttemptRecord:
     detail: dict[str, Any]
     stdout: str = ""  # what the task printed, head and tail (when the worker lived to report it)
     stderr: str = ""
+
+
+@dataclass(frozen=True)
+class Lease:
+    """An attempt as it is opened: which task, which try, given to which worker."""
+
+    task: int
+    number: int
+    worker: str
+    host: str | None
+    started: float
+
+
+@dataclass(frozen=True)
+class AttemptEnd:
+    """An attempt as it is closed, with what its task becomes."""
+
+    task: int
+    number: int
+    cause: str
+    ended: float
+    detail: dict[str, Any]
+    task_state: str
+    result: bytes | None = None
+    error: bytes | None = None
+    output: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -405,12 +431,16 @@ class Store:
 
     def task_args(self, sweep_id: str, index: int) -> bytes:
         with self._reading() as db:
-            row = db.execute("SELECT args, args_large FROM tasks WHERE sweep_id = ? AND idx = ?",
-                             (sweep_id, index)).fetchone()
-            if row["args_large"] is None:
-                return bytes(row["args"])
-            with db.blobopen("large_values", "data", row["args_large"], readonly=True) as handle:
-                return handle.read()
+            return self._args(db, sweep_id, index)
+
+    @staticmethod
+    def _args(db: sqlite3.Connection, sweep_id: str, index: int) -> bytes:
+        row = db.execute("SELECT args, args_large FROM tasks WHERE sweep_id = ? AND idx = ?",
+                         (sweep_id, index)).fetchone()
+        if row["args_large"] is None:
+            return bytes(row["args"])
+        with db.blobopen("large_values", "data", row["args_large"], readonly=True) as handle:
+            return handle.read()
 
     def task_states(self, sweep_id: str) -> Iterator[tuple[int, str, int]]:
         """(index, state, attempts) of every task, in index order."""
@@ -448,20 +478,20 @@ class Store:
 
     # -- attempts ------------------------------------------------------------------------------
 
-    def record_lease(self, sweep_id: str, task: int, number: int, worker: str, host: str | None,
-                     started: float) -> None:
+    def record_leases(self, sweep_id: str, leases: Sequence[Lease]) -> list[bytes]:
+        """Open these attempts and mark their tasks running, in one transaction; return each task's arguments."""
         with self._writing() as db:
-            db.execute("INSERT OR REPLACE INTO attempts (sweep_id, task, number, worker, host, started) "
-                       "VALUES (?,?,?,?,?,?)", (sweep_id, task, number, worker, host, started))
-            db.execute("UPDATE tasks SET state = 'running', attempts = ? WHERE sweep_id = ? AND idx = ?",
-                       (number, sweep_id, task))
+            db.executemany("INSERT OR REPLACE INTO attempts (sweep_id, task, number, worker, host, started) "
+                           "VALUES (?,?,?,?,?,?)",
+                           [(sweep_id, lease.task, lease.number, lease.worker, lease.host, lease.started)
+                            for lease in leases])
+            db.executemany("UPDATE tasks SET state = 'running', attempts = ? WHERE sweep_id = ? AND idx = ?",
+                           [(lease.number, sweep_id, lease.task) for lease in leases])
+            return [self._args(db, sweep_id, lease.task) for lease in leases]
 
-    def record_end(self, sweep_id: str, task: int, number: int, cause: str, ended: float,
-                   detail: dict[str, Any], task_state: str, result: bytes | None = None,
-                   error: bytes | None = None, worker_ended: str | None = None,
-                   output: dict[str, str] | None = None) -> None:
-        """Close an attempt and set its task's state (and result, or pickled exception) in one transaction,
-        with the ending of the worker that held it when that is what closed it.
+    def record_ends(self, sweep_id: str, ends: Sequence[AttemptEnd], worker_ended: str | None = None) -> None:
+        """Close attempts and set their tasks' states (and results, or pickled exceptions) in one
+        transaction, with the ending of the worker that held them when that is what closed them.
 
         Raises StoreTooLarge, with nothing written, for a result SQLite cannot hold.
         """
@@ -469,13 +499,12 @@ class Store:
             if worker_ended is not None:
                 db.execute("UPDATE workers SET ended = ? WHERE sweep_id = ? AND id = ?",
                            (time.time(), sweep_id, worker_ended))
-            output = output or {}
-            db.execute("UPDATE attempts SET ended = ?, cause = ?, detail = ?, stdout = ?, stderr = ? "
-                       "WHERE sweep_id = ? AND task = ? AND number = ?",
-                       (ended, cause, json.dumps(detail, default=repr), output.get("stdout"), output.get("stderr"),
-                        sweep_id, task, number))
-            db.execute("UPDATE tasks SET state = ?, result = ?, error = ? WHERE sweep_id = ? AND idx = ?",
-                       (task_state, result, error, sweep_id, task))
+            db.executemany("UPDATE attempts SET ended = ?, cause = ?, detail = ?, stdout = ?, stderr = ? "
+                           "WHERE sweep_id = ? AND task = ? AND number = ?",
+                           [(end.ended, end.cause, json.dumps(end.detail, default=repr), end.output.get("stdout"),
+                             end.output.get("stderr"), sweep_id, end.task, end.number) for end in ends])
+            db.executemany("UPDATE tasks SET state = ?, result = ?, error = ? WHERE sweep_id = ? AND idx = ?",
+                           [(end.task_state, end.result, end.error, sweep_id, end.task) for end in ends])
 
     def attempts(self, sweep_id: str, task: int | None = None) -> list[AttemptRecord]:
         query = ("SELECT task, number, worker, host, started, ended, cause, detail, stdout, stderr FROM attempts "

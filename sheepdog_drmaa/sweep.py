@@ -1,13 +1,21 @@
 """Task states, leases and retry decisions of one sweep. Pure: no I/O, no clock, no threads.
 
-The runner feeds it what happens (a worker says hello, asks for a task, reports, dies, goes
+The runner feeds it what happens (a worker says hello, asks for tasks, reports, dies, goes
 quiet) with the current time, and asks it what to do (how many workers to submit, which to
 terminate). Not thread-safe; the runner serialises calls.
+
+A worker is leased a batch of tasks at a time and runs them in order. The batch grows while the
+tasks prove short, so that a round trip to the server carries a fraction of a second of work,
+and shrinks towards the end of the sweep so that no worker's backlog holds up the last results.
+When a worker ends holding a batch, only the attempt it was running is charged with the ending;
+the rest go back to the queue uncounted.
 """
 from __future__ import annotations
 
+import array
 import collections
 import enum
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,6 +27,16 @@ from .failures import Cause, Ending, ExitInfo, classify, is_retryable
 DURATION_SAMPLES = 256
 TASK_TIME_MARGIN = 1.25
 WALLTIME_SLACK = 3.0
+
+# Batches: the work one lease aims to carry, in seconds (expected), the most tasks in one, and
+# the share of the pending tasks one worker may hold (1/BATCH_SHARE of an even split).
+BATCH_SECONDS = 0.25
+MAX_BATCH = 1000
+BATCH_SHARE = 2
+
+# A worker the scheduler shows started that has not said hello after this many heartbeat
+# timeouts is written off: its host is taken not to reach the server.
+HELLO_TIMEOUTS = 2
 
 
 class TaskState(str, enum.Enum):
@@ -59,8 +77,7 @@ class Attempt:
     task: int
     number: int
     worker: str
-    started: float
-    last_seen: float
+    started: float   # when it was leased, until the worker says it started later (a batch's later tasks)
     host: str | None = None
     cause: Cause | None = None
     ended: float | None = None
@@ -74,8 +91,14 @@ class Worker:
     started: float | None = None  # when it said hello: its runtime limit counts from about then
     host: str | None = None   # the execution host it said hello from
     setup_error: str | None = None  # why it could not load the function, if it could not
-    attempt: Attempt | None = None
+    held: dict[int, Attempt] = field(default_factory=dict)  # task -> its attempt, in the order they run
+    current: Attempt | None = None  # the held attempt running now, as far as the server knows
+    death_detail: dict[str, Any] = field(default_factory=dict)  # what the worker said as its task died
+    last_seen: float = 0.0
+    last_batch: int = 0
     tasks_leased: int = 0
+    dispatched: float | None = None  # first seen started by the scheduler, before its hello
+    dispatched_to: str | None = None
     retiring: bool = False       # told there is no more work; will exit on its own
     terminated: bool = False     # we asked the scheduler to remove it; its ending is ours
     ended: bool = False
@@ -117,42 +140,71 @@ class SweepState:
         self.max_workers = max_workers
         self.timeout = timeout
         self.heartbeat_timeout = heartbeat_timeout
+        self.hello_timeout = HELLO_TIMEOUTS * heartbeat_timeout
         self.start_failure_limit = start_failure_limit
         self.walltime = walltime      # each worker's runtime limit, if it has one
         self.task_time = task_time    # the user's guess of one task's duration, until some have run
         self.durations: collections.deque[float] = collections.deque(maxlen=DURATION_SAMPLES)
+        self._expected: float | None = None  # expected_task_seconds, until durations change enough
+        self._samples_since = 0
         self.walltime_retried: set[int] = set()  # tasks already retried once, uncounted, after a walltime end
         self.states: list[TaskState] = [TaskState.PENDING] * n_tasks
         for index in done:
             self.states[index] = TaskState.DONE
-        self.pending: collections.deque[int] = collections.deque(
-            i for i, s in enumerate(self.states) if s is TaskState.PENDING)
+        # Pending tasks: those never tried, in order, then (served first) those to be tried again.
+        self._fresh = array.array("q", (i for i, s in enumerate(self.states) if s is TaskState.PENDING))
+        self._fresh_next = 0
+        self._returned: collections.deque[int] = collections.deque()
         # Attempts are numbered on from those an earlier client made, so none is recorded twice.
-        self.attempt_numbers: dict[int, int] = dict(attempts_made or {})
+        self.attempt_numbers = array.array("l", bytes(n_tasks * array.array("l").itemsize))
+        for index, made in (attempts_made or {}).items():
+            self.attempt_numbers[index] = made
         self.failure_counts: dict[int, int] = {}
         self.failed_attempts: dict[int, list[Attempt]] = {}
-        self.workers: dict[str, Worker] = {}
-        self.running: dict[str, Attempt] = {}
+        self.workers: dict[str, Worker] = {}    # every worker not yet known to have ended
+        self.unreached: dict[str, Worker] = {}  # those not yet heard from (queued, starting, or lost on the way)
+        self.holding: dict[str, Worker] = {}    # those holding leased tasks
+        self.running: dict[int, Attempt] = {}   # task -> its attempt in a worker's hands
         self.n_done = sum(1 for s in self.states if s is TaskState.DONE)
         self.n_failed = 0
         self.early_deaths = 0
         self.last_early_death: StartFailure | None = None
+        self.silent_hosts: set[str] = set()  # hosts whose workers never reached the server
+        self.any_reached = False
+
+    # -- pending tasks ---------------------------------------------------------------------
+
+    @property
+    def n_pending(self) -> int:
+        return len(self._fresh) - self._fresh_next + len(self._returned)
+
+    def _take_pending(self) -> int:
+        if self._returned:
+            return self._returned.popleft()
+        task = self._fresh[self._fresh_next]
+        self._fresh_next += 1
+        return task
 
     # -- workers -------------------------------------------------------------------------
 
     def add_workers(self, ids: Iterable[str]) -> None:
         for worker_id in ids:
-            self.workers[worker_id] = Worker(worker_id)
+            worker = Worker(worker_id)
+            self.workers[worker_id] = self.unreached[worker_id] = worker
 
     def live_workers(self) -> list[Worker]:
-        return [w for w in self.workers.values() if not w.ended and not w.terminated]
+        return [w for w in self.workers.values() if not w.terminated]
 
-    def hello(self, worker_id: str, host: str | None = None, now: float | None = None) -> bool:
+    def hello(self, worker_id: str, host: str | None = None, now: float = 0.0) -> bool:
         """A worker reached the server. False if it is not one of ours (it is told to exit)."""
         worker = self.workers.get(worker_id)
-        if worker is None or worker.ended or worker.terminated:
+        if worker is None or worker.terminated:
             return False
-        worker.reached, worker.host, worker.started = True, host, now
+        if not worker.reached:  # a hello repeated because its answer was lost changes nothing
+            worker.reached, worker.host, worker.started = True, host, now
+            self.any_reached = True
+        worker.last_seen = now
+        self.unreached.pop(worker_id, None)
         return True
 
     def setup_failed(self, worker_id: str, error: str) -> None:
@@ -162,36 +214,90 @@ class SweepState:
             worker.setup_error = error
             worker.retiring = True
 
-    def lease(self, worker_id: str, now: float) -> Attempt | None:
-        """Give the worker the next pending task, or None: it should exit."""
+    def lease(self, worker_id: str, now: float) -> list[Attempt]:
+        """The next batch of pending tasks for the worker, in the order it runs them; empty: it should exit."""
         worker = self.workers.get(worker_id)
-        if worker is None or worker.ended or worker.terminated or not worker.reached or worker.retiring:
-            return None
-        if worker.attempt is not None:  # a worker asks again only after reporting; be safe
-            return None
+        if worker is None or worker.terminated or not worker.reached or worker.retiring:
+            return []
+        worker.last_seen = now
+        if worker.held:  # it reported all it had: what it still holds is a lease whose answer it lost
+            return list(worker.held.values())
         self.early_deaths = 0  # a worker got going: whatever killed the earlier ones is not general
-        full = self.tasks_per_worker is not None and worker.tasks_leased >= self.tasks_per_worker
-        if full or not self.pending or self._out_of_time(worker, now):
+        size = self._batch_size(worker, now)
+        if not size:
             worker.retiring = True
-            return None
-        task = self.pending.popleft()
-        number = self.attempt_numbers.get(task, 0) + 1
-        self.attempt_numbers[task] = number
-        attempt = Attempt(task=task, number=number, worker=worker_id, started=now, last_seen=now,
-                          host=worker.host)
-        self.states[task] = TaskState.RUNNING
-        worker.attempt = attempt
-        worker.tasks_leased += 1
-        self.running[worker_id] = attempt
-        return attempt
+            return []
+        batch = []
+        for _ in range(size):
+            task = self._take_pending()
+            number = self.attempt_numbers[task] + 1
+            self.attempt_numbers[task] = number
+            attempt = Attempt(task=task, number=number, worker=worker_id, started=now, host=worker.host)
+            self.states[task] = TaskState.RUNNING
+            worker.held[task] = attempt
+            self.running[task] = attempt
+            batch.append(attempt)
+        worker.current = batch[0]  # it starts the first at once
+        worker.tasks_leased += size
+        worker.last_batch = size
+        self.holding[worker_id] = worker
+        return batch
 
-    def heartbeat(self, worker_id: str, task: int, number: int, now: float) -> bool:
-        """Record a sign of life; False if that attempt is no longer the current one."""
-        attempt = self.current(worker_id, task, number)
-        if attempt is None:
+    def _batch_size(self, worker: Worker, now: float) -> int:
+        """How many tasks the worker gets now: 0 if it should exit.
+
+        Short tasks come many to a lease, doubling from one while they prove short; never more than
+        a fair share of what is left, nor than fit in the worker's remaining runtime.
+        """
+        pending = self.n_pending
+        if not pending:
+            return 0
+        allowed = pending
+        if self.tasks_per_worker is not None:
+            allowed = min(allowed, self.tasks_per_worker - worker.tasks_leased)
+        expected = self.expected_task_seconds()
+        if self.walltime is not None and worker.started is not None and worker.tasks_leased:
+            # A worker that has run tasks starts only what it can finish; a fresh one always takes
+            # one (nothing would fit better).
+            left = self.walltime - (now - worker.started) - WALLTIME_SLACK
+            fit = math.floor(left / expected) if expected > 0 else (allowed if left > 0 else 0)
+            allowed = min(allowed, fit)
+        if allowed <= 0:
+            return 0
+        if expected <= 0 or not self.durations:
+            return 1  # nothing known yet of how long a task takes
+        by_time = max(int(BATCH_SECONDS / expected), 1)
+        if self.timeout is not None:
+            by_time = min(by_time, max(int(self.timeout / 4 / expected), 1))
+        share = max(pending // (BATCH_SHARE * max(len(self.workers), 1)), 1)
+        return min(allowed, by_time, share, 2 * max(worker.last_batch, 1), MAX_BATCH)
+
+    def heartbeat(self, worker_id: str, running: tuple[int, int, float] | None, now: float) -> bool:
+        """A sign of life from the worker, naming the task it runs (and for how long) if any.
+
+        False if the worker holds nothing the server still counts on (it was written off).
+        """
+        worker = self.workers.get(worker_id)
+        if worker is None or worker.terminated:
             return False
-        attempt.last_seen = now
-        return True
+        worker.last_seen = now
+        if running is not None:
+            task, number, elapsed = running
+            attempt = worker.held.get(task)
+            if attempt is not None and attempt.number == number:
+                worker.current = attempt
+                attempt.started = now - max(elapsed, 0.0)
+        return bool(worker.held)
+
+    def task_died(self, worker_id: str, task: int, number: int, detail: Mapping[str, Any]) -> None:
+        """The worker's own word, as its task process died, of which task that was (and what it measured)."""
+        worker = self.workers.get(worker_id)
+        if worker is None:
+            return
+        attempt = worker.held.get(task)
+        if attempt is not None and attempt.number == number:
+            worker.current = attempt
+            worker.death_detail = dict(detail)
 
     def finish(self, worker_id: str, task: int, number: int, cause: Cause, now: float,
                detail: dict[str, Any] | None = None) -> Attempt | None:
@@ -199,50 +305,102 @@ class SweepState:
         attempt = self.current(worker_id, task, number)
         if attempt is None:
             return None
+        worker = self.workers[worker_id]
+        worker.last_seen = now
         self._end(attempt, cause, now, detail or {})
+        if worker.current is None and worker.held:  # the next in its batch runs now
+            worker.current = next(iter(worker.held.values()))
+            worker.current.started = max(worker.current.started, now)
         return attempt
 
-    def worker_ended(self, info: ExitInfo, now: float) -> Attempt | None:
-        """The scheduler says a worker is gone; end whatever attempt it still held."""
+    def worker_ended(self, info: ExitInfo, now: float) -> list[Attempt]:
+        """The scheduler says a worker is gone; end whatever attempts it still held."""
         worker = self.workers.get(info.worker)
-        if worker is None or worker.ended:
-            return None
+        if worker is None:
+            return []
         worker.ended = True
+        self.unreached.pop(info.worker, None)
         ending = classify(info)
-        attempt = self.running.get(info.worker)
-        if worker.terminated:
-            return None
-        if worker.tasks_leased == 0 and not ending.clean:
-            self.early_deaths += 1
-            self.last_early_death = StartFailure(info.worker, ending, self.early_deaths, worker.setup_error)
-        if attempt is None:
-            return None
+        charged = None if worker.terminated else self._charged(worker)
+        if charged is None:
+            self._forget(worker)
+            if not worker.terminated and worker.tasks_leased == 0 and not ending.clean:
+                self.early_deaths += 1
+                self.last_early_death = StartFailure(info.worker, ending, self.early_deaths, worker.setup_error)
+            return []
         detail = {"summary": ending.summary, "exit_status": info.exit_status, "signal": info.signal,
-                  "core_dumped": info.core_dumped, "resource_usage": dict(info.resource_usage)}
+                  "core_dumped": info.core_dumped, "resource_usage": dict(info.resource_usage),
+                  **worker.death_detail}
         cause = ending.cause
         if self._at_its_limit(worker, now):
             cause = Cause.WALLTIME
-            detail.update(self._walltime_detail(worker, attempt, ending.summary))
-        self._end(attempt, cause, now, detail)
-        return attempt
+            detail.update(self._walltime_detail(worker, charged, ending.summary))
+        ended = self._end_held(worker, charged, cause, now, detail, f"its worker ended ({ending.summary})")
+        self._forget(worker)
+        return ended
+
+    def _forget(self, worker: Worker) -> None:
+        """A worker that has ended: nothing more is asked of it, or kept about it."""
+        del self.workers[worker.id]
+        self.holding.pop(worker.id, None)
+
+    def _charged(self, worker: Worker) -> Attempt | None:
+        """The held attempt an ending is charged to: the one running, as far as the server knows."""
+        if worker.current is not None and worker.current.task in worker.held:
+            return worker.current
+        return next(iter(worker.held.values()), None)
+
+    def _end_held(self, worker: Worker, charged: Attempt, cause: Cause, now: float, detail: dict[str, Any],
+                  why: str) -> list[Attempt]:
+        """End the charged attempt with ``cause``; the worker's other held attempts go back uncounted."""
+        others = [a for a in worker.held.values() if a is not charged]
+        self._end(charged, cause, now, detail)
+        for attempt in others:
+            self._end(attempt, Cause.RETURNED, now, {
+                "summary": f"{why} while it held this task in its batch, not running it; back in the queue, "
+                           "not counted against retries"})
+        return [charged, *others]
+
+    def unresponsive(self, started: Mapping[str, str | None], now: float) -> list[Worker]:
+        """Workers the scheduler has shown started (``started``: worker -> host) for longer than the
+        hello timeout without having said hello: marked terminated and returned, each counting as a
+        worker that could not start."""
+        stuck = []
+        for worker_id, host in started.items():
+            worker = self.unreached.get(worker_id)
+            if worker is None or worker.terminated:
+                continue
+            if worker.dispatched is None:
+                worker.dispatched, worker.dispatched_to = now, host
+            elif now - worker.dispatched > self.hello_timeout:
+                worker.terminated = True
+                del self.unreached[worker_id]
+                silent = worker.dispatched_to
+                if not self.any_reached:  # no worker ever reached the server: it is not one host's fault
+                    self.early_deaths = self.start_failure_limit
+                elif silent is None or silent not in self.silent_hosts:  # a dead host counts once, however many
+                    self.early_deaths += 1
+                if silent is not None:
+                    self.silent_hosts.add(silent)
+                where = f"on {worker.dispatched_to}" if worker.dispatched_to else "by the scheduler"
+                ending = Ending(Cause.LOST, f"it was started {where} {now - worker.dispatched:.0f} s ago and never "
+                                            "reached the server", False)
+                self.last_early_death = StartFailure(worker_id, ending, self.early_deaths)
+                stuck.append(worker)
+        return stuck
 
     # -- runtime limits ----------------------------------------------------------------------
 
     def expected_task_seconds(self) -> float:
         """How long a task is expected to take: a high percentile of those finished, with a margin
         (the user's task_time until there are some); 0 when nothing is known."""
-        if self.durations:
+        if not self.durations:
+            return (self.task_time or 0.0) * TASK_TIME_MARGIN
+        if self._expected is None or self._samples_since >= DURATION_SAMPLES // 8:
             ordered = sorted(self.durations)
-            return ordered[int(0.9 * (len(ordered) - 1))] * TASK_TIME_MARGIN
-        return (self.task_time or 0.0) * TASK_TIME_MARGIN
-
-    def _out_of_time(self, worker: Worker, now: float) -> bool:
-        """A worker whose time left is below a task's expected duration starts no task: it retires,
-        and a fresh worker takes its place. A fresh worker always takes one (nothing would fit better)."""
-        if self.walltime is None or worker.started is None or worker.tasks_leased == 0:
-            return False
-        left = self.walltime - (now - worker.started) - WALLTIME_SLACK
-        return left < self.expected_task_seconds()
+            self._expected = ordered[int(0.9 * (len(ordered) - 1))] * TASK_TIME_MARGIN
+            self._samples_since = 0
+        return self._expected
 
     def _at_its_limit(self, worker: Worker, now: float) -> bool:
         return (self.walltime is not None and worker.started is not None
@@ -253,7 +411,8 @@ class SweepState:
         assert self.walltime is not None and worker.started is not None
         # It had less than a whole walltime only if it was not the worker's first task; and a task
         # is retried uncounted once at most, so that a wrong guess of its duration cannot loop.
-        fits = worker.tasks_leased > 1 and attempt.task not in self.walltime_retried
+        first_task = worker.tasks_leased - len(worker.held) == 0 and attempt is next(iter(worker.held.values()))
+        fits = not first_task and attempt.task not in self.walltime_retried
         if fits:
             summary = (f"its worker reached its runtime limit of {self.walltime:g} s ({ending}); the task "
                        "had started late in the worker's life and is tried again in a fresh worker, not "
@@ -265,60 +424,75 @@ class SweepState:
         return {"summary": summary, "fits_fresh_worker": fits}
 
     def overdue(self, now: float) -> list[tuple[str, Cause]]:
-        """Workers whose attempt ran past the timeout or went quiet, with the cause to record."""
+        """Workers whose running attempt ran past the timeout or that went quiet, with the cause to record."""
         late = []
-        for worker_id, attempt in self.running.items():
-            if self.timeout is not None and now - attempt.started > self.timeout:
+        for worker_id, worker in self.holding.items():
+            current = worker.current
+            if self.timeout is not None and current is not None and now - current.started > self.timeout:
                 late.append((worker_id, Cause.TIMEOUT))
-            elif now - attempt.last_seen > self.heartbeat_timeout:
+            elif now - worker.last_seen > self.heartbeat_timeout:
                 late.append((worker_id, Cause.LOST))
         return late
 
-    def expire(self, worker_id: str, cause: Cause, now: float) -> Attempt | None:
-        """End a worker's attempt on our own decision (lost, timeout); the job is being terminated."""
+    def expire(self, worker_id: str, cause: Cause, now: float) -> list[Attempt]:
+        """End a worker's attempts on our own decision (lost, timeout); the job is being terminated."""
         worker = self.workers[worker_id]
         worker.terminated = True
-        attempt = self.running.get(worker_id)
-        if attempt is None:
-            return None
+        self.unreached.pop(worker_id, None)
+        charged = self._charged(worker)
+        if charged is None:
+            return []
         if cause is Cause.TIMEOUT:
             summary = f"the task ran longer than the timeout of {self.timeout:g} s; its job was terminated"
+            why = "its worker was terminated for another task's timeout"
         else:
-            summary = (f"no heartbeat for {now - attempt.last_seen:.1f} s while the scheduler still "
-                       "reported the job running; its job was terminated")
-        self._end(attempt, cause, now, {"summary": summary})
-        return attempt
+            summary = (f"no sign of life from its worker for {now - worker.last_seen:.1f} s while the scheduler "
+                       "still reported the job running; its job was terminated")
+            why = "its worker went quiet"
+        return self._end_held(worker, charged, cause, now, {"summary": summary}, why)
 
     def surplus_workers(self) -> list[str]:
         """Once nothing is pending, workers that never started are not needed: mark and return them."""
-        if self.pending:
+        if self.n_pending:
             return []
-        surplus = [w for w in self.workers.values() if not (w.reached or w.ended or w.terminated)]
+        surplus = [w for w in self.unreached.values() if not w.terminated]
         for worker in surplus:
             worker.terminated = True
+        self.unreached.clear()
         return [w.id for w in surplus]
 
     def workers_to_submit(self) -> int:
         """How many new workers the pending tasks need now: one for each that no spare worker (idle,
         or still queued) will take. A spare worker may never come (sent to a dead node, say): it
-        does not hold back the others' replacements."""
-        if not self.pending:
+        does not hold back the others' replacements. A worker told to leave that holds nothing is
+        not counted, however long the scheduler takes to see it gone."""
+        pending = self.n_pending
+        if not pending:
             return 0
-        live = self.live_workers()
-        spare = sum(1 for w in live if w.attempt is None and not w.retiring)
-        wanted = min(len(self.pending) - spare, self.max_workers - len(live))
-        return max(wanted, 0)
+        width = spare = 0
+        for worker in self.workers.values():
+            if worker.terminated or (worker.retiring and not worker.held):
+                continue
+            width += 1
+            if not worker.held and not worker.retiring:
+                spare += 1
+        return max(min(pending - spare, self.max_workers - width), 0)
 
-    def cancel(self, now: float) -> None:
-        """End every running attempt as cancelled (the tasks stay unfinished); no worker gets more work."""
-        for attempt in list(self.running.values()):
+    def cancel(self, now: float) -> list[Attempt]:
+        """End every held attempt as cancelled (the tasks stay unfinished); no worker gets more work."""
+        cancelled = list(self.running.values())
+        for attempt in cancelled:
             attempt.cause, attempt.ended = Cause.CANCELLED, now
             attempt.detail = {"summary": "the sweep was cancelled"}
             self.states[attempt.task] = TaskState.PENDING
-            self.workers[attempt.worker].attempt = None
         self.running.clear()
+        self.holding.clear()
         for worker in self.workers.values():
+            worker.held.clear()
+            worker.current = None
             worker.terminated = True
+        self.unreached.clear()
+        return cancelled
 
     # -- state -----------------------------------------------------------------------------
 
@@ -334,12 +508,13 @@ class SweepState:
 
     def counts(self) -> dict[str, int]:
         return counts_by_name({TaskState.DONE.value: self.n_done, TaskState.FAILED.value: self.n_failed,
-                               TaskState.RUNNING.value: len(self.running), TaskState.PENDING.value: len(self.pending)})
+                               TaskState.RUNNING.value: len(self.running), TaskState.PENDING.value: self.n_pending})
 
     def current(self, worker_id: str, task: int, number: int) -> Attempt | None:
-        """The worker's running attempt, if it is that task's attempt ``number``; else None (superseded)."""
-        attempt = self.running.get(worker_id)
-        if attempt is None or attempt.task != task or attempt.number != number:
+        """The worker's held attempt of ``task`` if it is attempt ``number``; else None (superseded)."""
+        worker = self.workers.get(worker_id)
+        attempt = worker.held.get(task) if worker is not None else None
+        if attempt is None or attempt.number != number:
             return None
         return attempt
 
@@ -348,6 +523,8 @@ class SweepState:
         that first, and ends the attempt only once it is stored)."""
         if cause is Cause.RESULT:
             return TaskState.DONE
+        if cause is Cause.RETURNED:
+            return TaskState.PENDING
         if cause is Cause.WALLTIME:
             return TaskState.PENDING if detail.get("fits_fresh_worker") else TaskState.FAILED
         exception_types = tuple(detail.get("exception_types", ()))
@@ -359,13 +536,24 @@ class SweepState:
     def _end(self, attempt: Attempt, cause: Cause, now: float, detail: dict[str, Any]) -> None:
         next_state = self.outcome(attempt, cause, detail)
         attempt.cause, attempt.ended, attempt.detail = cause, now, detail
-        del self.running[attempt.worker]
-        self.workers[attempt.worker].attempt = None
+        del self.running[attempt.task]
+        worker = self.workers.get(attempt.worker)
+        if worker is not None:
+            del worker.held[attempt.task]
+            if worker.current is attempt:
+                worker.current = None
+            if not worker.held:
+                self.holding.pop(worker.id, None)
         task = attempt.task
         self.states[task] = next_state
         if next_state is TaskState.DONE:
             self.n_done += 1
-            self.durations.append(now - attempt.started)
+            seconds = detail.get("resource_usage", {}).get("seconds")
+            self.durations.append(seconds if isinstance(seconds, (int, float)) else now - attempt.started)
+            self._samples_since += 1
+            return
+        if cause is Cause.RETURNED:
+            self._returned.append(task)
             return
         if cause is Cause.WALLTIME and detail.get("fits_fresh_worker"):
             self.walltime_retried.add(task)
@@ -373,6 +561,6 @@ class SweepState:
             self.failure_counts[task] = self.failure_counts.get(task, 0) + 1
         self.failed_attempts.setdefault(task, []).append(attempt)
         if next_state is TaskState.PENDING:
-            self.pending.appendleft(task)
+            self._returned.appendleft(task)
         else:
             self.n_failed += 1

@@ -1,12 +1,15 @@
 """The program a worker runs on an execution node: ``python -m sheepdog_drmaa.worker``.
 
-It says hello to the server on the submit host, receives the function, then leases tasks one at
-a time, runs them, and reports each result or exception together with its next lease, until the
-server has no more work for it. A thread sends heartbeats while a task runs.
+It says hello to the server on the submit host, receives the function, then leases batches of
+tasks, runs them in order, and reports their results or exceptions together with its next lease
+(or earlier, when they grow large or old), until the server has no more work for it. A thread
+sends heartbeats, naming the running task, while the worker holds tasks.
 
 The work happens in a forked child. The parent only waits for it, so that whatever the function
 does (``os._exit(99)`` included) the job never exits with a status Grid Engine treats specially,
-and a child killed by a signal makes the job end by the same signal.
+and a child killed by a signal makes the job end by the same signal. The child keeps the task it
+runs in memory shared with the parent: when the child dies mid-task (a crash, the kernel's OOM
+killer), the parent tells the server which task that was, so that only that one is charged.
 
 Start-up is on every task's path: standard library, cloudpickle and protocol only.
 """
@@ -14,10 +17,12 @@ from __future__ import annotations
 
 import functools
 import http.client
+import mmap
 import os
 import resource
 import signal
 import stat
+import struct
 import sys
 import threading
 import time
@@ -31,6 +36,8 @@ from . import protocol
 from .errors import ResultTooLarge
 
 CONNECT_ATTEMPTS = 10
+# A task running this long is named to the server at once, not at the next heartbeat.
+ANNOUNCE_SECONDS = 1.0
 # An exception's message and traceback are each cut to this many characters (head and tail kept).
 MAX_EXCEPTION_TEXT = 64 * 1024
 CONNECT_BACKOFF = 0.5
@@ -44,10 +51,10 @@ class Channel:
     """Signed requests to the server. The server closes each connection after its answer, and
     ``http.client`` opens a new one for the next call: no idle connection can go stale."""
 
-    def __init__(self, url: str, key: bytes, worker_id: str) -> None:
+    def __init__(self, url: str, key: bytes, worker_id: str, timeout: float = 60.0) -> None:
         parsed = urllib.parse.urlsplit(url)
         self.host, self.port = parsed.hostname or "", parsed.port or 80
-        self.key, self.worker_id = key, worker_id
+        self.key, self.worker_id, self.timeout = key, worker_id, timeout
         self.connection: http.client.HTTPConnection | None = None
 
     def call(self, route: str, message: dict[str, Any], attempts: int = CONNECT_ATTEMPTS) -> dict[str, Any]:
@@ -69,7 +76,7 @@ class Channel:
         nonce = headers[protocol.HEADER_NONCE]
         headers["Content-Type"] = "application/octet-stream"
         if self.connection is None:
-            self.connection = http.client.HTTPConnection(self.host, self.port, timeout=60)
+            self.connection = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
         self.connection.request("POST", route, body=body, headers=headers)
         response = self.connection.getresponse()
         reply = response.read()
@@ -86,34 +93,75 @@ class Channel:
             self.connection = None
 
 
+class RunningTask:
+    """The task the worker runs now: read by the heartbeat thread, and by the parent process
+    (through memory shared across the fork) if this process dies."""
+
+    _SLOT = struct.Struct("<qq")
+
+    def __init__(self, shared: mmap.mmap | None) -> None:
+        self.shared = shared
+        self.now: tuple[int, int, float] | None = None  # task, attempt number, monotonic start
+
+    def start(self, task: int, number: int) -> None:
+        if self.shared is not None:
+            self._SLOT.pack_into(self.shared, 0, task, number)
+        self.now = (task, number, time.monotonic())
+
+    def stop(self) -> None:
+        self.now = None
+        if self.shared is not None:
+            self._SLOT.pack_into(self.shared, 0, -1, -1)
+
+    @classmethod
+    def shared_slot(cls) -> mmap.mmap:
+        """Memory for the task being run, shared with a child forked after this call; no task yet."""
+        shared = mmap.mmap(-1, cls._SLOT.size)
+        cls._SLOT.pack_into(shared, 0, -1, -1)
+        return shared
+
+    @classmethod
+    def read_slot(cls, shared: mmap.mmap) -> tuple[int, int] | None:
+        task, number = cls._SLOT.unpack_from(shared, 0)
+        return None if task < 0 else (task, number)
+
+
 class Heartbeat:
-    """Tells the server, every ``interval`` seconds, that the current attempt is alive.
+    """Tells the server, every ``interval`` seconds while a task runs, which one it is and for how
+    long it has run; a task running longer than ANNOUNCE_SECONDS is named at once.
 
     If the server stays unreachable for ``give_up_after`` seconds (its client died), the server
-    has written this attempt off as lost anyway, so the worker ends itself rather than burn a slot.
+    has written this worker's tasks off as lost anyway, so the worker ends itself rather than burn
+    a slot.
     """
 
-    def __init__(self, channel: Channel, interval: float, give_up_after: float) -> None:
+    def __init__(self, channel: Channel, interval: float, give_up_after: float, running: RunningTask) -> None:
         self.channel, self.interval, self.give_up_after = channel, interval, give_up_after
-        self.current: dict[str, int] | None = None
-        self.wake = threading.Event()
+        self.running = running
         thread = threading.Thread(target=self._run, name="sheepdog-heartbeat", daemon=True)
         thread.start()
 
     def _run(self) -> None:
-        last_reached = time.monotonic()
+        last_reached = last_sent = time.monotonic()
+        announced: tuple[int, int] | None = None
         while True:
-            self.wake.wait(self.interval)
-            self.wake.clear()
-            current = self.current
+            time.sleep(min(self.interval, ANNOUNCE_SECONDS))
+            now = time.monotonic()
+            current = self.running.now
             if current is None:
-                last_reached = time.monotonic()
+                last_reached = now
                 continue
+            task, number, started = current
+            due = now - last_sent >= self.interval
+            if not due and ((task, number) == announced or now - started < ANNOUNCE_SECONDS):
+                continue
+            last_sent = now
             try:
-                self.channel.call(protocol.ROUTE_HEARTBEAT, current, attempts=1)
-                last_reached = time.monotonic()
+                self.channel.call(protocol.ROUTE_HEARTBEAT, {
+                    "running": {"task": task, "number": number, "elapsed": now - started}}, attempts=1)
+                last_reached, announced = now, (task, number)
             except ChannelError as error:
-                if time.monotonic() - last_reached > self.give_up_after:
+                if now - last_reached > self.give_up_after:
                     print(f"sheepdog worker: giving up, the server has been unreachable for "
                           f"{self.give_up_after:g} s: {error}", file=sys.stderr, flush=True)
                     os._exit(protocol.EXIT_SERVER_UNREACHABLE)
@@ -279,8 +327,19 @@ def worker_id_from_environment() -> str:
     return job if task in ("", "undefined") else f"{job}.{task}"
 
 
-def serve() -> int:
-    """Lease and run tasks until the server has none left; return the exit status."""
+def _report_size(report: dict[str, Any]) -> int:
+    """About how many bytes a report adds to a request."""
+    exception = report.get("exception") or {}
+    output = report.get("output") or {}
+    return (256 + len(report.get("result") or b"") + len(exception.get("pickle") or b"")
+            + len(exception.get("traceback", "")) + sum(len(text) for text in output.values()))
+
+
+def serve(shared: mmap.mmap | None = None) -> int:
+    """Lease and run tasks until the server has none left; return the exit status.
+
+    ``shared``: memory the parent reads, should this process die, to learn which task it ran.
+    """
     try:
         url = os.environ[protocol.ENV_URL]
         key = protocol.read_key_file(os.environ[protocol.ENV_KEY_FILE])
@@ -303,20 +362,44 @@ def serve() -> int:
             return protocol.EXIT_BAD_CONFIGURATION
         if namespace:
             getattr(function, "__globals__", {}).update(namespace)
-        heartbeat = Heartbeat(Channel(url, key, worker_id), hello["heartbeat_interval"], hello["heartbeat_timeout"])
+        running = RunningTask(shared)
+        Heartbeat(Channel(url, key, worker_id), hello["heartbeat_interval"], hello["heartbeat_timeout"], running)
         output = CapturedOutput(hello["output_limit"])
-        report: dict[str, Any] | None = None
+        reports: list[dict[str, Any]] = []
         while True:
-            reply = channel.call(protocol.ROUTE_LEASE, {"report": report})
-            lease = reply.get("lease")
-            if lease is None:
+            batch = channel.call(protocol.ROUTE_LEASE, {"reports": reports}).get("leases") or []
+            if not batch:
                 return protocol.EXIT_OK
-            heartbeat.current = {"task": lease["task"], "number": lease["number"]}
-            report = output.run(functools.partial(run_task, function, lease, hello["max_result_size"]))
-            heartbeat.current = None
+            reports, size, oldest = [], 0, 0.0
+            for position, lease in enumerate(batch):
+                running.start(lease["task"], lease["number"])
+                reports.append(output.run(functools.partial(run_task, function, lease, hello["max_result_size"])))
+                running.stop()
+                size += _report_size(reports[-1])
+                oldest = oldest or time.monotonic()
+                more = position + 1 < len(batch)
+                if more and (size >= protocol.REPORT_FLUSH_BYTES
+                             or time.monotonic() - oldest >= protocol.REPORT_FLUSH_SECONDS):
+                    channel.call(protocol.ROUTE_REPORT, {"reports": reports})
+                    reports, size, oldest = [], 0, 0.0
     except ChannelError as error:
         print(f"sheepdog worker {worker_id}: {error}", file=sys.stderr)
         return protocol.EXIT_SERVER_UNREACHABLE
+
+
+TASK_DIED_TIMEOUT = 5.0
+
+
+def tell_task_died(task: int, number: int, peak_rss_kb: int) -> None:
+    """Tell the server which task the child was running as it died (and the child's peak memory),
+    so that the job's ending is charged to that task alone. Best effort and brief: the job must end."""
+    try:
+        channel = Channel(os.environ[protocol.ENV_URL], protocol.read_key_file(os.environ[protocol.ENV_KEY_FILE]),
+                          worker_id_from_environment(), timeout=TASK_DIED_TIMEOUT)
+        channel.call(protocol.ROUTE_TASK_DIED, {"task": task, "number": number, "max_rss_kb": peak_rss_kb},
+                     attempts=2)
+    except (KeyError, OSError, ValueError, ChannelError) as error:
+        print(f"sheepdog worker: could not tell the server that task {task} died: {error}", file=sys.stderr)
 
 
 def safe_status(status: int) -> int:
@@ -391,11 +474,12 @@ def main() -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     become_subreaper()
+    shared = RunningTask.shared_slot()
     pid = os.fork()
     if pid == 0:
         status = protocol.EXIT_BAD_CONFIGURATION
         try:
-            status = serve()
+            status = serve(shared)
         finally:
             sys.stdout.flush()
             sys.stderr.flush()
@@ -413,7 +497,7 @@ def main() -> None:
         signal.signal(signum, forward)
     while True:  # reaping orphans as they end too, so that none stays a zombie for long
         try:
-            ended, wait_status = os.waitpid(-1, 0)
+            ended, wait_status, usage = os.wait4(-1, 0)
         except InterruptedError:
             continue
         if ended == pid:
@@ -421,6 +505,9 @@ def main() -> None:
     for signum in forwarded:  # the child is gone (its pid may be reused): finish the clean-up
         signal.signal(signum, signal.SIG_IGN)
     end_descendants()
+    died_running = RunningTask.read_slot(shared)
+    if died_running is not None:
+        tell_task_died(*died_running, peak_rss_kb=usage.ru_maxrss)
     if os.WIFSIGNALED(wait_status):
         signum = os.WTERMSIG(wait_status)
         try:

@@ -436,21 +436,26 @@ def test_a_replayed_nonce_is_refused_after_a_pruning():
 
 
 @pytest.mark.parametrize("route, message", [
-    (protocol.ROUTE_LEASE, {"report": {"task": "0", "number": 1}}),
-    (protocol.ROUTE_LEASE, {"report": {"task": 0, "number": 1, "result": "not bytes"}}),
-    (protocol.ROUTE_LEASE, {"report": {"task": 0, "number": 1, "exception": {"types": 3}}}),
-    (protocol.ROUTE_LEASE, {"report": {"task": True, "number": 1}}),
-    (protocol.ROUTE_LEASE, {"report": ["task", 0]}),
-    (protocol.ROUTE_HEARTBEAT, {"task": 0}),
+    (protocol.ROUTE_LEASE, {"reports": [{"task": "0", "number": 1}]}),
+    (protocol.ROUTE_LEASE, {"reports": [{"task": 0, "number": 1, "result": "not bytes"}]}),
+    (protocol.ROUTE_LEASE, {"reports": [{"task": 0, "number": 1, "exception": {"types": 3}}]}),
+    (protocol.ROUTE_REPORT, {"reports": [{"task": 0, "number": 1}, {"task": True, "number": 1}]}),
+    (protocol.ROUTE_LEASE, {"reports": {"task": 0, "number": 1}}),
+    (protocol.ROUTE_LEASE, {}),
+    (protocol.ROUTE_HEARTBEAT, {"running": {"task": 0, "number": 1}}),
     (protocol.ROUTE_SETUP_FAILED, {"error": "text"}),
     (protocol.ROUTE_HELLO, {"host": 7}),
-], ids=["task-str", "result-str", "types-int", "task-bool", "report-list", "heartbeat-no-number",
-        "error-str", "host-int"])
+    (protocol.ROUTE_TASK_DIED, {"task": 0}),
+], ids=["task-str", "result-str", "types-int", "second-task-bool", "reports-dict", "reports-missing",
+        "heartbeat-no-elapsed", "error-str", "host-int", "died-no-number"])
 def test_a_signed_message_of_the_wrong_shape_gets_400_and_no_traceback(served, capfd, route, message):
     def like_the_runner(message):
-        report = message.get("report") or {}
-        return {"next": report.get("task", 0) + 1, "types": list((report.get("exception") or {}).get("types", ())),
+        reports = message.get("reports") or [{}]
+        running = message.get("running") or {}
+        return {"next": sum(r.get("task", 0) + 1 for r in reports),
+                "types": [list((r.get("exception") or {}).get("types", ())) for r in reports],
                 "number": message.get("number", 0) + 1, "host": (message.get("host") or "").upper(),
+                "elapsed": running.get("elapsed", 0.0) + running.get("number", 0),
                 "error": (message.get("error") or {}).get("traceback")}
 
     server = served({route: like_the_runner})
@@ -463,10 +468,12 @@ def test_well_formed_messages_pass_the_shape_check():
     report = {"task": 3, "number": 1, "result": b"r", "usage": {"seconds": 1.0}}
     failure = {"types": ["builtins.ValueError"], "type": "ValueError", "message": "m", "traceback": "t", "pickle": None}
     for route, message in [(protocol.ROUTE_HELLO, {"host": "node1", "process_group": 12}),
-                           (protocol.ROUTE_LEASE, {"report": None}),
-                           (protocol.ROUTE_LEASE, {"report": report}),
-                           (protocol.ROUTE_LEASE, {"report": {"task": 3, "number": 1, "exception": failure}}),
-                           (protocol.ROUTE_HEARTBEAT, {"task": 3, "number": 1}),
+                           (protocol.ROUTE_LEASE, {"reports": []}),
+                           (protocol.ROUTE_LEASE, {"reports": [report, report]}),
+                           (protocol.ROUTE_REPORT, {"reports": [{"task": 3, "number": 1, "exception": failure}]}),
+                           (protocol.ROUTE_HEARTBEAT, {"running": None}),
+                           (protocol.ROUTE_HEARTBEAT, {"running": {"task": 3, "number": 1, "elapsed": 0.5}}),
+                           (protocol.ROUTE_TASK_DIED, {"task": 3, "number": 1, "max_rss_kb": 2048}),
                            (protocol.ROUTE_SETUP_FAILED, {"error": failure})]:
         assert protocol.shape_problem(dict(message, worker="w1"), protocol.MESSAGE_SHAPES[route]) is None
 

@@ -1,6 +1,6 @@
-"""The pure sweep state: leases, reports, deaths, retries, surplus and start failures."""
+"""The pure sweep state: leases, batches, reports, deaths, retries, surplus and start failures."""
 from sheepdog_drmaa.failures import Cause, ExitInfo
-from sheepdog_drmaa.sweep import SweepState, TaskState
+from sheepdog_drmaa.sweep import MAX_BATCH, SweepState, TaskState
 
 
 def started(n_tasks, workers=("w1",), **options):
@@ -11,16 +11,28 @@ def started(n_tasks, workers=("w1",), **options):
     return state
 
 
+def lease_one(state, worker, now):
+    """The single task a lease gives (as it does while nothing is known of task durations), or None."""
+    batch = state.lease(worker, now)
+    assert len(batch) <= 1
+    return batch[0] if batch else None
+
+
+def quick(seconds=0.001):
+    """The detail of a report of a task that took ``seconds``."""
+    return {"resource_usage": {"seconds": seconds}}
+
+
 def test_tasks_are_leased_in_order_and_finish():
     state = started(2)
-    first = state.lease("w1", now=0)
+    first = lease_one(state, "w1", now=0)
     assert (first.task, first.number) == (0, 1)
     assert state.finish("w1", 0, 1, Cause.RESULT, now=1) is first
-    second = state.lease("w1", now=1)
+    second = lease_one(state, "w1", now=1)
     assert second.task == 1
     state.finish("w1", 1, 1, Cause.RESULT, now=2)
     assert state.finished and state.counts() == {"done": 2, "failed": 0, "running": 0, "queued": 0}
-    assert state.lease("w1", now=3) is None
+    assert lease_one(state, "w1", now=3) is None
 
 
 def test_a_killed_worker_fails_its_attempt_and_the_task_is_retried_until_the_budget_is_spent():
@@ -28,9 +40,9 @@ def test_a_killed_worker_fails_its_attempt_and_the_task_is_retried_until_the_bud
     for number, worker in enumerate(["w1", "w2"], start=1):
         state.add_workers([worker])
         state.hello(worker)
-        attempt = state.lease(worker, now=0)
+        attempt = lease_one(state, worker, now=0)
         assert attempt.number == number
-        ended = state.worker_ended(ExitInfo(worker, signaled=True, signal="SIGKILL"), now=1)
+        [ended] = state.worker_ended(ExitInfo(worker, signaled=True, signal="SIGKILL"), now=1)
         assert ended.cause is Cause.SIGNAL
     assert state.states[0] is TaskState.FAILED
     assert [a.cause for a in state.failed_attempts[0]] == [Cause.SIGNAL, Cause.SIGNAL]
@@ -39,21 +51,21 @@ def test_a_killed_worker_fails_its_attempt_and_the_task_is_retried_until_the_bud
 
 def test_exceptions_are_final_unless_listed():
     state = started(2, retry_exceptions=("builtins.KeyError",))
-    state.lease("w1", 0)
+    lease_one(state, "w1", 0)
     state.finish("w1", 0, 1, Cause.EXCEPTION, 1, {"exception_types": ["builtins.ValueError"]})
     assert state.states[0] is TaskState.FAILED
-    state.lease("w1", 1)
+    lease_one(state, "w1", 1)
     state.finish("w1", 1, 1, Cause.EXCEPTION, 2, {"exception_types": ["builtins.KeyError"]})
     assert state.states[1] is TaskState.PENDING
-    assert state.lease("w1", 2).number == 2
+    assert lease_one(state, "w1", 2).number == 2
 
 
 def test_a_late_report_from_a_superseded_attempt_is_dropped():
     state = started(1, workers=("w1", "w2"), heartbeat_timeout=5)
-    state.lease("w1", now=0)
+    lease_one(state, "w1", now=0)
     assert state.overdue(now=10) == [("w1", Cause.LOST)]
     state.expire("w1", Cause.LOST, now=10)
-    again = state.lease("w2", now=11)
+    again = lease_one(state, "w2", now=11)
     assert again.number == 2
     assert state.finish("w1", 0, 1, Cause.RESULT, now=12) is None  # the lost one comes back
     assert state.finish("w2", 0, 2, Cause.RESULT, now=13) is again
@@ -62,9 +74,9 @@ def test_a_late_report_from_a_superseded_attempt_is_dropped():
 
 def test_heartbeats_keep_an_attempt_alive_and_timeouts_are_separate():
     state = started(1, heartbeat_timeout=5, timeout=20)
-    state.lease("w1", now=0)
+    lease_one(state, "w1", now=0)
     for now in range(4, 20, 4):
-        assert state.heartbeat("w1", 0, 1, now=now)
+        assert state.heartbeat("w1", (0, 1, float(now)), now=now)
         assert state.overdue(now) == []
     assert state.overdue(now=21) == [("w1", Cause.TIMEOUT)]
 
@@ -84,7 +96,7 @@ def test_a_worker_getting_going_resets_the_start_failure_count():
     state.add_workers(["a", "b", "c"])
     state.worker_ended(ExitInfo("a", exited=True, exit_status=1), now=0)
     state.hello("b")
-    state.lease("b", now=0)
+    lease_one(state, "b", now=0)
     state.worker_ended(ExitInfo("c", exited=True, exit_status=1), now=0)
     assert state.start_failure is None
 
@@ -95,7 +107,7 @@ def test_workers_that_reach_the_server_but_cannot_load_the_function_count_as_not
     for worker in ["a", "b"]:
         state.hello(worker)
         state.setup_failed(worker, "ModuleNotFoundError: No module named 'mine'")
-        assert state.lease(worker, now=0) is None
+        assert lease_one(state, worker, now=0) is None
         state.worker_ended(ExitInfo(worker, exited=True, exit_status=71), now=0)
     assert state.start_failure.count == 2
     assert "No module named 'mine'" in state.start_failure.setup_error
@@ -106,7 +118,7 @@ def test_surplus_workers_are_removed_once_all_tasks_are_leased_and_their_endings
     state.add_workers(["a", "b", "c"])
     state.hello("a")
     assert state.surplus_workers() == []  # a task is still pending
-    state.lease("a", 0)
+    lease_one(state, "a", 0)
     assert sorted(state.surplus_workers()) == ["b", "c"]
     state.worker_ended(ExitInfo("b", aborted=True), now=1)
     assert state.early_deaths == 0
@@ -119,7 +131,7 @@ def test_workers_are_submitted_only_when_no_spare_worker_exists():
     assert state.workers_to_submit() == 0  # four queued workers will take the tasks
     for worker in "abcd":
         state.hello(worker)
-        state.lease(worker, 0)
+        lease_one(state, worker, 0)
     assert state.workers_to_submit() == 0  # the pool is full
     state.worker_ended(ExitInfo("a", signaled=True, signal="SIGKILL"), now=1)
     assert state.workers_to_submit() == 1
@@ -127,37 +139,37 @@ def test_workers_are_submitted_only_when_no_spare_worker_exists():
 
 def test_tasks_per_worker_retires_a_worker():
     state = started(3, tasks_per_worker=1)
-    state.lease("w1", 0)
+    lease_one(state, "w1", 0)
     state.finish("w1", 0, 1, Cause.RESULT, 1)
-    assert state.lease("w1", 1) is None
+    assert lease_one(state, "w1", 1) is None
     assert state.workers_to_submit() == 2
 
 
 def test_resume_skips_done_tasks():
     state = started(3, done=[0, 2])
-    assert state.lease("w1", 0).task == 1
-    assert state.lease("w1", 0) is None  # still holding task 1
+    assert lease_one(state, "w1", 0).task == 1
+    assert state.lease("w1", 0)[0].task == 1  # asked again holding it: the answer was lost, it comes again
 
 
 def test_cancel_ends_running_attempts_and_gives_no_more_work():
     state = started(2, workers=("a", "b"))
-    attempt = state.lease("a", 0)
+    attempt = lease_one(state, "a", 0)
     state.cancel(1)
     assert attempt.cause is Cause.CANCELLED
     assert state.states[0] is TaskState.PENDING and not state.running
-    assert state.live_workers() == [] and state.lease("b", 2) is None
+    assert state.live_workers() == [] and lease_one(state, "b", 2) is None
 
 
 def test_a_worker_near_its_runtime_limit_starts_no_task_it_cannot_finish():
     state = SweepState(4, walltime=20.0)
     state.add_workers(["w1"])
     state.hello("w1", now=100.0)
-    first = state.lease("w1", now=100.0)  # a fresh worker always takes one: nothing would fit better
+    first = lease_one(state, "w1", now=100.0)  # a fresh worker always takes one: nothing would fit better
     state.finish("w1", first.task, 1, Cause.RESULT, now=106.0)  # tasks take about 6 s
-    second = state.lease("w1", now=106.0)  # 11 s left (after the slack) for 7.5 s expected: fits
+    second = lease_one(state, "w1", now=106.0)  # 11 s left (after the slack) for 7.5 s expected: fits
     assert second is not None
     state.finish("w1", second.task, 1, Cause.RESULT, now=112.0)
-    assert state.lease("w1", now=112.0) is None  # 5 s left: it retires
+    assert lease_one(state, "w1", now=112.0) is None  # 5 s left: it retires
     assert state.workers["w1"].retiring and state.workers_to_submit() == 2  # fresh workers take its place
 
 
@@ -165,9 +177,9 @@ def test_the_users_task_time_guides_leasing_until_tasks_have_finished():
     state = SweepState(2, walltime=60.0, task_time=50.0)
     state.add_workers(["w1"])
     state.hello("w1", now=0.0)
-    first = state.lease("w1", now=0.0)
+    first = lease_one(state, "w1", now=0.0)
     state.finish("w1", first.task, 1, Cause.RESULT, now=1.0)  # one finished: now the real figure counts
-    assert state.lease("w1", now=1.0) is not None
+    assert lease_one(state, "w1", now=1.0) is not None
     assert SweepState(1, walltime=60.0, task_time=50.0).expected_task_seconds() == 62.5
 
 
@@ -175,10 +187,10 @@ def test_a_task_ended_at_its_workers_limit_after_a_late_start_is_retried_without
     state = SweepState(2, walltime=20.0, retries=0)
     state.add_workers(["w1"])
     state.hello("w1", now=0.0)
-    first = state.lease("w1", now=0.0)
+    first = lease_one(state, "w1", now=0.0)
     state.finish("w1", first.task, 1, Cause.RESULT, now=5.0)
-    late = state.lease("w1", now=5.0)
-    ended = state.worker_ended(ExitInfo("w1", signaled=True, signal="SIGKILL"), now=20.1)
+    late = lease_one(state, "w1", now=5.0)
+    [ended] = state.worker_ended(ExitInfo("w1", signaled=True, signal="SIGKILL"), now=20.1)
     assert ended is late and ended.cause is Cause.WALLTIME and ended.detail["fits_fresh_worker"]
     assert state.states[late.task] is TaskState.PENDING  # even with retries=0
     assert state.failure_counts.get(late.task, 0) == 0 and "not counted" in ended.detail["summary"]
@@ -188,8 +200,8 @@ def test_a_task_longer_than_the_whole_runtime_limit_fails_at_once_naming_the_opt
     state = SweepState(1, walltime=20.0, retries=3)
     state.add_workers(["w1"])
     state.hello("w1", now=0.0)
-    state.lease("w1", now=0.5)
-    ended = state.worker_ended(ExitInfo("w1", exited=True, exit_status=0), now=19.0)  # Slurm's "exit 0"
+    lease_one(state, "w1", now=0.5)
+    [ended] = state.worker_ended(ExitInfo("w1", exited=True, exit_status=0), now=19.0)  # Slurm's "exit 0"
     assert ended.cause is Cause.WALLTIME and state.states[0] is TaskState.FAILED
     assert "ran for the whole runtime limit of 20 s" in ended.detail["summary"]
     assert "walltime=" in ended.detail["summary"]
@@ -200,18 +212,18 @@ def test_each_lost_task_gets_a_replacement_worker_beyond_the_spare_ones():
     state.add_workers(["w1", "w2", "w3", "queued"])
     for worker in ("w1", "w2", "w3"):
         state.hello(worker)
-        state.lease(worker, now=0)
+        lease_one(state, worker, now=0)
     for worker in ("w1", "w2", "w3"):  # their node died: three tasks are pending again
         state.worker_ended(ExitInfo(worker, aborted=True), now=1)
-    assert len(state.pending) == 5 and state.workers_to_submit() == 4  # "queued" may take one, not all
+    assert state.n_pending == 5 and state.workers_to_submit() == 4  # "queued" may take one, not all
 
 
 def test_a_workers_first_task_ended_at_its_limit_had_the_whole_limit():
     state = SweepState(1, walltime=20.0, retries=3)
     state.add_workers(["w1"])
     state.hello("w1", now=0.0)
-    state.lease("w1", now=10.0)  # its first task, however late (loading f took long, say)
-    ended = state.worker_ended(ExitInfo("w1", signaled=True, signal="SIGKILL"), now=20.0)
+    lease_one(state, "w1", now=10.0)  # its first task, however late (loading f took long, say)
+    [ended] = state.worker_ended(ExitInfo("w1", signaled=True, signal="SIGKILL"), now=20.0)
     assert ended.cause is Cause.WALLTIME and not ended.detail["fits_fresh_worker"]
     assert state.states[0] is TaskState.FAILED
 
@@ -223,7 +235,153 @@ def test_a_walltime_end_is_retried_uncounted_once_at_most():
         state.add_workers([worker])
         state.hello(worker, now=100.0 * round_)
         state.workers[worker].tasks_leased = 1  # as if it had finished another task first
-        attempt = state.lease(worker, now=100.0 * round_ + 5)
-        ended = state.worker_ended(ExitInfo(worker, signaled=True, signal="SIGKILL"), now=100.0 * round_ + 20)
+        attempt = lease_one(state, worker, now=100.0 * round_ + 5)
+        [ended] = state.worker_ended(ExitInfo(worker, signaled=True, signal="SIGKILL"), now=100.0 * round_ + 20)
         outcomes.append((attempt.task, ended.detail["fits_fresh_worker"], state.failure_counts.get(attempt.task, 0)))
     assert outcomes == [(0, True, 0), (0, False, 1)]  # the second time it counts, as any failure
+
+
+# -- batches -----------------------------------------------------------------------------------
+
+def run_batch(state, worker, now, seconds=0.0001):
+    """Lease a batch and report every task of it done, each having taken ``seconds``."""
+    batch = state.lease(worker, now)
+    for attempt in batch:
+        state.finish(worker, attempt.task, attempt.number, Cause.RESULT, now, quick(seconds))
+    return len(batch)
+
+
+def test_batches_of_short_tasks_double_from_one_up_to_a_fair_share_of_what_is_left():
+    state = started(100_000, workers=("a", "b"))
+    sizes = [run_batch(state, "a", now) for now in range(14)]
+    assert sizes[:6] == [1, 2, 4, 8, 16, 32]
+    assert max(sizes) == MAX_BATCH
+    assert state.n_done == sum(sizes)
+    tail = started(40, workers=("a", "b", "c", "d"))
+    run_batch(tail, "a", 0)
+    for _ in range(5):
+        run_batch(tail, "a", 1)
+    assert tail.n_pending < 40 and all(len(tail.lease(w, 2)) <= max(tail.n_pending // 8, 1) for w in "b")
+
+
+def test_tasks_that_take_seconds_come_one_at_a_time():
+    state = started(100)
+    sizes = [run_batch(state, "w1", now, seconds=2.0) for now in range(10)]
+    assert sizes == [1] * 10
+
+
+def test_a_batch_holds_no_more_than_fits_in_the_timeout():
+    state = started(10_000, timeout=1.0)
+    sizes = [run_batch(state, "w1", now, seconds=0.05) for now in range(12)]
+    assert max(sizes) == int(1.0 / 4 / (0.05 * 1.25))
+
+
+def grown_batch(state, worker="w1", rounds=6):
+    """Grow a worker's batches (short tasks), then lease one more and return it unreported."""
+    for now in range(rounds):
+        run_batch(state, worker, now)
+    batch = state.lease(worker, rounds)
+    assert len(batch) > 4
+    return batch
+
+
+def test_a_worker_dying_with_a_batch_charges_only_the_task_it_named_the_rest_go_back_uncounted():
+    state = started(1000, retries=3)
+    batch = grown_batch(state)
+    running = batch[2]
+    state.finish("w1", batch[0].task, batch[0].number, Cause.RESULT, 7, quick())
+    state.task_died("w1", running.task, running.number, {"peak_rss_kb": 4242})
+    ended = state.worker_ended(ExitInfo("w1", signaled=True, signal="SIGKILL"), now=8)
+    charged, returned = ended[0], ended[1:]
+    assert charged is running and charged.cause is Cause.SIGNAL and charged.detail["peak_rss_kb"] == 4242
+    assert state.failure_counts == {running.task: 1}
+    assert {a.task for a in returned} == {a.task for a in batch[1:]} - {running.task}
+    assert all(a.cause is Cause.RETURNED and "not counted" in a.detail["summary"] for a in returned)
+    assert all(state.states[a.task] is TaskState.PENDING for a in batch[1:])
+    assert running.task not in {a.task for a in state.failed_attempts.get(batch[1].task, [])}
+    assert set(state.failed_attempts) == {running.task} and not state.running
+
+
+def test_the_task_a_heartbeat_names_is_the_one_charged_and_its_start_is_the_workers_word():
+    state = started(1000, heartbeat_timeout=5, timeout=30)
+    batch = grown_batch(state)
+    named = batch[3]
+    state.heartbeat("w1", (named.task, named.number, 2.5), now=10)
+    assert named.started == 7.5
+    assert state.overdue(now=14) == [] and state.overdue(now=37.6) == [("w1", Cause.TIMEOUT)]
+    ended = state.expire("w1", Cause.TIMEOUT, now=37.6)
+    assert ended[0] is named and ended[0].cause is Cause.TIMEOUT
+    assert [a.cause for a in ended[1:]] == [Cause.RETURNED] * (len(batch) - 1)
+
+
+def test_a_quiet_worker_with_a_batch_is_lost_after_the_heartbeat_timeout():
+    state = started(1000, heartbeat_timeout=5)
+    batch = grown_batch(state)
+    assert state.overdue(now=6 + 4) == []
+    assert state.overdue(now=6 + 6) == [("w1", Cause.LOST)]
+    ended = state.expire("w1", Cause.LOST, now=12)
+    assert ended[0] is batch[0] and ended[0].cause is Cause.LOST  # nobody named another: the first held
+    assert state.n_pending == 1000 - state.n_done
+
+
+def test_an_answer_lost_on_the_way_is_given_again_not_a_second_batch():
+    state = started(1000)
+    batch = grown_batch(state)
+    assert state.lease("w1", 7) == batch
+
+
+def test_returned_tasks_are_served_before_fresh_ones():
+    state = started(1000, workers=("a", "b"))
+    batch = grown_batch(state, "a")
+    state.worker_ended(ExitInfo("a", aborted=True), now=7)
+    assert lease_one_or_more(state, "b", 8) == [batch[0].task, batch[1].task]  # the charged one, then the rest
+
+
+def lease_one_or_more(state, worker, now):
+    return [a.task for a in state.lease(worker, now)]
+
+
+# -- workers the scheduler started that never reached the server ----------------------------------
+
+def test_a_worker_started_but_silent_past_the_hello_timeout_is_written_off_with_its_host():
+    state = started(10, workers=("a",), heartbeat_timeout=5, max_workers=3)
+    state.add_workers(["b", "c"])
+    lease_one(state, "a", 0)
+    assert state.unresponsive({"a": "node1", "b": "node3"}, now=0) == []
+    assert state.unresponsive({"b": "node3", "c": "node3"}, now=9) == []
+    [stuck] = state.unresponsive({"b": "node3", "c": "node3"}, now=10.5)
+    assert stuck.id == "b" and state.silent_hosts == {"node3"}
+    assert "b" not in state.unreached and state.workers["b"].terminated
+    assert state.start_failure is None and state.early_deaths == 1
+    [stuck] = state.unresponsive({"c": "node3"}, now=19.5)
+    assert stuck.id == "c" and state.early_deaths == 1  # the same dead host counts once
+    assert state.workers_to_submit() == 2
+
+
+def test_when_no_worker_ever_reached_the_server_one_silent_worker_ends_the_sweep():
+    state = SweepState(10, heartbeat_timeout=5)
+    state.add_workers(["a"])
+    state.unresponsive({"a": "node1"}, now=0)
+    state.unresponsive({"a": "node1"}, now=11)
+    failure = state.start_failure
+    assert failure is not None and "started on node1" in failure.ending.summary
+    assert "never reached the server" in failure.ending.summary
+
+
+def test_a_worker_told_to_leave_is_not_counted_in_the_width_however_long_the_scheduler_shows_it():
+    state = started(5, workers=("a", "b"), max_workers=2, tasks_per_worker=1)
+    for worker in ("a", "b"):
+        attempt = lease_one(state, worker, 0)
+        state.finish(worker, attempt.task, attempt.number, Cause.RESULT, 1)
+        assert lease_one(state, worker, 1) is None  # retiring: the scheduler may show it running for minutes
+    assert state.workers_to_submit() == 2
+
+
+def test_a_worker_near_its_limit_gets_only_the_tasks_that_fit():
+    state = SweepState(10_000, walltime=20.0)
+    state.add_workers(["w1"])
+    state.hello("w1", now=0.0)
+    for now in range(6):
+        run_batch(state, "w1", now, seconds=0.001)
+    batch = state.lease("w1", now=16.95)  # 0.05 s left after the slack; a task is expected to take 1.25 ms
+    assert len(batch) == 40  # not the 64 its batches had grown to
