@@ -248,7 +248,7 @@ def _prepare_record(store: Store, options: Options, function: bytes, blobs: list
         elif options.resume and existing.state != SweepPhase.CREATING:
             _refuse_mismatch(store, existing, options, function_digest, args_digest, len(blobs))
             store.take_claim(existing, me)
-            done = [index for index, state, _ in store.task_states(existing.id) if state == TaskState.DONE]
+            done = store.tasks_in_state(existing.id, TaskState.DONE.value)
             log.info("resuming sweep %r: %d of %d tasks already done", options.name, len(done), existing.n_tasks)
             return dataclasses.replace(existing, owner=me), done
         else:

@@ -126,7 +126,7 @@ class Sweep:
     def failures(self) -> list[TaskFailure]:
         """One record per task that failed for good, with its whole attempt history."""
         return [failure_from_store(self.store, self.id, index)
-                for index, state, _ in self.store.task_states(self.id) if state == TaskState.FAILED]
+                for index in self.store.tasks_in_state(self.id, TaskState.FAILED.value)]
 
     def cancel(self, timeout: float = 60.0) -> None:
         """Terminate every job of a live sweep and wait until they are gone (bounded by ``timeout``)."""

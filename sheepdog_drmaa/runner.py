@@ -6,14 +6,14 @@ server's threads handle hellos, leases, reports and heartbeats. Both go through 
 """
 from __future__ import annotations
 
+import array
 import contextlib
 import dataclasses
 import logging
 import os
-import queue
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any, Callable
 
 from . import claims, protocol
@@ -46,6 +46,38 @@ REAP_SECONDS = 15.0
 LOG_TAIL_BYTES = 1500
 
 
+class Completions:
+    """Indices of tasks as they end for good, kept compactly (8 bytes each, a million tasks
+    included) until read; iterated once, by whoever streams the results, until closed."""
+
+    def __init__(self, already: Iterable[int] = ()) -> None:
+        self.indices = array.array("q", already)
+        self.closed = False
+        self.changed = threading.Condition()
+
+    def add(self, index: int) -> None:
+        with self.changed:
+            self.indices.append(index)
+            self.changed.notify_all()
+
+    def close(self) -> None:
+        with self.changed:
+            self.closed = True
+            self.changed.notify_all()
+
+    def __iter__(self) -> Iterator[int]:
+        position = 0
+        while True:
+            with self.changed:
+                while position >= len(self.indices) and not self.closed:
+                    self.changed.wait()
+                fresh, closed = self.indices[position:], self.closed
+            yield from fresh
+            position += len(fresh)
+            if closed and position >= len(self.indices):
+                return
+
+
 class Run:
     """The live side of one sweep in this process."""
 
@@ -66,9 +98,7 @@ class Run:
             heartbeat_timeout=options.heartbeat_timeout, done=done, attempts_made=store.attempts_made(sweep_id),
             walltime=options.runtime_limit(),
             task_time=options.task_time)
-        self.completed: queue.Queue[int | None] = queue.Queue()
-        for index in done:
-            self.completed.put(index)
+        self.completed = Completions(done)
         handlers = {protocol.ROUTE_HELLO: self._hello, protocol.ROUTE_LEASE: self._lease,
                     protocol.ROUTE_REPORT: self._report, protocol.ROUTE_HEARTBEAT: self._heartbeat,
                     protocol.ROUTE_SETUP_FAILED: self._setup_failed, protocol.ROUTE_TASK_DIED: self._task_died}
@@ -239,7 +269,7 @@ class Run:
         assert attempt.cause is not None
         task_state = self.state.states[attempt.task].value
         if task_state in (TaskState.DONE, TaskState.FAILED):
-            self.completed.put(attempt.task)
+            self.completed.add(attempt.task)
         if attempt.cause not in (Cause.RESULT, Cause.RETURNED, Cause.CANCELLED):
             log.log(logging.INFO if task_state == TaskState.PENDING else logging.WARNING,
                     "task %d attempt %d: %s (%s); task is now %s", attempt.task, attempt.number,
@@ -272,11 +302,7 @@ class Run:
 
     def completions(self) -> Iterator[int]:
         """Indices of tasks as they end for good (done or failed), until the sweep ends; readable once."""
-        while True:
-            index = self.completed.get()
-            if index is None:
-                return
-            yield index
+        return iter(self.completed)
 
     def cancel(self, timeout: float = 60.0) -> bool:
         """Ask the driving thread to stop the sweep and terminate its jobs; True once it has."""
@@ -410,7 +436,7 @@ class Run:
                 final = SweepPhase.CANCELLED if isinstance(self.outcome, SweepCancelled) else SweepPhase.INTERRUPTED
             self._quietly(self.store.release_claim, self.sweep_id, self.claim.token, final)
             claims.let_go(self.claim)
-            self.completed.put(None)
+            self.completed.close()
             self.finished.set()
 
     def _reap_all(self) -> None:

@@ -442,12 +442,12 @@ class Store:
         with db.blobopen("large_values", "data", row["args_large"], readonly=True) as handle:
             return handle.read()
 
-    def task_states(self, sweep_id: str) -> Iterator[tuple[int, str, int]]:
-        """(index, state, attempts) of every task, in index order."""
+    def tasks_in_state(self, sweep_id: str, state: str) -> list[int]:
+        """The indices of the tasks in ``state``, in order."""
         with self._reading() as db:
-            rows = db.execute("SELECT idx, state, attempts FROM tasks WHERE sweep_id = ? ORDER BY idx",
-                              (sweep_id,)).fetchall()
-        return iter([(row["idx"], row["state"], row["attempts"]) for row in rows])
+            rows = db.execute("SELECT idx FROM tasks WHERE sweep_id = ? AND state = ? ORDER BY idx",
+                              (sweep_id, state)).fetchall()
+        return [row[0] for row in rows]
 
     def results(self, sweep_id: str) -> Iterator[tuple[int, str, bytes | None]]:
         """(index, state, pickled result or None) in index order, read in pages to bound memory."""

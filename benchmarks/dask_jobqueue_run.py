@@ -1,0 +1,33 @@
+"""The dask-jobqueue side of benchmarks/throughput.py, run by the Python of its own virtual environment.
+
+    python dask_jobqueue_run.py N WORKERS LOG_DIR
+
+Starts an SGECluster of WORKERS single-core workers on the one-node Grid Engine, maps a trivial
+function over N integers, gathers the results, and prints the seconds this took end to end
+(cluster start-up and shutdown included, as for sheepdog_drmaa.map).
+"""
+import sys
+import time
+
+from dask.distributed import Client
+from dask_jobqueue import SGECluster
+
+
+def identity(x):
+    return x
+
+
+def main() -> None:
+    n, workers, log_dir = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+    started = time.perf_counter()
+    with SGECluster(cores=1, processes=1, memory="1GB", queue="all.q", log_directory=log_dir,
+                    python=sys.executable) as cluster, Client(cluster) as client:
+        cluster.scale(workers)
+        results = client.gather(client.map(identity, range(n)))
+    elapsed = time.perf_counter() - started
+    assert results == list(range(n))
+    print(f"{elapsed:.3f}")
+
+
+if __name__ == "__main__":
+    main()
