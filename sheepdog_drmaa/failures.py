@@ -24,6 +24,7 @@ class Cause(str, enum.Enum):
     TIMEOUT = "timeout"        # ran past the user's timeout
     CANCELLED = "cancelled"    # the sweep was cancelled while the attempt ran
     WALLTIME = "walltime"      # the worker reached its runtime limit and the scheduler ended it
+    RETURNED = "returned"      # held unstarted (or unreported) in a batch when its worker ended: not counted
 
 
 # Causes that are the cluster's fault rather than f's: retried within the retry budget.
