@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 POLL_SECONDS = 0.1
 OUT_OF_BAND_BYTES = 64 * 1024  # arguments larger than this travel beside the lease's pickle
 REMOVAL_BATCH = 50
-SUBMIT_RETRY_SECONDS = 10.0
+SUBMIT_RETRY_SECONDS = 3.0
 REAP_SECONDS = 15.0
 LOG_TAIL_BYTES = 1500
 
@@ -380,12 +380,18 @@ class Run:
             self.progress.update(counts)
 
     def _write_off(self, stuck: list[Worker]) -> None:
-        """Remove workers that started but never reached the server, and send no more to their hosts."""
+        """Remove workers that started but never reached the server, and send no more to silent hosts."""
         for worker in stuck:
+            host = worker.dispatched_to
+            if host is not None and host not in self.state.silent_hosts:
+                log.warning("worker %s has been shown running on %s for %g s but never reached the server; other "
+                            "workers there did, so the scheduler's view of this one is stale: it is removed",
+                            worker.id, host, self.state.hello_timeout)
+                continue
             log.warning("worker %s was started on %s but has not reached the server at %s within %g s: that host "
                         "is down or cannot reach this one. The worker is removed%s.", worker.id,
-                        worker.dispatched_to or "an unknown host", self.url, self.state.hello_timeout,
-                        " and no more workers of this sweep are sent there" if worker.dispatched_to else "")
+                        host or "an unknown host", self.url, self.state.hello_timeout,
+                        " and no more workers of this sweep are sent there" if host else "")
         avoid = tuple(sorted(self.state.silent_hosts))
         if avoid != self.spec.avoid_hosts:
             self.spec = dataclasses.replace(self.spec, avoid_hosts=avoid)

@@ -170,6 +170,7 @@ class SweepState:
         self.early_deaths = 0
         self.last_early_death: StartFailure | None = None
         self.silent_hosts: set[str] = set()  # hosts whose workers never reached the server
+        self.last_hello_from: dict[str, float] = {}  # host -> when a worker there last said hello
         self.any_reached = False
 
     # -- pending tasks ---------------------------------------------------------------------
@@ -203,6 +204,8 @@ class SweepState:
         if not worker.reached:  # a hello repeated because its answer was lost changes nothing
             worker.reached, worker.host, worker.started = True, host, now
             self.any_reached = True
+            if host is not None:
+                self.last_hello_from[host] = now
         worker.last_seen = now
         self.unreached.pop(worker_id, None)
         return True
@@ -363,8 +366,10 @@ class SweepState:
 
     def unresponsive(self, started: Mapping[str, str | None], now: float) -> list[Worker]:
         """Workers the scheduler has shown started (``started``: worker -> host) for longer than the
-        hello timeout without having said hello: marked terminated and returned, each counting as a
-        worker that could not start."""
+        hello timeout without having said hello: marked terminated and returned. Their host is
+        written off (and each such host counts as a worker that could not start) unless another
+        worker said hello from it since: then the scheduler's view was stale (a job that ended
+        while it was unreachable, say), not the host dead."""
         stuck = []
         for worker_id, host in started.items():
             worker = self.unreached.get(worker_id)
@@ -376,6 +381,9 @@ class SweepState:
                 worker.terminated = True
                 del self.unreached[worker_id]
                 silent = worker.dispatched_to
+                if silent is not None and self.last_hello_from.get(silent, -math.inf) > worker.dispatched:
+                    stuck.append(worker)  # its host answers: only this job is stale
+                    continue
                 if not self.any_reached:  # no worker ever reached the server: it is not one host's fault
                     self.early_deaths = self.start_failure_limit
                 elif silent is None or silent not in self.silent_hosts:  # a dead host counts once, however many

@@ -358,6 +358,15 @@ def test_a_worker_started_but_silent_past_the_hello_timeout_is_written_off_with_
     assert state.workers_to_submit() == 2
 
 
+def test_a_silent_worker_on_a_host_that_answers_since_is_removed_without_blaming_the_host():
+    state = started(10, workers=(), heartbeat_timeout=5)
+    state.add_workers(["stale", "fresh"])
+    state.unresponsive({"stale": "node1"}, now=0)  # shown running since before an outage, say
+    state.hello("fresh", host="node1", now=3)
+    [stuck] = state.unresponsive({"stale": "node1"}, now=11)
+    assert stuck.id == "stale" and state.silent_hosts == set() and state.early_deaths == 0
+
+
 def test_when_no_worker_ever_reached_the_server_one_silent_worker_ends_the_sweep():
     state = SweepState(10, heartbeat_timeout=5)
     state.add_workers(["a"])
