@@ -1,4 +1,4 @@
-"""A sweep of 100,000 small tasks: creation time, the client's peak RSS, and the store's size.
+"""A sweep of a million small tasks: creation time, tasks/s, the client's peak RSS, the store's size.
 
     python benchmarks/scale.py [N] [--create-only]
 
@@ -15,7 +15,7 @@ import sheepdog_drmaa
 
 
 def main() -> None:
-    n = int(next((a for a in sys.argv[1:] if a.isdigit()), 100_000))
+    n = int(next((a for a in sys.argv[1:] if a.isdigit()), 1_000_000))
     create_only = "--create-only" in sys.argv
     with tempfile.TemporaryDirectory() as scratch:
         store = os.path.join(scratch, "sweeps.sqlite")
