@@ -63,6 +63,54 @@ edit_with() {  # edit_with SED_SCRIPT qconf -mXXX ...: run a qconf editor comman
   rm -f "$editor"
 }
 
+# What a site's cell has, for the resource tests (memory=, cores=, gpus=): a parallel environment
+# smp whose slots all come from one host, attached to all.q; h_vmem consumable per slot, with a
+# capacity of 8G on this host; a GPU-like complex gpu, counted per job, 2 on this host; and a
+# project, sheepdog.
+# Idempotent, and safe on a running cell: changes only what differs. `bash ci/gridengine.sh
+# site-resources` applies just these to a running cluster, without restarting its daemons.
+parallel_environment() {  # before all.q, which names it
+  qconf -sp smp >/dev/null 2>&1 && return
+  log "adding the parallel environment smp"
+  local file; file=$(mktemp)
+  # shellcheck disable=SC2016
+  printf '%s\n' 'pe_name smp' 'slots 9999' 'user_lists NONE' 'xuser_lists NONE' 'start_proc_args NONE' \
+    'stop_proc_args NONE' 'allocation_rule $pe_slots' 'control_slaves FALSE' 'job_is_first_task TRUE' \
+    'urgency_slots min' 'accounting_summary FALSE' 'qsort_args NONE' >"$file"
+  qconf -Ap "$file" >/dev/null
+  rm -f "$file"
+}
+
+site_resources() {  # once the execution host exists
+  local tmp; tmp=$(mktemp -d)
+  # name shortcut type relop requestable consumable default urgency
+  qconf -sc | grep -v '^#' | awk '$1 != "h_vmem" && $1 != "gpu"' >"$tmp/complexes"
+  printf '%-19s %-10s %-9s %-5s %-11s %-10s %-8s %s\n' h_vmem h_vmem MEMORY '<=' YES YES 0 0 \
+    gpu gpu INT '<=' YES JOB 0 0 >>"$tmp/complexes"
+  if [ "$(qconf -sc | grep -v "^#" | awk '$1 == "h_vmem" || $1 == "gpu"' | sort | xargs)" != \
+       "$(awk '$1 == "h_vmem" || $1 == "gpu"' "$tmp/complexes" | sort | xargs)" ]; then
+    log "making h_vmem consumable and adding the complex gpu"
+    qconf -Mc "$tmp/complexes" >/dev/null
+  fi
+  local values; values=$(qconf -se "$host" | awk '$1 == "complex_values" {print $2}')
+  if [ "$values" != "gpu=2,h_vmem=8G" ] && [ "$values" != "h_vmem=8G,gpu=2" ]; then
+    log "host $host offers h_vmem=8G and gpu=2"
+    qconf -mattr exechost complex_values h_vmem=8G,gpu=2 "$host" >/dev/null
+  fi
+  if ! qconf -sprj sheepdog >/dev/null 2>&1; then
+    log "adding the project sheepdog"
+    printf '%s\n' 'name sheepdog' 'oticket 0' 'fshare 0' 'acl NONE' 'xacl NONE' >"$tmp/project"
+    qconf -Aprj "$tmp/project" >/dev/null
+  fi
+  if qconf -sq all.q >/dev/null 2>&1 && ! qconf -sq all.q | awk '$1 == "pe_list"' | grep -qw smp; then
+    log "attaching smp to all.q"
+    qconf -aattr queue pe_list smp all.q >/dev/null
+  fi
+  rm -rf "$tmp"
+}
+
+[ "${1:-}" = site-resources ] && { parallel_environment; site_resources; exit 0; }
+
 install_packages
 rebuild_cell_if_foreign
 stop_daemons
@@ -81,19 +129,21 @@ qconf -ah "$host" >/dev/null 2>&1 || true
 edit_with 's/^min_uid .*/min_uid 0/; s/^min_gid .*/min_gid 0/' qconf -mconf global
 edit_with 's/^schedule_interval .*/schedule_interval 0:0:1/; s/^flush_submit_sec .*/flush_submit_sec 1/; s/^flush_finish_sec .*/flush_finish_sec 1/' qconf -msconf
 
+parallel_environment
 tmp=$(mktemp -d)
 printf 'group_name @allhosts\nhostlist %s\n' "$host" >"$tmp/hgrp"
 qconf -Ahgrp "$tmp/hgrp" >/dev/null 2>&1 || qconf -Mhgrp "$tmp/hgrp" >/dev/null
 qconf -sq 2>/dev/null | sed \
   -e 's/^qname .*/qname all.q/' -e 's/^hostlist .*/hostlist @allhosts/' \
   -e 's/^slots .*/slots 8/' -e 's/^load_thresholds .*/load_thresholds NONE/' \
-  -e 's/^pe_list .*/pe_list NONE/' -e 's/^shell .*/shell \/bin\/sh/' >"$tmp/queue"
+  -e 's/^pe_list .*/pe_list smp/' -e 's/^shell .*/shell \/bin\/sh/' >"$tmp/queue"
 if qconf -sq all.q >/dev/null 2>&1; then qconf -Mq "$tmp/queue" >/dev/null; else qconf -Aq "$tmp/queue" >/dev/null; fi
 rm -rf "$tmp"
 
 log "starting execd"
 /etc/init.d/gridengine-exec start >/dev/null 2>&1 || true
 wait_for 60 "execution host to report load" sh -c "qhost -h '$host' | awk 'NR>3 && \$4 != \"-\" {ok=1} END {exit !ok}'"
+site_resources
 
 # No job left from an earlier run; queue out of any error state.
 if [ -n "$(qstat -u '*' 2>/dev/null)" ]; then

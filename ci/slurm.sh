@@ -17,6 +17,7 @@ tarball=${SLURM_DRMAA_TARBALL:-$here/../../shared/third_party/slurm-drmaa-1.1.6.
 [ -f "$tarball" ] || [ -n "${SLURM_DRMAA_TARBALL:-}" ] || tarball=/work/shared/third_party/slurm-drmaa-1.1.6.tar.gz
 prefix=${SLURM_DRMAA_PREFIX:-/opt/slurm-drmaa}
 conf=/etc/slurm/slurm.conf
+gres=/etc/slurm/gres.conf
 state=/var/lib/slurm/slurmctld
 log() { echo "[slurm] $*" >&2; }
 
@@ -78,12 +79,19 @@ SlurmdLogFile=/var/log/slurm/slurmd.log
 # No systemd and no cgroup controllers here.
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
-JobAcctGatherType=jobacct_gather/none
+# Memory use is sampled every second and a job over its --mem is killed (no cgroups here to do it).
+JobAcctGatherType=jobacct_gather/linux
+JobAcctGatherFrequency=task=1
+JobAcctGatherParams=OverMemoryKill
 AccountingStorageType=accounting_storage/none
 MpiDefault=none
-# One core per job, memory not consumed: 8 one-core jobs at once, as on the Grid Engine test queue.
+# Cores and memory are consumed: a job takes one core and DefMemPerCPU MB unless it asks for more,
+# so 8 one-core jobs run at once, as on the Grid Engine test queue. The node declares 8 GB and two
+# GPU-like generic resources (see gres.conf), as a site's node would.
 SelectType=select/cons_tres
-SelectTypeParameters=CR_Core
+SelectTypeParameters=CR_Core_Memory
+DefMemPerCPU=500
+GresTypes=gpu
 SlurmdParameters=config_overrides
 # Start array tasks at once instead of every 3 s.
 SchedulerParameters=batch_sched_delay=0
@@ -93,14 +101,23 @@ SchedulerParameters=batch_sched_delay=0
 # and at 30 s half of a 300-task array came back "exit 0" instead of "exit 3". Slurm's default.
 MinJobAge=300
 ReturnToService=2
-NodeName=$host CPUs=8 State=UNKNOWN
+NodeName=$host CPUs=8 RealMemory=8000 Gres=gpu:2 State=UNKNOWN
 PartitionName=debug Nodes=$host Default=YES MaxTime=INFINITE State=UP
 CONF
-  if cmp -s "$new" "$conf"; then
-    rm -f "$new"
+  # Slurm drops a gpu without device files ("Removing file-less GPU"), so two stand-ins for GPUs:
+  # character devices like /dev/null (with task/none nothing is bound to them; they are counted).
+  local i
+  for i in 0 1; do
+    [ -c "/dev/sheepdog-gpu$i" ] || mknod -m 666 "/dev/sheepdog-gpu$i" c 1 3
+  done
+  printf '# Written by sheepdog_drmaa'"'"'s ci/slurm.sh: two GPU-like resources (stand-in devices).\nNodeName=%s Name=gpu File=/dev/sheepdog-gpu[0-1]\n' \
+    "$host" >"$new.gres"
+  if cmp -s "$new" "$conf" && cmp -s "$new.gres" "$gres"; then
+    rm -f "$new" "$new.gres"
   else
     mv "$new" "$conf"
-    chmod 644 "$conf"
+    mv "$new.gres" "$gres"
+    chmod 644 "$conf" "$gres"
     echo changed
   fi
   # Blocking waits poll Slurm every second instead of every 10 s.

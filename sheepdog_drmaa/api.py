@@ -3,10 +3,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 import hashlib
 import inspect
-import ipaddress
 import logging
 import os
 import reprlib
@@ -20,7 +18,7 @@ from typing import Any, Callable
 
 import cloudpickle
 
-from . import claims, protocol
+from . import address, claims, protocol
 from .backends import Backend, WorkerSpec, open_backend
 from .errors import ConfigurationError, SweepCancelled, SweepLocked, SweepMismatch
 from .handle import Sweep
@@ -32,9 +30,14 @@ from .sweep import SweepPhase, TaskState
 log = logging.getLogger(__name__)
 
 OPTION_NAMES = frozenset(f.name for f in dataclasses.fields(Options)) | {"namespace"}
-# Forwarded to the workers from the submit host's environment (beside PYTHONPATH and env=).
-FORWARDED_VARIABLES = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "TMPDIR", "VIRTUAL_ENV",
-                       "CONDA_PREFIX")
+# Forwarded to the workers from the submit host's environment (beside PYTHONPATH, every LC_*
+# variable, and env=, which wins): what finds the interpreter, its libraries and its packages, and
+# the user's locale. Not TMPDIR: schedulers give each job its own (Grid Engine's is removed with
+# the job), and the submit host's may not exist on a node.
+FORWARDED_VARIABLES = ("PATH", "LD_LIBRARY_PATH", "PYTHONHOME", "PYTHONUSERBASE", "PYTHONNOUSERSITE", "VIRTUAL_ENV",
+                       "CONDA_PREFIX", "CONDA_DEFAULT_ENV", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE")
+# Set to cores= in the job unless env= sets them, so that numerical libraries use the slots asked for.
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS")
 
 
 def map(f: Callable[..., Any], args: Iterable[Any], **options: Any) -> list[Any]:
@@ -49,6 +52,13 @@ def map(f: Callable[..., Any], args: Iterable[Any], **options: Any) -> list[Any]
     port, python, env, queue, native_spec, job_name, log_dir, progress, errors ("raise" or
     "return"), retries, retry_exceptions, timeout, heartbeat_interval, heartbeat_timeout,
     store, name, resume, and namespace (extra globals for ``f``, as in the original sheepdog).
+
+    Resources per worker, asked of the scheduler in its own terms and checked against it before
+    anything is submitted: memory ("4G"; on Grid Engine the memory_resource complex, default
+    h_vmem, per slot, so divided by cores), cores (slots: a parallel_env, default "smp", on Grid
+    Engine; --cpus-per-task on Slurm; also sets OMP_NUM_THREADS and its kin unless env= does),
+    gpus, project (-P; --account), walltime; native_spec comes last and wins. setup: shell lines
+    run in the job's /bin/sh before the worker's Python starts.
 
     Tasks that fail for good make it raise :class:`SweepFailed` once every other task has
     finished; it carries ``.failures`` and the partial ``.results``. With ``errors="return"``
@@ -119,12 +129,10 @@ def _start(f: Callable[..., Any], args: Iterable[Any], given: dict[str, Any]) ->
     blobs = [_pickle(item, "args", index) for index, item in enumerate(items)]
     if not blobs:
         return []
-    host, bind = _check_address(options)
     backend = open_backend(options.backend, local_slots=options.workers)
     try:
         backend.check_request(_worker_spec(options, log_dir=""))
-        if backend.name == "drmaa":
-            _warn_if_loopback(host)
+        host, bind = _check_address(options, backend)
         store = Store(options.store)
     except BaseException:
         backend.close()
@@ -196,19 +204,17 @@ def _digest(blobs: Iterable[bytes]) -> str:
     return digest.hexdigest()
 
 
-@functools.cache  # once per host and process
-def _warn_if_loopback(host: str) -> None:
-    """Workers on other nodes cannot reach a loopback address (Debian maps its own name to 127.0.1.1)."""
-    addresses = {str(info[4][0]) for info in socket.getaddrinfo(host, None)}
-    if addresses and all(ipaddress.ip_address(a.split("%")[0]).is_loopback for a in addresses):
-        log.warning("host=%r resolves only to the loopback address %s: workers on other nodes cannot reach the "
-                    "server. Fine on a one-node cluster; otherwise pass host= a name or address of this machine "
-                    "on the cluster network.", host, ", ".join(sorted(addresses)))
-
-
-def _check_address(options: Options) -> tuple[str, str]:
-    """The name workers use to reach this host, and the address to listen on; both must work."""
-    host = options.host or socket.getfqdn()
+def _check_address(options: Options, backend: Backend) -> tuple[str, str]:
+    """The name workers use to reach this host (see address.py for the default), and the address to
+    listen on; both must work."""
+    from .backends.drmaa import DrmaaBackend
+    if not isinstance(backend, DrmaaBackend):  # local workers reach it on this machine, whatever it is
+        host = options.host or socket.getfqdn()
+    elif options.host:
+        host = options.host
+        address.warn_if_loopback(host)
+    else:
+        host = address.default_host(backend.execution_hosts)
     bind = options.bind or host
     for name, value in (("host", host), ("bind", bind)):
         try:
@@ -299,15 +305,22 @@ def _make_run(store: Store, record: SweepRecord, options: Options, function: byt
 
 def _worker_spec(options: Options, log_dir: str) -> WorkerSpec:
     """How this sweep's workers are to be started, as asked of the scheduler."""
+    assert options.memory is None or isinstance(options.memory, int)  # a size in bytes once validated
     return WorkerSpec(python=options.python, environment=_worker_environment(options), working_directory=os.getcwd(),
                       log_dir=log_dir, job_name=options.job_name, queue=options.queue, native_spec=options.native_spec,
-                      walltime=options.walltime)
+                      walltime=options.walltime, memory=options.memory, cores=options.cores, gpus=options.gpus,
+                      project=options.project, parallel_env=options.parallel_env,
+                      memory_resource=options.memory_resource, setup=tuple(options.setup))
 
 
 def _worker_environment(options: Options) -> dict[str, str]:
-    """The job environment: this host's import path and basic variables, then the user's env=."""
-    environment = {name: os.environ[name] for name in FORWARDED_VARIABLES if name in os.environ}
+    """The job environment: this host's import path and basic variables, thread counts for cores=,
+    then the user's env=."""
+    environment = {name: value for name, value in os.environ.items()
+                   if name in FORWARDED_VARIABLES or name.startswith("LC_")}
     paths = [os.path.abspath(p or os.curdir) for p in sys.path]
     environment["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(p for p in paths if os.path.exists(p)))
+    if options.cores is not None:
+        environment.update(dict.fromkeys(THREAD_VARIABLES, str(options.cores)))
     environment.update(options.env)
     return environment

@@ -6,10 +6,14 @@ Pure: backends translate their own records into :class:`ExitInfo`; everything el
 from __future__ import annotations
 
 import enum
+import re
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from .protocol import EXIT_BAD_CONFIGURATION, EXIT_RESERVED_STATUS, EXIT_SERVER_UNREACHABLE
+
+# The job's shell exits with this when a set-up line (setup=) fails, before Python starts.
+EXIT_SETUP_FAILED = 72
 
 
 class Cause(str, enum.Enum):
@@ -24,12 +28,13 @@ class Cause(str, enum.Enum):
     TIMEOUT = "timeout"        # ran past the user's timeout
     CANCELLED = "cancelled"    # the sweep was cancelled while the attempt ran
     WALLTIME = "walltime"      # the worker reached its runtime limit and the scheduler ended it
+    MEMORY = "memory"          # the scheduler killed the worker for using more memory than it asked for
     RETURNED = "returned"      # held unstarted (or unreported) in a batch when its worker ended: not counted
 
 
 # Causes that are the cluster's fault rather than f's: retried within the retry budget.
 INFRASTRUCTURE_CAUSES = frozenset({Cause.EXIT, Cause.SIGNAL, Cause.ABORTED, Cause.LOST, Cause.TIMEOUT,
-                                   Cause.WALLTIME})
+                                   Cause.WALLTIME, Cause.MEMORY})
 
 
 @dataclass(frozen=True)
@@ -44,6 +49,7 @@ class ExitInfo:
     core_dumped: bool = False
     aborted: bool = False
     resource_usage: dict[str, Any] = field(default_factory=dict)
+    state: str = ""  # the scheduler's own word for how the job ended, where it has one (Slurm: OUT_OF_MEMORY)
 
 
 @dataclass(frozen=True)
@@ -70,6 +76,7 @@ _WORKER_STATUSES = {
                            "on as 98)"),
     EXIT_SERVER_UNREACHABLE: " (the worker could not reach the sheepdog server; see its stderr file)",
     EXIT_BAD_CONFIGURATION: " (the worker could not load its configuration or the function; see its stderr file)",
+    EXIT_SETUP_FAILED: " (a set-up line failed; its number, text and output are in the worker's stderr file)",
     127: " (command not found: check python=)",
 }
 
@@ -95,12 +102,69 @@ _TABLE: list[tuple[Callable[[ExitInfo], bool], Callable[[ExitInfo], Ending]]] = 
 ]
 
 
-def classify(info: ExitInfo) -> Ending:
-    """Turn a worker's exit information into the cause of whatever attempt it still held."""
+def classify(info: ExitInfo, memory_limit: int | None = None, stderr_tail: str = "") -> Ending:
+    """Turn a worker's exit information into the cause of whatever attempt it still held.
+
+    ``memory_limit`` (bytes, the sweep's memory= per worker) and the tail of the worker's stderr
+    file let a kill for memory be told from other kills; see :func:`memory_kill`.
+    """
+    killed_for_memory = memory_kill(info, memory_limit, stderr_tail)
+    if killed_for_memory is not None:
+        return killed_for_memory
     for applies, ending in _TABLE:
         if applies(info):
             return ending(info)
     raise AssertionError("the last row of the table always applies")
+
+
+# slurmstepd's words when it kills a job step over its --mem (JobAcctGatherParams=OverMemoryKill):
+# "StepId=12.batch exceeded memory limit (750981120 > 314572800), being killed" (bytes).
+_SLURM_OVER_MEMORY = re.compile(r"exceeded memory limit \((\d+) > (\d+)\)")
+
+
+def memory_kill(info: ExitInfo, memory_limit: int | None, stderr_tail: str = "") -> Ending | None:
+    """The ending "killed for memory" when the evidence says so, else None.
+
+    The evidence, by scheduler: Grid Engine kills a job whose processes together pass h_vmem with
+    SIGKILL and reports its peak as ``maxvmem`` (one process alone gets MemoryError instead, from
+    the address-space limit, and exits 1: that is no kill); Slurm says ``OUT_OF_MEMORY`` where
+    cgroups enforce memory, and where slurmstepd polls it the job ends aborted with slurmstepd's
+    "exceeded memory limit (peak > limit)" in its stderr. A worker that ended on its own (exited)
+    with a high peak was not killed, so it is not counted here.
+    """
+    found = _SLURM_OVER_MEMORY.search(stderr_tail) if info.aborted or info.signaled else None
+    if found:
+        return _memory_ending(int(found.group(2)), int(found.group(1)))
+    peak = _peak(info.resource_usage)
+    if info.state == "OUT_OF_MEMORY":
+        return _memory_ending(memory_limit, peak)
+    if (memory_limit is not None and peak is not None and peak > memory_limit
+            and (info.aborted or (info.signaled and info.signal in ("SIGKILL", "KILL", "9")))):
+        return _memory_ending(memory_limit, peak)
+    return None
+
+
+def _peak(usage: dict[str, Any]) -> int | None:
+    """The peak memory in the scheduler's accounting: Grid Engine's maxvmem (bytes); None if unknown or 0."""
+    try:
+        value = int(float(usage["maxvmem"]))
+    except (KeyError, TypeError, ValueError):
+        return None
+    return value if value > 0 else None
+
+
+def _memory_ending(limit: int | None, peak: int | None) -> Ending:
+    asked = f"asked {format_size(limit)}" if limit else "over its memory request"
+    measured = f", peak {format_size(peak)}" if peak else ""
+    return Ending(Cause.MEMORY, f"killed for memory: {asked}{measured} (ask for more with memory=)", False)
+
+
+def format_size(size: int) -> str:
+    """Bytes as a short binary size: 1G, 1.3G, 300M, 512K."""
+    for unit, scale in (("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)):
+        if size >= scale:
+            return f"{size / scale:.1f}".removesuffix(".0") + unit
+    return f"{size}B"
 
 
 def is_retryable(cause: Cause, exception_types: tuple[str, ...] = (), retry_exceptions: tuple[str, ...] = ()) -> bool:

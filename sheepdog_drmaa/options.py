@@ -8,6 +8,7 @@ import dataclasses
 import json
 import os
 import re
+import subprocess
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -52,16 +53,26 @@ class Options:
     max_result_size: int = DEFAULT_MAX_RESULT_SIZE
     walltime: float | None = None
     task_time: float | None = None
+    memory: int | str | None = None       # per worker; bytes once validated
+    cores: int | None = None              # slots (CPUs) per worker
+    gpus: int | None = None
+    project: str | None = None            # Grid Engine -P, Slurm --account
+    parallel_env: str = "smp"             # Grid Engine's parallel environment for cores=
+    memory_resource: str = "h_vmem"       # Grid Engine's complex that memory= asks for
+    setup: tuple[str, ...] = ()           # shell lines run in the job before the worker starts
     output_limit: int = DEFAULT_OUTPUT_LIMIT
     name: str | None = None
     resume: bool = True
 
     def runtime_limit(self) -> float | None:
-        """Each worker's runtime limit in seconds: walltime=, else an h_rt in native_spec, else none known."""
+        """Each worker's runtime limit in seconds: walltime=, else an ``h_rt`` (Grid Engine) or a
+        ``-t``/``--time`` (Slurm) in native_spec (the last one given, as the scheduler reads it),
+        else none known."""
         if self.walltime is not None:
             return self.walltime
-        found = _H_RT.search(self.native_spec or "")
-        return parse_duration(found.group(1)) if found else None
+        found = [(m.start(), parse_duration(m.group(1))) for m in _H_RT.finditer(self.native_spec or "")]
+        found += [(m.start(), parse_slurm_time(m.group(1))) for m in _SLURM_TIME.finditer(self.native_spec or "")]
+        return max(found)[1] if found else None
 
 
 def _parse_env_mapping(text: str) -> dict[str, str]:
@@ -107,6 +118,25 @@ def parse_duration(value: Any) -> float:
 
 
 _H_RT = re.compile(r"(?:^|[\s,])h_rt=([0-9:.]+)")
+_SLURM_TIME = re.compile(r"(?:^|\s)(?:-t\s*|--time[=\s])([0-9][0-9:-]*)")
+
+
+def parse_slurm_time(text: str) -> float:
+    """Seconds from Slurm's --time forms: "M", "M:S", "H:M:S", "D-H", "D-H:M" and "D-H:M:S"."""
+    days, dash, rest = text.partition("-")
+    if not dash:
+        days, rest = "0", text
+    fields = rest.split(":")
+    if not days.isdigit() or not all(f.isdigit() for f in fields) or len(fields) > 3:
+        raise ValueError(f"expected Slurm's time forms (minutes, M:S, H:M:S, D-H, D-H:M or D-H:M:S), got {text!r}")
+    numbers = [int(f) for f in fields]
+    if dash:  # after "D-" the first field is hours
+        hours, minutes, seconds = (numbers + [0, 0])[:3]
+    elif len(numbers) == 3:
+        hours, minutes, seconds = numbers
+    else:  # "M" or "M:S"
+        hours, minutes, seconds = 0, numbers[0], (numbers + [0])[1]
+    return float(((int(days) * 24 + hours) * 60 + minutes) * 60 + seconds)
 
 
 def _parse_bool(text: str) -> bool:
@@ -124,6 +154,8 @@ _FROM_ENV: dict[str, Callable[[str], Any]] = {
     "native_spec": str, "job_name": str, "log_dir": str, "progress": _parse_bool, "errors": str,
     "retries": int, "timeout": float, "heartbeat_interval": float, "heartbeat_timeout": float,
     "store": str, "max_result_size": str, "output_limit": str, "walltime": str, "task_time": str,
+    "memory": str, "cores": int, "gpus": int, "project": str, "parallel_env": str, "memory_resource": str,
+    "setup": lambda text: tuple(text.splitlines()),
 }
 
 
@@ -218,3 +250,55 @@ def validate(options: Options) -> None:
             "spaces or any of / : @ \\ * ?")
     if options.name is not None and (not isinstance(options.name, str) or not options.name.strip()):
         raise ConfigurationError(f"name={options.name!r}: expected a non-empty string")
+    _validate_resources(options)
+    options.setup = _setup_lines(options.setup)
+
+
+# The smallest memory= taken: below it, a typo ("4" meant as 4G) would leave no room for Python.
+SMALLEST_MEMORY = 16 << 20
+_SCHEDULER_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*")
+
+
+def _validate_resources(options: Options) -> None:
+    """memory=, cores=, gpus=, project=, parallel_env= and memory_resource=, as values (the scheduler
+    itself is asked later, by the backend, whether it knows the names)."""
+    if options.memory is not None:
+        try:
+            options.memory = parse_size(options.memory)
+        except ValueError as error:
+            raise ConfigurationError(f"memory: {error} (per worker)") from None
+        if options.memory < SMALLEST_MEMORY:
+            raise ConfigurationError(f"memory={options.memory!r} bytes per worker is too little for Python; give a "
+                                     "size with its unit, such as memory='4G' or '512M'")
+    _positive_int("cores", options.cores)
+    _positive_int("gpus", options.gpus)
+    for name in ("project", "parallel_env", "memory_resource"):
+        value = getattr(options, name)
+        if value is None and name == "project":
+            continue
+        if not isinstance(value, str) or not _SCHEDULER_NAME.fullmatch(value):
+            raise ConfigurationError(f"{name}={value!r}: expected a name as the scheduler spells it (letters, "
+                                     "digits, '_', '.' and '-', starting with a letter)")
+
+
+def _setup_lines(setup: Any) -> tuple[str, ...]:
+    """The set-up lines as a tuple: a string is taken line by line; each line must parse as /bin/sh.
+
+    The syntax is checked here, with this host's /bin/sh, because a syntax error would end the job's
+    shell before it could say which line was wrong.
+    """
+    if isinstance(setup, str):
+        setup = setup.splitlines()
+    if not isinstance(setup, (list, tuple)) or not all(isinstance(line, str) for line in setup):
+        raise ConfigurationError(f"setup={setup!r}: expected a list of shell lines, such as "
+                                 "setup=['module load python/3.11', '. /shared/venv/bin/activate']")
+    lines = tuple(part for line in setup for part in line.splitlines() if part.strip())
+    for number, line in enumerate(lines, 1):
+        try:
+            checked = subprocess.run(["/bin/sh", "-n", "-c", line], capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.SubprocessError):
+            return lines  # no /bin/sh here to ask: the job will say
+        if checked.returncode != 0:
+            raise ConfigurationError(f"setup line {number} is not valid /bin/sh: {line!r}: "
+                                     f"{checked.stderr.strip() or 'syntax error'}")
+    return lines

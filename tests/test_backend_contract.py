@@ -87,6 +87,20 @@ def test_terminated_workers_end_and_are_reported_not_clean(contract_backend, tmp
         assert not classify(info).clean, info
 
 
+def test_started_workers_are_shown_with_their_host_until_they_end(contract_backend, tmp_path):
+    backend, cluster = contract_backend
+    ids = backend.submit(2, spec_for(tmp_path, "sleep"))
+    shown = wait_until(lambda: (lambda hosts: hosts if set(hosts) == set(ids) else None)(backend.running_hosts()),
+                       60, "both workers to be shown started")
+    here = os.uname().nodename
+    # The one-node Grid Engine's execution host is this machine under the name its execd goes by.
+    assert all(host and (cluster is not None or host == here) for host in shown.values()), shown
+    assert backend.running_hosts() == shown  # asked again at once: the same answer, no new listing
+    backend.terminate(ids)
+    collect(backend, ids)
+    assert backend.running_hosts() == {}  # an ended worker is never shown started
+
+
 def test_queued_workers_can_be_terminated_before_they_start(contract_backend, tmp_path):
     backend, cluster = contract_backend
     slots = 8 if cluster is not None else getattr(backend, "slots", 2)

@@ -9,129 +9,44 @@ then checks that the test's jobs leave ``qstat``, so the next test starts on thr
 The tasks block until the test releases them (a file), so the test decides when they end instead
 of guessing how long a task must last; executions are recorded in files, so a retry is seen.
 """
+import logging
 import os
 import pathlib
 import signal
 import socket
-import sqlite3
 import subprocess
 import time
 
 import pytest
-from helpers import wait_until
+from helpers import (
+    FREEZER,
+    HEARTBEAT_INTERVAL,
+    HEARTBEAT_TIMEOUT,
+    QUEUE,
+    SUBMIT_ADDRESS,
+    MultihostSweep,
+    brief,
+    check_results,
+    execd_answers,
+    left_in_qstat,
+    multihost_nodes,
+    poll,
+    restore,
+    runs,
+    wait_until,
+)
 
 import sheepdog_drmaa
+from sheepdog_drmaa import address
 
 pytestmark = pytest.mark.multihost
-IN_CI = os.environ.get("CI", "").lower() == "true"
-
-REPO = pathlib.Path(__file__).resolve().parent.parent
-MULTIHOST = REPO / "ci" / "multihost.sh"
-NODES = os.environ.get("SHEEPDOG_TEST_NODES", "").split()
-SUBMIT_ADDRESS = os.environ.get("SHEEPDOG_TEST_SUBMIT_ADDRESS", "")
-QUEUE = os.environ.get("SHEEPDOG_TEST_NODE_QUEUE", "")
-RESOURCE = os.environ.get("SHEEPDOG_TEST_NODE_RESOURCE", "")
-FREEZER = os.environ.get("SHEEPDOG_TEST_NODE_FREEZER", "")
-HEARTBEAT_INTERVAL, HEARTBEAT_TIMEOUT = 1.0, 5.0
 ON_THEIR_OWN = 20  # seconds the dead node's jobs get to leave qstat by themselves once it is back
-RELEASE_BOUND = 90  # a task never blocks longer than this, whatever happens to the test
-
-
-# -------------------------------------------------------------------------------- on the nodes
-
-
-def report_where_then_wait(directory, index):
-    """Record where this execution runs, block until the test releases the tasks, return where it ran."""
-    host = os.uname().nodename
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:  # no packet: just the route's source
-        probe.connect((os.environ["MULTIHOST_SUBMIT_ADDRESS"], 9))
-        address = probe.getsockname()[0]
-    base = pathlib.Path(directory)
-    with open(base / f"{index}.runs", "a") as handle:
-        handle.write(f"{host} {os.getpid()}\n")
-    deadline = time.monotonic() + RELEASE_BOUND
-    while not (base / "release").exists() and time.monotonic() < deadline:
-        time.sleep(0.1)
-    return index, host, address
-
-
-def runs(directory, index):
-    """The hosts of every execution of task ``index`` so far, in order."""
-    path = pathlib.Path(directory) / f"{index}.runs"
-    return [line.split()[0] for line in path.read_text().splitlines()] if path.exists() else []
-
-
-# ----------------------------------------------------------------------------- the cluster
-
-
-def execd_answers(node):
-    try:
-        return subprocess.run(["qping", "-info", node, "6445", "execd", "1"], capture_output=True,
-                              timeout=5).returncode == 0
-    except subprocess.TimeoutExpired:
-        return False
-
-
-def multihost_problem():
-    if not NODES or not SUBMIT_ADDRESS or not QUEUE or not FREEZER:
-        return ('SHEEPDOG_TEST_NODES and the other SHEEPDOG_TEST_NODE* variables are not set: run '
-                '`eval "$(bash ci/multihost.sh)"` after ci/gridengine.sh')
-    for node in NODES:
-        if not os.path.isdir(FREEZER + node):
-            return f"no freezer group {FREEZER + node} for {node}: run `bash ci/multihost.sh`"
-        if not execd_answers(node):
-            return f"the execd of {node} does not answer qping: run `bash ci/multihost.sh`"
-    return None
 
 
 @pytest.fixture(scope="module")
 def nodes(gridengine):
     """The multi-host cluster; a failure in CI (CI=true) when it is missing, a skip otherwise."""
-    problem = multihost_problem()
-    if problem is not None:
-        if IN_CI:
-            pytest.fail(f"the multi-host Grid Engine is required in CI but is not usable: {problem}")
-        pytest.skip(f"the multi-host Grid Engine is not usable here: {problem}")
-    return list(NODES)
-
-
-def restore(node):
-    """What an admin does when a node comes back: link up, thawed, a dead or unheard execd restarted."""
-    subprocess.run(["bash", str(MULTIHOST), "restore", node], check=True, capture_output=True, text=True,
-                   timeout=120)
-
-
-def sweep_jobs(store, sweep_id):
-    """The array jobs of every worker the sweep ever submitted."""
-    with sqlite3.connect(f"file:{store}?mode=ro", uri=True) as db:
-        ids = [row[0] for row in db.execute("SELECT id FROM workers WHERE sweep_id = ?", (sweep_id,))]
-    return {worker.split(".")[0] for worker in ids}
-
-
-def brief(lines):
-    """job.task state queue, from qstat lines."""
-    shown = []
-    for fields in (line.split() for line in lines):
-        queue = fields[7] if len(fields) >= 10 else "-"
-        shown.append(f"{fields[0]}.{fields[-1]} {fields[4]} {queue}")
-    return "; ".join(shown) or "none"
-
-
-def poll(predicate, timeout):
-    """Whether ``predicate`` becomes true within ``timeout`` seconds (no failure)."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.2)
-    return True
-
-
-def left_in_qstat(jobs, queue=None):
-    """The lines of `qstat` (of one queue, or all) that name one of ``jobs``."""
-    out = subprocess.run(["qstat", "-u", "*", *(["-q", queue] if queue else [])], capture_output=True, text=True,
-                         check=True).stdout
-    return [line for line in out.splitlines()[2:] if line.split() and line.split()[0] in jobs]
+    return multihost_nodes()
 
 
 def freezer(node, name):
@@ -169,37 +84,6 @@ def kill_execd(node):
 FAULTS = {"link_down": cut_link, "frozen": freeze, "all_killed": kill_all, "execd_killed": kill_execd}
 
 
-class MultihostSweep:
-    """One sweep on the nodes' queue, its workers reaching the server only across the bridge."""
-
-    def __init__(self, directory, store, name):
-        self.directory, self.store, self.name = directory, store, name
-        self.handle = None
-
-    def start(self, n_tasks):
-        self.handle = sheepdog_drmaa.map_async(
-            report_where_then_wait, [(str(self.directory), index) for index in range(n_tasks)], backend="drmaa",
-            store=self.store, name=self.name, host=SUBMIT_ADDRESS, bind=SUBMIT_ADDRESS, queue=QUEUE,
-            native_spec=RESOURCE, env={"MULTIHOST_SUBMIT_ADDRESS": SUBMIT_ADDRESS}, job_name=f"mh-{self.name}",
-            heartbeat_interval=HEARTBEAT_INTERVAL, heartbeat_timeout=HEARTBEAT_TIMEOUT, progress=False)
-        return self.handle
-
-    def all_started(self, n_tasks):
-        return all(runs(self.directory, index) for index in range(n_tasks))
-
-    def release(self):
-        (self.directory / "release").touch()
-
-    def jobs(self):
-        return sweep_jobs(self.store, self.handle.id) if self.handle is not None else set()
-
-    def close(self):
-        """Release the tasks; cancel a sweep that has not ended (only after a failed test)."""
-        self.release()
-        if self.handle is not None and not self.handle.wait(30):
-            self.handle.cancel(60)
-
-
 @pytest.fixture
 def multihost_sweep(nodes, store, tmp_path, request):
     for node in nodes:  # the previous test restored its node
@@ -209,14 +93,6 @@ def multihost_sweep(nodes, store, tmp_path, request):
     sweep = MultihostSweep(directory, store, request.node.name.replace("[", "-").rstrip("]"))
     yield sweep
     sweep.close()
-
-
-def check_results(results, n_tasks, nodes):
-    assert [result[0] for result in results] == list(range(n_tasks))
-    for index, host, address in results:
-        assert host in nodes, (index, host)
-        assert address == f"{SUBMIT_ADDRESS.rsplit('.', 1)[0]}.{10 + int(host.removeprefix('node'))}", \
-            (index, host, address)
 
 
 # ---------------------------------------------------------------------------------------- tests
@@ -319,3 +195,52 @@ def test_a_node_cut_off_mid_task_loses_its_tasks_and_they_are_retried_elsewhere(
             print(f"[{fault}] the sweep's jobs left qstat {time.time() - restored:.1f} s after {dead} came back")
         else:
             wait_until(lambda: not left_in_qstat(jobs), 60, f"the sweep's jobs {sorted(jobs)} to leave qstat")
+
+
+def test_without_host_a_loopback_machine_name_gives_way_to_the_address_the_nodes_reach(nodes, multihost_sweep,
+                                                                                       monkeypatch, caplog):
+    own = address.addresses_of(socket.getfqdn())
+    if not own or not all(address.is_loopback(a) for a in own):
+        # This machine's name is routable: give it the name that resolves to loopback alone instead.
+        assert address.addresses_of("localhost") and all(address.is_loopback(a) for a in
+                                                          address.addresses_of("localhost"))
+        monkeypatch.setattr(socket, "getfqdn", lambda: "localhost")
+    n_tasks = 6
+    with caplog.at_level(logging.INFO, logger="sheepdog_drmaa.address"):
+        handle = multihost_sweep.start(n_tasks, host=None, bind=None)
+    multihost_sweep.release()
+    assert handle.wait(60), "the sweep did not end within 60 s"
+    check_results(handle.results(), n_tasks, nodes)  # the nodes reached it: only the bridge leads here
+    assert f"workers will reach the server at {SUBMIT_ADDRESS}" in caplog.text, caplog.text
+
+
+def test_workers_sent_to_a_dead_node_are_written_off_and_replaced_elsewhere(nodes, multihost_sweep, caplog):
+    """A node whose link is down before the sweep starts: Grid Engine still sees its free slots and
+    sends workers there, which never reach the server. After the hello timeout they are removed,
+    the node is named, and no more workers go there; the sweep finishes on the others."""
+    dead = nodes[-1]
+    n_tasks = 12  # one worker each, as many as the nodes have slots: some are sent to the dead node
+    cut_link(dead)
+    jobs: set[str] = set()
+    try:
+        started = time.monotonic()
+        with caplog.at_level(logging.WARNING, logger="sheepdog_drmaa.runner"):
+            handle = multihost_sweep.start(n_tasks, tasks_per_worker=1, workers=n_tasks)
+            multihost_sweep.release()
+            assert handle.wait(120), "the sweep did not end within 120 s"
+        elapsed = time.monotonic() - started
+        results = handle.results()
+        jobs = multihost_sweep.jobs()
+        check_results(results, n_tasks, nodes)
+        assert dead not in {host for _, host, _ in results}
+        written_off = [r.getMessage() for r in caplog.records if "has not reached the server" in r.getMessage()]
+        assert written_off and all(f"started on {dead}" in message for message in written_off), caplog.text
+        assert "no more workers of this sweep are sent there" in written_off[0]
+        print(f"\n[dead node at start] {len(written_off)} workers written off on {dead}; sweep took {elapsed:.1f} s")
+    finally:
+        multihost_sweep.close()
+        restore(dead)
+        if jobs and not poll(lambda: not left_in_qstat(jobs), ON_THEIR_OWN):
+            stuck = left_in_qstat(jobs)  # deleted by the sweep while the node was away (dt, dr)
+            subprocess.run(["qdel", "-f", *sorted({line.split()[0] for line in stuck})], capture_output=True)
+        wait_until(lambda: not left_in_qstat(jobs), 30, f"the sweep's jobs {sorted(jobs)} to leave qstat")

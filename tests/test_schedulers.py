@@ -7,7 +7,15 @@ from helpers import wait_until
 import sheepdog_drmaa
 from sheepdog_drmaa import ConfigurationError, WorkersCannotStart
 from sheepdog_drmaa.backends import WorkerSpec, log_paths
-from sheepdog_drmaa.backends.schedulers import GridEngine, Scheduler, Slurm, identify
+from sheepdog_drmaa.backends.schedulers import (
+    GridEngine,
+    Scheduler,
+    Slurm,
+    _gpu_count,
+    _per_host,
+    identify,
+    parse_grid_engine_memory,
+)
 from sheepdog_drmaa.worker import worker_id_from_environment
 
 
@@ -33,10 +41,60 @@ def test_array_ids_and_the_largest_array():
     assert Slurm().max_array_size("") == 1000  # Slurm's default MaxArraySize=1001 allows indices up to 1000
 
 
+def spec_of(**fields):
+    return WorkerSpec(python="python3", environment={}, working_directory=".", log_dir=".", job_name="j", **fields)
+
+
 def test_queue_is_the_partition_on_slurm():
-    assert GridEngine().native_specification("long.q", "-l h_vmem=1G") == "-q long.q -l h_vmem=1G"
-    assert Slurm().native_specification("long", "--mem=1G") == "-p long --mem=1G"
-    assert Slurm().native_specification(None, None) is None
+    assert GridEngine().native_specification(spec_of(queue="long.q", native_spec="-l h_vmem=1G")) == \
+        "-q long.q -l h_vmem=1G"
+    assert Slurm().native_specification(spec_of(queue="long", native_spec="--mem=1G")) == "-p long --mem=1G"
+    assert Slurm().native_specification(spec_of()) is None
+
+
+def test_resources_by_name_in_grid_engine_terms_with_native_spec_last():
+    spec = spec_of(memory=4 << 30, cores=4, gpus=1, project="lab", walltime=90, native_spec="-l h_vmem=2G")
+    assert GridEngine().native_specification(spec) == \
+        "-l h_rt=0:01:30 -pe smp 4 -l h_vmem=1024M -l gpu=1 -P lab -l h_vmem=2G"
+    # memory= is per worker; Grid Engine counts it per slot, so it is divided (rounded up to a MB).
+    assert "-l mem_free=1366M" in GridEngine().native_specification(
+        spec_of(memory=4 << 30, cores=3, memory_resource="mem_free", parallel_env="threads"))
+    assert "-pe threads 3" in GridEngine().native_specification(spec_of(cores=3, parallel_env="threads"))
+    assert GridEngine().native_specification(spec_of(memory=(1 << 30) + 1)) == "-l h_vmem=1025M"
+
+
+def test_resources_by_name_in_slurm_terms_with_native_spec_last():
+    spec = spec_of(memory=(3 << 29) + 1, cores=4, gpus=2, project="lab", walltime=90, native_spec="--mem=100")
+    assert Slurm().native_specification(spec) == \
+        "-t 0:02 --cpus-per-task=4 --mem=1537 --gres=gres:gpu:2 --account=lab --mem=100"
+
+
+def test_hosts_to_avoid_are_excluded():
+    assert GridEngine().native_specification(spec_of(avoid_hosts=("node1", "node2"))) == "-l h=!node1&!node2"
+    assert Slurm().native_specification(spec_of(avoid_hosts=("node1", "node2"))) == "--exclude=node1,node2"
+
+
+def test_a_scheduler_not_known_takes_no_resource_by_name():
+    with pytest.raises(ConfigurationError, match="memory=, cores= cannot be requested.*native_spec="):
+        Scheduler().native_specification(spec_of(memory=1 << 30, cores=2))
+
+
+def test_grid_engine_memory_values_are_read_in_its_units():
+    assert parse_grid_engine_memory("8G") == 8 << 30 and parse_grid_engine_memory("1.5g") == 1.5e9
+    assert parse_grid_engine_memory("512") == 512 and parse_grid_engine_memory("INFINITY") == float("inf")
+
+
+def test_per_host_queue_settings_are_read_host_first():
+    groups = {"@big": {"vm"}}
+    assert _per_host("8,[vm=4],[@big=2]", "vm", groups) == "4"
+    assert _per_host("8,[@big=2]", "vm", groups) == "2"
+    assert _per_host("8,[other=2]", "vm", groups) == "8"
+
+
+@pytest.mark.parametrize("gres, count", [("gpu:2", 2), ("gpu:a100:4(S:0-1)", 4), ("gpu:2,shard:8", 2),
+                                         ("(null)", 0), ("mps:100", 0)])
+def test_gpus_are_counted_in_sinfo_gres(gres, count):
+    assert _gpu_count(gres) == count
 
 
 @pytest.mark.parametrize("native_spec, instead", [
@@ -48,7 +106,7 @@ def test_queue_is_the_partition_on_slurm():
 ])
 def test_grid_engine_spellings_are_refused_on_slurm_naming_the_slurm_option(native_spec, instead):
     with pytest.raises(ConfigurationError, match="Grid Engine's spelling") as caught:
-        Slurm().native_specification(None, native_spec)
+        Slurm().native_specification(spec_of(native_spec=native_spec))
     assert instead in str(caught.value)
 
 

@@ -1,7 +1,7 @@
 """Runtime limits: workers start no task they cannot finish, and a task longer than the limit says so.
 
-On the real Grid Engine, with the limit given as ``-l h_rt`` in native_spec (Grid Engine ends the
-job at it); the pure rules themselves are tested in test_sweep.py.
+On the real Grid Engine, with the limit given as ``-l h_rt`` in native_spec or as walltime= (Grid
+Engine ends the job at it); the pure rules themselves are tested in test_sweep.py.
 """
 import os
 import re
@@ -34,6 +34,22 @@ def test_a_long_sweep_under_a_runtime_limit_loses_no_attempt_to_it(gridengine, s
     assert per_worker <= 3  # 3 x 6 s is all that fits in 20 s
     print(f"40 tasks of 6 s, 4 workers of 20 s: {elapsed:.1f} s, {len(workers)} workers")
     wait_until(lambda: not gridengine.jobs(), 30, "qstat to be empty")
+
+
+@pytest.mark.gridengine
+def test_a_runtime_limit_given_by_name_replaces_workers_losing_no_attempt(gridengine, store):
+    # The same as above with walltime= instead of native_spec, on fewer tasks (12, not 40): with two
+    # 6 s tasks fitting in a worker of 20 s, 4 workers cannot run them all; fresh ones take over.
+    results = sheepdog_drmaa.map(sleep_then, [(6, x) for x in range(12)], backend="drmaa", store=store,
+                                 progress=False, workers=4, walltime=20, name="walltime-by-name")
+    assert results == list(range(12))
+    attempts = sheepdog_drmaa.Sweep.open("walltime-by-name", store=store).attempts()
+    assert [a.cause for a in attempts] == ["result"] * 12
+    workers = {a.worker for a in attempts}
+    assert len(workers) > 4
+    assert max(sum(1 for a in attempts if a.worker == w) for w in workers) <= 3
+    arrays = {gridengine.array_of(w) for w in workers}
+    wait_until(lambda: not [j for j in gridengine.jobs() if j.split()[0] in arrays], 30, "the workers to leave qstat")
 
 
 @pytest.mark.gridengine

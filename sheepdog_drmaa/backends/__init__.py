@@ -1,14 +1,16 @@
 """Schedulers that run workers: one small interface, a DRMAA and a local implementation."""
 from __future__ import annotations
 
+import base64
 import logging
 import os
+import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Optional, Protocol
 
 from ..errors import BackendUnavailable, ConfigurationError
-from ..failures import ExitInfo
+from ..failures import EXIT_SETUP_FAILED, ExitInfo
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +30,21 @@ class WorkerSpec:
     native_spec: str | None = None
     walltime: float | None = None  # each worker's runtime limit, asked of the scheduler
     avoid_hosts: tuple[str, ...] = ()  # hosts whose workers never reached the server: not to be used
+    memory: int | None = None  # bytes per worker
+    cores: int | None = None  # slots (CPUs) per worker
+    gpus: int | None = None
+    project: str | None = None  # Grid Engine -P, Slurm --account
+    parallel_env: str = "smp"  # Grid Engine's parallel environment that cores= asks for
+    memory_resource: str = "h_vmem"  # Grid Engine's complex that memory= asks for (per slot)
+    setup: tuple[str, ...] = ()  # shell lines run in the job before Python starts
+
+    def __post_init__(self) -> None:
+        # A worker started through /bin/sh finds its script in its environment, in base64 without
+        # padding: slurm-drmaa wraps arguments in '...' unescaped, and Grid Engine's DRMAA cuts a
+        # variable's value at its first "=" (both measured), so neither may carry shell text.
+        if _needs_shell(self):
+            script = _encoded(setup_script(self))
+            object.__setattr__(self, "environment", {**self.environment, ENV_SETUP_SCRIPT: script})
 
 
 # A worker an earlier client started: (id, host it said hello from, its process group there).
@@ -64,8 +81,61 @@ class Backend(Protocol):
         """Release the scheduler session."""
 
 
+# The job variable that holds the /bin/sh script starting a worker with set-up lines.
+ENV_SETUP_SCRIPT = "SHEEPDOG_SETUP_SCRIPT"
+
+
+def _needs_shell(spec: WorkerSpec) -> bool:
+    """Set-up lines need the job's shell; so does an interpreter path that is not one plain word
+    (Grid Engine's DRMAA refuses a remote command with a space in it)."""
+    return bool(spec.setup) or shlex.quote(spec.python) != spec.python
+
+
 def worker_command(spec: WorkerSpec) -> list[str]:
+    """The job's command: the worker's Python, or /bin/sh running the set-up lines and then it."""
+    if _needs_shell(spec):
+        return ["/bin/sh", "-c", f"command -v base64 >/dev/null || {{ echo \"sheepdog: base64 is not on PATH here; the "
+                                 f"set-up lines need it\" >&2; exit {EXIT_SETUP_FAILED}; }}; "
+                                 f'eval "$(echo "${ENV_SETUP_SCRIPT}" | base64 -d)"']
     return [spec.python, "-m", "sheepdog_drmaa.worker"]
+
+
+def _encoded(script: str) -> str:
+    """``script`` in base64 with no "=" (blank lines added to make its length a multiple of 3)."""
+    data = script.encode()
+    data += b"\n" * (-len(data) % 3)
+    return base64.b64encode(data).decode()
+
+
+def setup_script(spec: WorkerSpec) -> str:
+    """The /bin/sh script that runs each set-up line in the job's shell, then execs the worker.
+
+    Each line's output is kept in a temporary file and copied to the job's stdout when the line
+    succeeds; a failing line stops the script, which writes its number, text, status and output
+    to the job's stderr (the file the client quotes when workers cannot start) and exits with
+    EXIT_SETUP_FAILED. ``eval`` runs each line in the shell itself, so ``export``, ``.`` and
+    ``module load`` carry over to the worker.
+    """
+    lines = [f"unset {ENV_SETUP_SCRIPT}"]
+    if spec.setup:
+        lines += [
+            'sheepdog_log=$(mktemp) || { echo "sheepdog: cannot create a temporary file for the set-up lines" >&2; '
+            f"exit {EXIT_SETUP_FAILED}; }}",
+            "sheepdog_line() {",
+            '  eval "$2" >"$sheepdog_log" 2>&1',
+            "  sheepdog_status=$?",
+            '  if [ "$sheepdog_status" -ne 0 ]; then',
+            "    printf 'sheepdog: set-up line %s failed with status %s: %s\\n' \"$1\" \"$sheepdog_status\" \"$2\" >&2",
+            '    cat "$sheepdog_log" >&2; rm -f "$sheepdog_log"',
+            f"    exit {EXIT_SETUP_FAILED}",
+            "  fi",
+            '  cat "$sheepdog_log"',
+            "}",
+        ]
+        lines += [f"sheepdog_line {number} {shlex.quote(line)}" for number, line in enumerate(spec.setup, 1)]
+        lines.append('rm -f "$sheepdog_log"')
+    lines.append(f"exec {shlex.quote(spec.python)} -m sheepdog_drmaa.worker")
+    return "\n".join(lines) + "\n"
 
 
 def log_paths(spec: WorkerSpec, worker_id: str) -> dict[str, str]:

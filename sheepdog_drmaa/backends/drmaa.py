@@ -9,6 +9,13 @@ ends to the library, so ``wait(ANY)`` is a local call, polled every 20 ms. On Sl
 ``wait(ANY)`` asks the controller about each unreaped job (1.6 s with 1,000 jobs), so instead
 one ``squeue`` lists the sweep's arrays per poll, every 0.5 s backing off to 4 s while nothing
 changes, and only the tasks it shows ended are waited for, each by its own id.
+
+Which workers the scheduler shows started, and on which host, comes from a listing run in the
+background (a subprocess read on a later call, never waited for) at most every few seconds.
+
+No removal is lost while the scheduler is unreachable (qmaster restarting, say): a control call
+that fails for that is kept, and done once a listing shows the scheduler answering again; ``close``
+waits for that (bounded) and names what it could not remove.
 """
 from __future__ import annotations
 
@@ -18,10 +25,12 @@ import logging
 import os
 import shutil
 import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Sequence
 from typing import Any
+from xml.etree import ElementTree
 
 from .. import protocol
 from ..errors import BackendUnavailable, SchedulerUnreachable, SubmissionRefused
@@ -40,6 +49,15 @@ LIST_MAX_SECONDS = 4.0
 # How often to look for workers whose end wait() never reported (lost during a qmaster outage).
 RECONCILE_SECONDS = 60.0
 RECONCILE_AFTER_ERROR_SECONDS = 5.0
+# Which workers the scheduler shows started: listed at most this often, and only while asked for
+# (or while removals wait for the scheduler to answer); a listing that hangs is given up.
+STARTED_SECONDS = 2.0
+STARTED_WANTED_SECONDS = 10.0
+STARTED_TIMEOUT_SECONDS = 30.0
+# Removals kept during an outage: retried this often when no listing can tell that the scheduler
+# answers again; at close, waited for this long at most.
+CONTROL_RETRY_SECONDS = 10.0
+CLOSE_WAIT_SECONDS = 120.0
 TLS_FIX = "GLIBC_TUNABLES=glibc.rtld.optional_static_tls=4096"
 DEBIAN_LIBRARY = "/usr/lib/gridengine-drmaa/lib/libdrmaa.so.1.0"
 DEBIAN_SGE_ROOT = "/var/lib/gridengine"
@@ -102,14 +120,30 @@ class _SharedSession:
             self.users += 1
             return self.session
 
-    def release(self) -> None:
+    def release(self, answers: bool = True, outage_seen: bool = False) -> None:
+        """One user fewer; the last closes the session. Not when the scheduler does not answer (exit()
+        would block until it does): the session is then kept for this process's next sweep. After an
+        outage, exit() takes about a minute (measured on Son of Grid Engine 8.1.9, whose session gets
+        no more job ends then): it is done in the background, and the next open waits for it."""
         with self.lock:
             self.users -= 1
-            if self.users == 0 and self.session is not None:
+            if self.users > 0 or self.session is None:
+                return
+            if not answers:
+                log.info("the DRMAA session is left open: closing it would wait for the scheduler to answer")
+                return
+            session, self.session = self.session, None
+            if not outage_seen:
+                session.exit()
+                return
+
+        def exit_in_background() -> None:
+            with self.lock:
                 try:
-                    self.session.exit()
-                finally:
-                    self.session = None
+                    session.exit()
+                except Exception as error:
+                    log.debug("closing the DRMAA session after an outage: %s", error)
+        threading.Thread(target=exit_in_background, name="sheepdog-drmaa-exit", daemon=True).start()
 
 
 _shared = _SharedSession()
@@ -123,6 +157,95 @@ class _Unanswered(Exception):
 def _run(command: list[str]) -> subprocess.CompletedProcess[str]:
     """Run a scheduler command; an exception when it is missing or hangs."""
     return subprocess.run(command, capture_output=True, text=True, timeout=30)
+
+
+class _Background:
+    """One scheduler command at a time, run in the background: its answer is read on a later call.
+
+    Output goes to a file, not a pipe, so that a long answer cannot stall the command while nobody reads.
+    """
+
+    def __init__(self) -> None:
+        self.process: subprocess.Popen[bytes] | None = None
+        self.output: Any = None
+        self.started = 0.0
+
+    @property
+    def busy(self) -> bool:
+        return self.process is not None
+
+    def start(self, command: list[str]) -> None:
+        self.output = tempfile.TemporaryFile()
+        try:
+            self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=self.output,
+                                            stderr=subprocess.DEVNULL)
+        except OSError as error:
+            log.debug("cannot run %s: %s", command[0], error)
+            self.output.close()
+            return
+        self.started = time.monotonic()
+
+    def answer(self) -> tuple[bool, str] | None:
+        """(whether it succeeded, its output) once the command has ended; None while it runs or when none ran."""
+        if self.process is None:
+            return None
+        code = self.process.poll()
+        if code is None:
+            if time.monotonic() - self.started < STARTED_TIMEOUT_SECONDS:
+                return None
+            self.process.kill()  # hung (its controller unreachable over the network, say)
+            code = self.process.wait()
+        self.process = None
+        self.output.seek(0)
+        text = self.output.read().decode(errors="replace")
+        self.output.close()
+        return code == 0, text
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait()
+            self.process = None
+            self.output.close()
+
+
+def _started_command(scheduler: Scheduler, arrays: Sequence[str]) -> list[str] | None:
+    """A command listing the started tasks of these arrays with their hosts; None when not known how."""
+    if scheduler.name == "gridengine":
+        return ["qstat", "-s", "r", "-xml"]  # this user's running and transferring tasks (r, t, Rr, dr...)
+    if scheduler.name == "slurm":
+        return ["squeue", "--noheader", "--array", "--states=RUNNING,CONFIGURING,COMPLETING", "--format=%i %N",
+                "--jobs=" + ",".join(arrays)]
+    return None
+
+
+def _parse_started(scheduler: Scheduler, text: str) -> dict[str, str | None]:
+    """``_started_command``'s output as {worker id: host}; ValueError when it cannot be read."""
+    started: dict[str, str | None] = {}
+    if scheduler.name == "gridengine":
+        try:
+            root = ElementTree.fromstring(text)
+        except ElementTree.ParseError as error:
+            raise ValueError(f"qstat -xml: {error}") from error
+        for job in root.iter("job_list"):
+            number, task = job.findtext("JB_job_number"), job.findtext("tasks")
+            if number:
+                host = (job.findtext("queue_name") or "").partition("@")[2]  # all.q@node3
+                started[f"{number}.{task}" if task else number] = host or None
+    else:
+        for line in text.splitlines():
+            fields = line.split()
+            if fields:
+                started[fields[0]] = fields[1] if len(fields) > 1 and fields[1] not in ("(null)", "n/a") else None
+    return started
+
+
+def _removal_hint(scheduler: Scheduler, targets: Sequence[str]) -> str:
+    """The command that removes ``targets`` by hand."""
+    command = {"gridengine": "qdel", "slurm": "scancel"}.get(scheduler.name)
+    if command is None:
+        return f"remove DRMAA jobs {' '.join(targets)} with the scheduler's own command"
+    return f"{command} {' '.join(targets)}"
 
 
 def _read_max_array_size(scheduler: Scheduler) -> int:
@@ -158,13 +281,28 @@ class DrmaaBackend:
         self._next_listing = 0.0
         self._listing_interval = LIST_MIN_SECONDS
         self._closed = False
+        drmaa = self.drmaa
+        # What a control call raises when the scheduler cannot be reached (slurm-drmaa: InternalException).
+        self._unreachable = (drmaa.errors.DrmCommunicationException, drmaa.errors.TryLaterException,
+                             drmaa.errors.InternalException)
+        self._started_lister = _Background()
+        self._started: dict[str, str | None] = {}  # the last listing: started worker -> its host
+        self._next_started = 0.0
+        self._started_wanted_until = 0.0
+        self._answered = float("-inf")  # when a listing last succeeded (the scheduler answers)
+        self._kept: dict[str, None] = {}  # removals not done yet because the scheduler was unreachable, in order
+        self._outage: float | None = None  # since when removals have been kept (the last failure)
+        self._outage_began = 0.0
+        self._next_control_retry = 0.0
+        self._saw_outage = False  # the scheduler was unreachable at some point
 
     def check_request(self, spec: WorkerSpec) -> None:
-        """The options as this scheduler would be asked (Grid Engine spellings refused on Slurm, say)."""
-        self.scheduler.native_specification(spec.queue, spec.native_spec, spec.walltime)
+        """The options as this scheduler would be asked (Grid Engine spellings refused on Slurm, say),
+        and against what the live scheduler offers (its queues, parallel environments, hosts)."""
+        self.scheduler.check_request(spec)
 
     def submit(self, count: int, spec: WorkerSpec) -> list[str]:
-        native = self.scheduler.native_specification(spec.queue, spec.native_spec, spec.walltime)
+        native = self.scheduler.native_specification(spec)
         title = self.scheduler.title
         ids: list[str] = []
         with _shared.lock:
@@ -199,6 +337,7 @@ class DrmaaBackend:
                     ids.extend(self._run_named(template, spec) for _ in range(count))
             except (self.drmaa.errors.DrmCommunicationException, self.drmaa.errors.TryLaterException,
                     self.drmaa.errors.InternalException) as error:
+                self._saw_outage = True
                 raise SchedulerUnreachable(f"cannot reach {title} to submit workers: {error}") from error
             except (self.drmaa.errors.DeniedByDrmException, self.drmaa.errors.InvalidAttributeValueException,
                     self.drmaa.errors.InvalidAttributeFormatException) as error:
@@ -228,7 +367,50 @@ class DrmaaBackend:
         """The DRMAA id to ask about a worker or an array job."""
         return self._job_of.get(worker_or_array, worker_or_array)
 
+    def execution_hosts(self) -> list[str] | None:
+        """The names of the scheduler's execution hosts; None when they cannot be listed."""
+        command = {"gridengine": ["qconf", "-sel"], "slurm": ["sinfo", "--noheader", "--Node", "--format=%N"]}.get(
+            self.scheduler.name)
+        if command is None or shutil.which(command[0]) is None:
+            return None
+        try:
+            result = _run(command)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return list(dict.fromkeys(result.stdout.split())) if result.returncode == 0 else None
+
+    def running_hosts(self) -> dict[str, str | None]:
+        """The workers the last listing showed started, and not reported ended since, with their hosts."""
+        self._started_wanted_until = time.monotonic() + STARTED_WANTED_SECONDS
+        self._background_work()
+        return {worker: host for worker, host in self._started.items()
+                if worker in self._unreaped.get(self.scheduler.array_of(worker), ())}
+
+    def _background_work(self) -> None:
+        """Read a finished listing, start the next one when due, and retry kept removals once the
+        scheduler answers again. Never waits for the scheduler."""
+        answer = self._started_lister.answer()
+        if answer is not None:
+            succeeded, text = answer
+            try:
+                if not succeeded:
+                    raise ValueError("the listing command failed")
+                self._started = _parse_started(self.scheduler, text)
+                self._answered = time.monotonic()
+            except ValueError as error:
+                log.debug("cannot list the started workers: %s", error)
+        now = time.monotonic()
+        arrays = sorted(set(self._unreaped) | {self.scheduler.array_of(target) for target in self._kept})
+        command = _started_command(self.scheduler, arrays)
+        wanted = now < self._started_wanted_until or self._kept
+        if wanted and arrays and command and not self._started_lister.busy and now >= self._next_started:
+            self._next_started = now + STARTED_SECONDS
+            self._started_lister.start(command)
+        if self._kept:
+            self._retry_kept(listed=command is not None and shutil.which(command[0]) is not None)
+
     def wait_any(self, timeout: float) -> ExitInfo | None:
+        self._background_work()
         deadline = time.monotonic() + timeout
         while True:
             if self._mailbox:
@@ -268,6 +450,7 @@ class DrmaaBackend:
         except (drmaa.errors.DrmCommunicationException, drmaa.errors.TryLaterException) as error:
             # qmaster restarting, say: the workers carry on over HTTP; ask again on the next turn.
             log.warning("cannot reach %s for exit information (will keep asking): %s", self.scheduler.title, error)
+            self._saw_outage = True
             self._next_reconcile = time.monotonic() + RECONCILE_AFTER_ERROR_SECONDS
             return None
         except Exception as error:
@@ -303,6 +486,7 @@ class DrmaaBackend:
                     log.info("worker %s vanished from %s without exit information", worker_id, self.scheduler.title)
                     self._gone(worker_id, ExitInfo(worker_id, aborted=True))
                 except self.drmaa.errors.DrmaaException:
+                    self._saw_outage = True
                     return  # qmaster unreachable: try again later
 
     def _collect_listed(self) -> None:
@@ -390,7 +574,6 @@ class DrmaaBackend:
         Each call is a round trip to the scheduler (about 3 ms on Grid Engine here), so removing a
         whole array of 1,000 queued workers task by task would take seconds.
         """
-        drmaa = self.drmaa
         requested = set(worker_ids)
         targets = []
         for job, tasks in self._unreaped.items():
@@ -398,13 +581,57 @@ class DrmaaBackend:
                 targets.append(job)
                 requested -= tasks
         targets.extend(sorted(requested))
+        self._remove(targets)
+        self._list_soon()
+
+    def _remove(self, targets: Sequence[str]) -> None:
+        """Ask the scheduler to remove each target; while it is unreachable, keep them for later."""
+        if self._outage is not None:  # asking now would only wait for the failure (minutes, over a network)
+            self._keep(targets)
+            return
+        left, error = self._send(targets)
+        if left:
+            self._outage, self._saw_outage = time.monotonic(), True
+            self._outage_began = self._outage
+            log.warning("cannot reach %s to remove %d workers or jobs (%s): %s; kept, and done as soon as it "
+                        "answers again", self.scheduler.title, len(left), _removal_hint(self.scheduler, left), error)
+            self._keep(left)
+
+    def _send(self, targets: Sequence[str]) -> tuple[list[str], BaseException | None]:
+        """One control call per target, until the scheduler proves unreachable: the targets not asked, and why."""
+        drmaa = self.drmaa
         with _shared.lock:
-            for target in targets:
+            for position, target in enumerate(targets):
                 try:
                     self.session.control(self._job(target), drmaa.JobControlAction.TERMINATE)
+                except self._unreachable as error:
+                    return list(targets[position:]), error
                 except drmaa.errors.DrmaaException as error:  # already gone, most often
                     log.debug("terminating %s: %s", target, error)
-        self._list_soon()
+        return [], None
+
+    def _keep(self, targets: Sequence[str]) -> None:
+        for target in targets:
+            self._kept[target] = None
+
+    def _retry_kept(self, listed: bool) -> None:
+        """Do the kept removals once a listing shows the scheduler answering (or, without one, now and then)."""
+        assert self._outage is not None
+        now = time.monotonic()
+        answers_again = self._answered > self._outage if listed else now >= self._next_control_retry
+        if not answers_again:
+            return
+        self._next_control_retry = now + CONTROL_RETRY_SECONDS
+        targets = list(self._kept)
+        left, error = self._send(targets)
+        if left:
+            log.debug("%s still unreachable: %s", self.scheduler.title, error)
+            self._outage = now  # a listing from before this failure does not count
+            self._kept = dict.fromkeys(left)
+            return
+        log.warning("%s answers again after %.0f s: removed the %d workers or jobs kept meanwhile (%s)",
+                    self.scheduler.title, now - self._outage_began, len(targets), " ".join(targets))
+        self._kept, self._outage = {}, None
 
     def terminate_leftovers(self, leftovers: Sequence[Leftover]) -> None:
         """Every job of an earlier client of the sweep goes whole: one call per array job."""
@@ -413,21 +640,41 @@ class DrmaaBackend:
                         "client knew their job ids; they cannot reach this client and exit", len(leftovers),
                         self.scheduler.title)
             return
-        jobs = sorted({self.scheduler.array_of(worker_id) for worker_id, _, _ in leftovers})
-        with _shared.lock:
-            for job in jobs:
-                try:
-                    self.session.control(job, self.drmaa.JobControlAction.TERMINATE)
-                except self.drmaa.errors.DrmaaException as error:
-                    log.debug("terminating %s: %s", job, error)
+        self._remove(sorted({self.scheduler.array_of(worker_id) for worker_id, _, _ in leftovers}))
 
     def close(self) -> None:
+        """Remove every worker not seen to end; removals the scheduler could not take yet are waited for
+        (at most CLOSE_WAIT_SECONDS), so that nothing of the sweep starts after it returned."""
         if self._closed:
             return
         self._closed = True
         leftover = [worker_id for tasks in self._unreaped.values() for worker_id in tasks]
         self.terminate(leftover)
+        if self._kept:
+            self._wait_for_kept_removals()
+        self._started_lister.stop()
+        if self._saw_outage and leftover:
+            log.warning("%d workers of this sweep never reported their end after %s was unreachable: Son of Grid "
+                        "Engine 8.1.9 goes on showing such jobs as running (state r, dr once removed) after they "
+                        "ended, holding their slots; their removal was asked for, and an administrator can clear "
+                        "what is left with `qdel -f %s`", len(leftover), self.scheduler.title,
+                        " ".join(sorted({self.scheduler.array_of(w) for w in leftover})))
         with _shared.lock:
             for worker_id in leftover:
                 _shared.owner.pop(worker_id, None)
-        _shared.release()
+        _shared.release(answers=not self._kept, outage_seen=self._saw_outage)
+
+    def _wait_for_kept_removals(self) -> None:
+        targets = list(self._kept)
+        log.warning("waiting up to %g s for %s to answer, to remove %d workers or jobs that would otherwise start "
+                    "after this sweep returned (%s)", CLOSE_WAIT_SECONDS, self.scheduler.title, len(targets),
+                    " ".join(targets))
+        deadline = time.monotonic() + CLOSE_WAIT_SECONDS
+        while self._kept and time.monotonic() < deadline:
+            self._background_work()
+            time.sleep(POLL_SECONDS * 10)
+        if self._kept:
+            left = list(self._kept)
+            log.error("%s did not answer within %g s: %d workers or jobs of this sweep were NOT removed and may "
+                      "still start; remove them yourself: %s", self.scheduler.title, CLOSE_WAIT_SECONDS, len(left),
+                      _removal_hint(self.scheduler, left))

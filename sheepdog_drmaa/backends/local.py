@@ -80,6 +80,11 @@ class LocalBackend:
     def check_request(self, spec: WorkerSpec) -> None:
         """Local workers take no scheduler options: nothing to refuse (a walltime still guides leasing)."""
 
+    def running_hosts(self) -> dict[str, str | None]:
+        """Every worker started and not yet reaped; all run on this host."""
+        here = os.uname().nodename
+        return {worker_id: here for worker_id in self._running}
+
     def wait_any(self, timeout: float) -> ExitInfo | None:
         deadline = time.monotonic() + timeout
         while True:

@@ -1,0 +1,68 @@
+"""Option values checked before anything is submitted; runtime limits read from native_spec."""
+import pytest
+
+from sheepdog_drmaa import ConfigurationError
+from sheepdog_drmaa.options import parse_slurm_time, resolve
+
+
+@pytest.mark.parametrize("native_spec, seconds", [
+    ("-l h_rt=0:0:20", 20),
+    ("-l h_vmem=1G,h_rt=3600", 3600),
+    ("-t 90", 90 * 60),              # minutes
+    ("-t 5:30", 5 * 60 + 30),        # MM:SS
+    ("--time=1:30:00", 5400),        # H:MM:SS
+    ("--time 2-12", (2 * 24 + 12) * 3600),       # D-HH
+    ("-t 1-2:30", (26 * 60 + 30) * 60),          # D-HH:MM
+    ("--time=1-00:00:10", 86410),                # D-HH:MM:SS
+    ("-p long --time=10 --mem=100", 600),
+    ("-l h_rt=60 --time=5", 300),    # the last one given, as the scheduler reads it
+    ("--mem=100", None),
+    (None, None),
+])
+def test_the_runtime_limit_is_read_from_native_spec(native_spec, seconds):
+    assert resolve({"native_spec": native_spec}, environ={}).runtime_limit() == seconds
+
+
+def test_walltime_wins_over_native_spec():
+    assert resolve({"native_spec": "-t 90", "walltime": "0:01:00"}, environ={}).runtime_limit() == 60
+
+
+@pytest.mark.parametrize("text", ["1-", "a", "1:2:3:4", "-5"])
+def test_slurm_times_that_are_not_times_are_refused(text):
+    with pytest.raises(ValueError, match="Slurm's time forms"):
+        parse_slurm_time(text)
+
+
+def test_resources_are_parsed_and_kept():
+    options = resolve({"memory": "1.5G", "cores": 4, "gpus": 1, "project": "lab-1", "memory_resource": "mem_free"},
+                      environ={})
+    assert (options.memory, options.cores, options.gpus, options.project) == (3 << 29, 4, 1, "lab-1")
+    assert (options.parallel_env, options.memory_resource) == ("smp", "mem_free")
+
+
+def test_resources_come_from_the_environment_too():
+    options = resolve({}, environ={"SHEEPDOG_MEMORY": "2G", "SHEEPDOG_CORES": "2", "SHEEPDOG_SETUP": "a=1\nb=2"})
+    assert (options.memory, options.cores, options.setup) == (2 << 30, 2, ("a=1", "b=2"))
+
+
+@pytest.mark.parametrize("given, words", [
+    ({"memory": "lots"}, "memory: expected a number of bytes"),
+    ({"memory": 4}, "too little for Python"),
+    ({"cores": 0}, "cores=0: expected a whole number"),
+    ({"cores": 2.5}, "cores=2.5"),
+    ({"gpus": True}, "gpus=True"),
+    ({"project": "my lab"}, "project='my lab': expected a name"),
+    ({"parallel_env": ""}, "parallel_env=''"),
+    ({"memory_resource": "h_vmem=4G"}, "memory_resource='h_vmem=4G'"),
+    ({"setup": [1]}, "expected a list of shell lines"),
+    ({"setup": ["echo it's"]}, "setup line 1 is not valid /bin/sh"),
+])
+def test_bad_resource_values_are_refused_saying_what_was_wrong(given, words):
+    with pytest.raises(ConfigurationError) as caught:
+        resolve(given, environ={})
+    assert words in str(caught.value)
+
+
+def test_setup_lines_may_be_one_string_of_lines():
+    assert resolve({"setup": "module load python\n\n. venv/bin/activate\n"}, environ={}).setup == (
+        "module load python", ". venv/bin/activate")
