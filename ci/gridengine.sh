@@ -65,7 +65,8 @@ edit_with() {  # edit_with SED_SCRIPT qconf -mXXX ...: run a qconf editor comman
 
 # What a site's cell has, for the resource tests (memory=, cores=, gpus=): a parallel environment
 # smp whose slots all come from one host, attached to all.q; h_vmem consumable per slot, with a
-# capacity of 8G on this host; a GPU-like complex gpu, counted per job, 2 on this host; and a
+# capacity of 64G on this host and 4G for a job that asks for none (a default of 0 would be a
+# limit of 0: no Python could start); a GPU-like complex gpu, counted per job, 2 on this host; and a
 # project, sheepdog.
 # Idempotent, and safe on a running cell: changes only what differs. `bash ci/gridengine.sh
 # site-resources` applies just these to a running cluster, without restarting its daemons.
@@ -85,7 +86,7 @@ site_resources() {  # once the execution host exists
   local tmp; tmp=$(mktemp -d)
   # name shortcut type relop requestable consumable default urgency
   qconf -sc | grep -v '^#' | awk '$1 != "h_vmem" && $1 != "gpu"' >"$tmp/complexes"
-  printf '%-19s %-10s %-9s %-5s %-11s %-10s %-8s %s\n' h_vmem h_vmem MEMORY '<=' YES YES 0 0 \
+  printf '%-19s %-10s %-9s %-5s %-11s %-10s %-8s %s\n' h_vmem h_vmem MEMORY '<=' YES YES 4G 0 \
     gpu gpu INT '<=' YES JOB 0 0 >>"$tmp/complexes"
   if [ "$(qconf -sc | grep -v "^#" | awk '$1 == "h_vmem" || $1 == "gpu"' | sort | xargs)" != \
        "$(awk '$1 == "h_vmem" || $1 == "gpu"' "$tmp/complexes" | sort | xargs)" ]; then
@@ -93,9 +94,9 @@ site_resources() {  # once the execution host exists
     qconf -Mc "$tmp/complexes" >/dev/null
   fi
   local values; values=$(qconf -se "$host" | awk '$1 == "complex_values" {print $2}')
-  if [ "$values" != "gpu=2,h_vmem=8G" ] && [ "$values" != "h_vmem=8G,gpu=2" ]; then
-    log "host $host offers h_vmem=8G and gpu=2"
-    qconf -mattr exechost complex_values h_vmem=8G,gpu=2 "$host" >/dev/null
+  if [ "$values" != "gpu=2,h_vmem=64G" ] && [ "$values" != "h_vmem=64G,gpu=2" ]; then
+    log "host $host offers h_vmem=64G and gpu=2"
+    qconf -mattr exechost complex_values h_vmem=64G,gpu=2 "$host" >/dev/null
   fi
   if ! qconf -sprj sheepdog >/dev/null 2>&1; then
     log "adding the project sheepdog"

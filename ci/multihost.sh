@@ -191,7 +191,7 @@ gridengine_up() {
   qconf -sq 2>/dev/null | sed \
     -e "s/^qname .*/qname $QUEUE/" -e "s/^hostlist .*/hostlist $HOSTGROUP/" \
     -e "s/^slots .*/slots $SLOTS/" -e 's/^load_thresholds .*/load_thresholds NONE/' \
-    -e 's/^pe_list .*/pe_list NONE/' -e 's/^shell .*/shell \/bin\/sh/' \
+    -e 's/^pe_list .*/pe_list smp/' -e 's/^shell .*/shell \/bin\/sh/' \
     -e "s/^complex_values .*/complex_values $COMPLEX=TRUE/" >"$tmp/queue"
   if ! qconf -sq "$QUEUE" >/dev/null 2>&1; then
     log "adding queue $QUEUE on $HOSTGROUP ($SLOTS slots per node, only for -l $COMPLEX=1)"

@@ -10,10 +10,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from .protocol import EXIT_BAD_CONFIGURATION, EXIT_RESERVED_STATUS, EXIT_SERVER_UNREACHABLE
-
-# The job's shell exits with this when a set-up line (setup=) fails, before Python starts.
-EXIT_SETUP_FAILED = 72
+from .protocol import EXIT_BAD_CONFIGURATION, EXIT_RESERVED_STATUS, EXIT_SERVER_UNREACHABLE, EXIT_SETUP_FAILED
 
 
 class Cause(str, enum.Enum):

@@ -28,6 +28,7 @@ from typing import Any, NamedTuple
 ENV_URL = "SHEEPDOG_URL"
 ENV_KEY_FILE = "SHEEPDOG_KEY_FILE"
 ENV_WORKER_ID = "SHEEPDOG_WORKER_ID"
+ENV_SETUP_SCRIPT = "SHEEPDOG_SETUP_SCRIPT"  # the /bin/sh script that runs the set-up lines, then the worker
 
 # Routes, all POST.
 ROUTE_HELLO = "/hello"
@@ -47,6 +48,7 @@ HEADER_HEAD_SIGNATURE = "X-Sheepdog-Head-Signature"
 EXIT_OK = 0
 EXIT_SERVER_UNREACHABLE = 70
 EXIT_BAD_CONFIGURATION = 71
+EXIT_SETUP_FAILED = 72  # the job's shell, when a set-up line (setup=) fails before Python starts
 EXIT_RESERVED_STATUS = 98
 GRID_ENGINE_RESERVED = (99, 100)
 

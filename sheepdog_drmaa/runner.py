@@ -28,7 +28,7 @@ from .errors import (
     SweepLocked,
     WorkersCannotStart,
 )
-from .failures import Cause, ExitInfo
+from .failures import Cause, ExitInfo, format_size
 from .options import Options
 from .progress import Progress
 from .records import with_source_file
@@ -97,7 +97,7 @@ class Run:
             max_workers=options.workers or options.max_workers, timeout=options.timeout,
             heartbeat_timeout=options.heartbeat_timeout, done=done, attempts_made=store.attempts_made(sweep_id),
             walltime=options.runtime_limit(),
-            task_time=options.task_time)
+            task_time=options.task_time, memory_limit=self._memory_limit(options))
         self.completed = Completions(done)
         handlers = {protocol.ROUTE_HELLO: self._hello, protocol.ROUTE_LEASE: self._lease,
                     protocol.ROUTE_REPORT: self._report, protocol.ROUTE_HEARTBEAT: self._heartbeat,
@@ -204,7 +204,11 @@ class Run:
         detail: dict[str, Any] = {"resource_usage": dict(usage) if isinstance(usage, dict) else {}}
         exception = report.get("exception")
         if isinstance(exception, dict):
-            detail.update({"summary": f"{exception.get('type')}: {exception.get('message')}",
+            summary = f"{exception.get('type')}: {exception.get('message')}"
+            if self.options.memory is not None and "builtins.MemoryError" in exception.get("types", ()):
+                summary += (f" (out of the memory asked for, memory={format_size(int(self.options.memory))} per "
+                            "worker: ask for more)")
+            detail.update({"summary": summary,
                            "exception_types": list(exception.get("types", ())),
                            "traceback": with_source_file(exception.get("traceback", ""), self.source_file)})
             return Cause.EXCEPTION, detail, None, exception.get("pickle"), report.get("output") or {}
@@ -397,9 +401,16 @@ class Run:
             self.spec = dataclasses.replace(self.spec, avoid_hosts=avoid)
         self.backend.terminate([worker.id for worker in stuck])
 
+    @staticmethod
+    def _memory_limit(options: Options) -> int | None:
+        assert options.memory is None or isinstance(options.memory, int)  # bytes, once validated
+        return options.memory
+
     def _worker_ended(self, info: ExitInfo) -> None:
+        # A scheduler may say in the worker's stderr that it killed it for memory (slurmstepd does).
+        tail = _tail(log_paths(self.spec, info.worker)["stderr"]) if info.signaled or info.aborted else ""
         with self.lock:
-            ended = self.state.worker_ended(info, time.time())
+            ended = self.state.worker_ended(info, time.time(), tail)
             if ended:
                 self._persist_ends(ended, worker_ended=info.worker)
             else:

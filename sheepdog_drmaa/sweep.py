@@ -132,6 +132,7 @@ class SweepState:
         attempts_made: Mapping[int, int] | None = None,
         walltime: float | None = None,
         task_time: float | None = None,
+        memory_limit: int | None = None,
     ) -> None:
         self.n_tasks = n_tasks
         self.retries = retries
@@ -144,6 +145,7 @@ class SweepState:
         self.start_failure_limit = start_failure_limit
         self.walltime = walltime      # each worker's runtime limit, if it has one
         self.task_time = task_time    # the user's guess of one task's duration, until some have run
+        self.memory_limit = memory_limit  # each worker's memory request in bytes, to tell kills for memory
         self.durations: collections.deque[float] = collections.deque(maxlen=DURATION_SAMPLES)
         self._expected: float | None = None  # expected_task_seconds, until durations change enough
         self._samples_since = 0
@@ -316,14 +318,17 @@ class SweepState:
             worker.current.started = max(worker.current.started, now)
         return attempt
 
-    def worker_ended(self, info: ExitInfo, now: float) -> list[Attempt]:
-        """The scheduler says a worker is gone; end whatever attempts it still held."""
+    def worker_ended(self, info: ExitInfo, now: float, stderr_tail: str = "") -> list[Attempt]:
+        """The scheduler says a worker is gone; end whatever attempts it still held.
+
+        ``stderr_tail``: the end of the worker's stderr file, where a scheduler may say it killed
+        the worker for memory."""
         worker = self.workers.get(info.worker)
         if worker is None:
             return []
         worker.ended = True
         self.unreached.pop(info.worker, None)
-        ending = classify(info)
+        ending = classify(info, self.memory_limit, stderr_tail)
         charged = None if worker.terminated else self._charged(worker)
         if charged is None:
             self._forget(worker)

@@ -3,8 +3,8 @@ the scheduler in its own terms, names it does not know and requests it could nev
 before anything is submitted, and cores= tells f how many threads to use.
 
 The test clusters of ci/ offer what a site does: on Grid Engine a parallel environment smp,
-h_vmem consumable (8G on the host), a consumable gpu (2) and a project sheepdog; on Slurm a node
-of 8 CPUs, 8000 MB and gres gpu:2.
+h_vmem consumable (64G on the host, 4G for a job that asks for none), a consumable gpu (2) and a
+project sheepdog; on Slurm a node of 8 CPUs, 8000 MB and gres gpu:2.
 """
 import os
 import re
@@ -91,3 +91,25 @@ def test_requests_that_could_never_be_scheduled_are_refused(cluster, store):
 def test_a_job_variable_that_grid_engine_would_cut_is_refused(gridengine, store):
     message = refused(gridengine, store, env={"JAVA_OPTS": "-Dlevel=debug"})
     assert "JAVA_OPTS" in message and "setup=" in message
+
+
+def children_over_memory(n_children, megabytes):
+    """Start processes that together hold more memory than the worker asked for, and wait for them."""
+    import subprocess
+    import sys
+    hold = f"import time; b = bytearray({megabytes} << 20); time.sleep(60)"
+    children = [subprocess.Popen([sys.executable, "-c", hold]) for _ in range(n_children)]
+    for child in children:
+        child.wait()
+    return "not killed"
+
+
+def test_a_worker_killed_for_memory_says_so_with_the_limit_and_the_peak(cluster, store):
+    sweep = sheepdog_drmaa.map_async(children_over_memory, [(3, 150)], backend="drmaa", store=store,
+                                     progress=False, memory="400M", retries=0, errors="return")
+    [failure] = sweep.results()
+    [attempt] = sweep.attempts(0)
+    assert attempt.cause == "memory", attempt
+    assert attempt.detail["summary"].startswith("killed for memory: asked 400M, peak "), attempt.detail
+    assert "memory=" in attempt.detail["summary"]
+    assert failure.cause == "memory"

@@ -10,7 +10,8 @@ from dataclasses import dataclass
 from typing import Optional, Protocol
 
 from ..errors import BackendUnavailable, ConfigurationError
-from ..failures import EXIT_SETUP_FAILED, ExitInfo
+from ..failures import ExitInfo
+from ..protocol import ENV_SETUP_SCRIPT, EXIT_SETUP_FAILED
 
 log = logging.getLogger(__name__)
 
@@ -79,10 +80,6 @@ class Backend(Protocol):
 
     def close(self) -> None:
         """Release the scheduler session."""
-
-
-# The job variable that holds the /bin/sh script starting a worker with set-up lines.
-ENV_SETUP_SCRIPT = "SHEEPDOG_SETUP_SCRIPT"
 
 
 def _needs_shell(spec: WorkerSpec) -> bool:
