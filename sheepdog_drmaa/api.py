@@ -207,14 +207,13 @@ def _digest(blobs: Iterable[bytes]) -> str:
 def _check_address(options: Options, backend: Backend) -> tuple[str, str]:
     """The name workers use to reach this host (see address.py for the default), and the address to
     listen on; both must work."""
-    from .backends.drmaa import DrmaaBackend
-    if not isinstance(backend, DrmaaBackend):  # local workers reach it on this machine, whatever it is
-        host = options.host or socket.getfqdn()
-    elif options.host:
-        host = options.host
-        address.warn_if_loopback(host)
+    if not options.host:
+        host = address.default_host(backend.execution_hosts)  # [] (local workers): this machine's name
     else:
-        host = address.default_host(backend.execution_hosts)
+        host = options.host
+        own = address.addresses_of(host)
+        if own and all(address.is_loopback(a) for a in own) and backend.execution_hosts() != []:
+            address.warn_if_loopback(host)  # not when workers run on this machine only: loopback reaches it
     bind = options.bind or host
     for name, value in (("host", host), ("bind", bind)):
         try:

@@ -101,6 +101,15 @@ def test_started_workers_are_shown_with_their_host_until_they_end(contract_backe
     assert backend.running_hosts() == {}  # an ended worker is never shown started
 
 
+def test_execution_hosts_are_listed(contract_backend):
+    backend, cluster = contract_backend
+    hosts = backend.execution_hosts()
+    if cluster is None:
+        assert hosts == []  # local workers run on this machine only
+    else:
+        assert hosts and all(isinstance(host, str) for host in hosts), hosts
+
+
 def test_queued_workers_can_be_terminated_before_they_start(contract_backend, tmp_path):
     backend, cluster = contract_backend
     slots = 8 if cluster is not None else getattr(backend, "slots", 2)

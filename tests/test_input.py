@@ -127,14 +127,17 @@ def test_a_loopback_host_is_warned_about_on_a_cluster(store, caplog, cluster):
     assert "resolves only to the loopback address 127.0.0.1" in caplog.text
 
 
-@pytest.mark.parametrize("options, words", [
-    ({"queue": "nope.q"}, "nope.q"),
-    ({"native_spec": {"gridengine": "-l nosuchresource=1", "slurm": "--constraint=nosuchresource"}}, "nosuchresource"),
-])
-def test_a_job_the_scheduler_refuses_is_a_clear_error(store, cluster, options, words):
-    options = {name: value[cluster.name] if isinstance(value, dict) else value for name, value in options.items()}
-    with pytest.raises(sheepdog_drmaa.SubmissionRefused, match=f"refused the workers' job.*{words}"):
-        sheepdog_drmaa.map(abs, [1], backend="drmaa", store=store, progress=False, **options)
+def test_a_job_the_scheduler_refuses_is_a_clear_error(store, cluster):
+    native_spec = {"gridengine": "-l nosuchresource=1", "slurm": "--constraint=nosuchresource"}[cluster.name]
+    with pytest.raises(sheepdog_drmaa.SubmissionRefused, match="refused the workers' job.*nosuchresource"):
+        sheepdog_drmaa.map(abs, [1], backend="drmaa", store=store, progress=False, native_spec=native_spec)
+
+
+def test_an_unknown_queue_is_refused_before_anything_is_submitted_naming_the_real_ones(store, cluster):
+    with pytest.raises(sheepdog_drmaa.ConfigurationError, match="nope.q") as refused:
+        sheepdog_drmaa.map(abs, [1], backend="drmaa", store=store, progress=False, queue="nope.q")
+    assert {"gridengine": "all.q", "slurm": "debug"}[cluster.name] in str(refused.value)
+    assert not cluster.jobs()
 
 
 @pytest.mark.gridengine

@@ -7,15 +7,7 @@ from helpers import wait_until
 import sheepdog_drmaa
 from sheepdog_drmaa import ConfigurationError, WorkersCannotStart
 from sheepdog_drmaa.backends import WorkerSpec, log_paths
-from sheepdog_drmaa.backends.schedulers import (
-    GridEngine,
-    Scheduler,
-    Slurm,
-    _gpu_count,
-    _per_host,
-    identify,
-    parse_grid_engine_memory,
-)
+from sheepdog_drmaa.backends.schedulers import GridEngine, Scheduler, Slurm, identify
 from sheepdog_drmaa.worker import worker_id_from_environment
 
 
@@ -79,24 +71,6 @@ def test_a_scheduler_not_known_takes_no_resource_by_name():
         Scheduler().native_specification(spec_of(memory=1 << 30, cores=2))
 
 
-def test_grid_engine_memory_values_are_read_in_its_units():
-    assert parse_grid_engine_memory("8G") == 8 << 30 and parse_grid_engine_memory("1.5g") == 1.5e9
-    assert parse_grid_engine_memory("512") == 512 and parse_grid_engine_memory("INFINITY") == float("inf")
-
-
-def test_per_host_queue_settings_are_read_host_first():
-    groups = {"@big": {"vm"}}
-    assert _per_host("8,[vm=4],[@big=2]", "vm", groups) == "4"
-    assert _per_host("8,[@big=2]", "vm", groups) == "2"
-    assert _per_host("8,[other=2]", "vm", groups) == "8"
-
-
-@pytest.mark.parametrize("gres, count", [("gpu:2", 2), ("gpu:a100:4(S:0-1)", 4), ("gpu:2,shard:8", 2),
-                                         ("(null)", 0), ("mps:100", 0)])
-def test_gpus_are_counted_in_sinfo_gres(gres, count):
-    assert _gpu_count(gres) == count
-
-
 @pytest.mark.parametrize("native_spec, instead", [
     ("-q all.q", "-p/--partition"),
     ("-l h_rt=3600", "-t 1:00"),
@@ -113,6 +87,32 @@ def test_grid_engine_spellings_are_refused_on_slurm_naming_the_slurm_option(nati
 def test_the_squeue_listing_is_read_per_task():
     assert Slurm().parse_listing("7_1 RUNNING\n7_2 PENDING\n7_3 CANCELLED\n\n") == {
         "7_1": "RUNNING", "7_2": "PENDING", "7_3": "CANCELLED"}
+
+
+QSTAT_XML = """<?xml version='1.0'?>
+<job_info>
+  <queue_info>
+    <job_list state="running"><JB_job_number>49</JB_job_number><queue_name>all.q@node3</queue_name>
+      <tasks>2</tasks></job_list>
+    <job_list state="running"><JB_job_number>50</JB_job_number><queue_name></queue_name></job_list>
+  </queue_info>
+</job_info>
+"""
+
+
+def test_started_workers_are_listed_with_their_hosts():
+    assert GridEngine().parse_started(QSTAT_XML) == {"49.2": "node3", "50": None}
+    with pytest.raises(ValueError, match="qstat -xml"):
+        GridEngine().parse_started("<job_info>")
+    assert Slurm().parse_started("7_1 node1\n7_2 (null)\n7_3\n") == {"7_1": "node1", "7_2": None, "7_3": None}
+    assert "--jobs=7,8" in Slurm().started_command(["7", "8"])
+    assert Scheduler().started_command(["7"]) is None
+
+
+def test_the_removal_hint_names_the_schedulers_own_command():
+    assert GridEngine().removal_hint(["49", "50.3"]) == "qdel 49 50.3"
+    assert Slurm().removal_hint(["238"]) == "scancel 238"
+    assert "scheduler's own command" in Scheduler().removal_hint(["7"])
 
 
 @pytest.mark.parametrize("scheduler, environment, worker", [

@@ -30,12 +30,11 @@ import threading
 import time
 from collections.abc import Sequence
 from typing import Any
-from xml.etree import ElementTree
 
 from .. import protocol
 from ..errors import BackendUnavailable, SchedulerUnreachable, SubmissionRefused
 from ..failures import ExitInfo
-from . import Leftover, WorkerSpec, log_paths, worker_command
+from . import Leftover, WorkerSpec, log_paths, sites, worker_command
 from .schedulers import Scheduler, identify
 
 log = logging.getLogger(__name__)
@@ -212,45 +211,6 @@ class _Background:
             self.output.close()
 
 
-def _started_command(scheduler: Scheduler, arrays: Sequence[str]) -> list[str] | None:
-    """A command listing the started tasks of these arrays with their hosts; None when not known how."""
-    if scheduler.name == "gridengine":
-        return ["qstat", "-s", "r", "-xml"]  # this user's running and transferring tasks (r, t, Rr, dr...)
-    if scheduler.name == "slurm":
-        return ["squeue", "--noheader", "--array", "--states=RUNNING,CONFIGURING,COMPLETING", "--format=%i %N",
-                "--jobs=" + ",".join(arrays)]
-    return None
-
-
-def _parse_started(scheduler: Scheduler, text: str) -> dict[str, str | None]:
-    """``_started_command``'s output as {worker id: host}; ValueError when it cannot be read."""
-    started: dict[str, str | None] = {}
-    if scheduler.name == "gridengine":
-        try:
-            root = ElementTree.fromstring(text)
-        except ElementTree.ParseError as error:
-            raise ValueError(f"qstat -xml: {error}") from error
-        for job in root.iter("job_list"):
-            number, task = job.findtext("JB_job_number"), job.findtext("tasks")
-            if number:
-                host = (job.findtext("queue_name") or "").partition("@")[2]  # all.q@node3
-                started[f"{number}.{task}" if task else number] = host or None
-    else:
-        for line in text.splitlines():
-            fields = line.split()
-            if fields:
-                started[fields[0]] = fields[1] if len(fields) > 1 and fields[1] not in ("(null)", "n/a") else None
-    return started
-
-
-def _removal_hint(scheduler: Scheduler, targets: Sequence[str]) -> str:
-    """The command that removes ``targets`` by hand."""
-    command = {"gridengine": "qdel", "slurm": "scancel"}.get(scheduler.name)
-    if command is None:
-        return f"remove DRMAA jobs {' '.join(targets)} with the scheduler's own command"
-    return f"{command} {' '.join(targets)}"
-
-
 def _read_max_array_size(scheduler: Scheduler) -> int:
     """The scheduler's largest array (Grid Engine's max_aj_tasks, Slurm's MaxArraySize), or its default."""
     if not scheduler.config_command or shutil.which(scheduler.config_command[0]) is None:
@@ -303,6 +263,7 @@ class DrmaaBackend:
         """The options as this scheduler would be asked (Grid Engine spellings refused on Slurm, say),
         and against what the live scheduler offers (its queues, parallel environments, hosts)."""
         self.scheduler.check_request(spec)
+        sites.check_request(self.scheduler, spec)
 
     def submit(self, count: int, spec: WorkerSpec) -> list[str]:
         native = self.scheduler.native_specification(spec)
@@ -372,9 +333,8 @@ class DrmaaBackend:
 
     def execution_hosts(self) -> list[str] | None:
         """The names of the scheduler's execution hosts; None when they cannot be listed."""
-        command = {"gridengine": ["qconf", "-sel"], "slurm": ["sinfo", "--noheader", "--Node", "--format=%N"]}.get(
-            self.scheduler.name)
-        if command is None or shutil.which(command[0]) is None:
+        command = list(self.scheduler.hosts_command)
+        if not command or shutil.which(command[0]) is None:
             return None
         try:
             result = _run(command)
@@ -398,13 +358,13 @@ class DrmaaBackend:
             try:
                 if not succeeded:
                     raise ValueError("the listing command failed")
-                self._started = _parse_started(self.scheduler, text)
+                self._started = self.scheduler.parse_started(text)
                 self._answered = time.monotonic()
             except ValueError as error:
                 log.debug("cannot list the started workers: %s", error)
         now = time.monotonic()
         arrays = sorted(set(self._unreaped) | {self.scheduler.array_of(target) for target in self._kept})
-        command = _started_command(self.scheduler, arrays)
+        command = self.scheduler.started_command(arrays)
         wanted = now < self._started_wanted_until or self._kept
         if wanted and arrays and command and not self._started_lister.busy and now >= self._next_started:
             self._next_started = now + STARTED_SECONDS
@@ -598,7 +558,7 @@ class DrmaaBackend:
             self._outage, self._saw_outage = time.monotonic(), True
             self._outage_began = self._outage
             log.warning("cannot reach %s to remove %d workers or jobs (%s): %s; kept, and done as soon as it "
-                        "answers again", self.scheduler.title, len(left), _removal_hint(self.scheduler, left), error)
+                        "answers again", self.scheduler.title, len(left), self.scheduler.removal_hint(left), error)
             self._keep(left)
 
     def _send(self, targets: Sequence[str]) -> tuple[list[str], BaseException | None]:
@@ -683,4 +643,4 @@ class DrmaaBackend:
             left = list(self._kept)
             log.error("%s did not answer within %g s: %d workers or jobs of this sweep were NOT removed and may "
                       "still start; remove them yourself: %s", self.scheduler.title, CLOSE_WAIT_SECONDS, len(left),
-                      _removal_hint(self.scheduler, left))
+                      self.scheduler.removal_hint(left))

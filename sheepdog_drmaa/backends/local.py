@@ -85,6 +85,10 @@ class LocalBackend:
         here = os.uname().nodename
         return {worker_id: here for worker_id in self._running}
 
+    def execution_hosts(self) -> list[str] | None:
+        """None but this machine: workers reach the server at this machine's own name, loopback or not."""
+        return []
+
     def wait_any(self, timeout: float) -> ExitInfo | None:
         deadline = time.monotonic() + timeout
         while True:

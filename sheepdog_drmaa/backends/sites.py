@@ -1,0 +1,317 @@
+"""What the live scheduler offers, read once per process, and the check of a request against it.
+
+:mod:`.schedulers` says how each scheduler spells a request; this module asks the running one
+(``qconf`` on Grid Engine, ``sinfo`` on Slurm) whether any queue and host could ever run it, so that
+a request no host can take (cores=, memory=, gpus= beyond every host; an unknown queue, parallel
+environment or project) is refused with the site's own names before anything is submitted. A
+command that fails is not held against the request: the submission then says what is wrong.
+"""
+from __future__ import annotations
+
+import fnmatch
+import functools
+import logging
+import math
+import re
+import shlex
+import subprocess
+
+from ..errors import ConfigurationError
+from ..failures import format_size
+from . import WorkerSpec
+from .schedulers import GPU_COMPLEX, GridEngine, Scheduler, Slurm
+
+log = logging.getLogger(__name__)
+
+_UNITS = {"k": 1000, "m": 1000 ** 2, "g": 1000 ** 3, "t": 1000 ** 4,
+          "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def parse_grid_engine_memory(text: str) -> float:
+    """Bytes from a Grid Engine memory value ("8G", "512M", "1.5g", "INFINITY"; K M G T binary, k m g t decimal)."""
+    text = text.strip()
+    if text.upper() in ("INFINITY", "NONE", ""):
+        return math.inf
+    scale = _UNITS.get(text[-1], 1)
+    return float(text[:-1] if text[-1] in _UNITS else text) * scale
+
+
+def _command_output(command: tuple[str, ...]) -> str | None:
+    """A scheduler command's output, or None when it fails (then nothing is checked against it)."""
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError) as error:
+        log.debug("cannot run %s: %s", " ".join(command), error)
+        return None
+    if result.returncode != 0:
+        log.debug("%s failed: %s", " ".join(command), (result.stderr or result.stdout).strip())
+        return None
+    return result.stdout
+
+
+def _per_host(value: str, host: str, groups: dict[str, set[str]]) -> str:
+    """A queue attribute for one host: "8,[vm=4],[@gpu=2]" -> "4" on vm (host over group over default)."""
+    default, _, overrides = value.partition(",[")
+    chosen: str = default.strip()
+    by_group: str | None = None
+    for override in re.findall(r"\[([^=\]]+)=([^\]]*)\]", "[" + overrides if overrides else ""):
+        name, setting = str(override[0]).strip(), str(override[1]).strip()
+        if name == host:
+            return setting
+        if name.startswith("@") and host in groups.get(name, set()):
+            by_group = setting
+    return by_group if by_group is not None else chosen
+
+
+def _assignments(text: str) -> dict[str, str]:
+    """ "h_vmem=8G,gpu=2" (or NONE) -> {"h_vmem": "8G", "gpu": "2"}."""
+    pairs = (item.split("=", 1) for item in text.replace(" ", "").split(",") if "=" in item)
+    return {name: value for name, value in pairs}
+
+
+def _listing(text: str) -> dict[str, str]:
+    """qconf -sq/-se/-sp output as {attribute: value}, continuation lines joined."""
+    attributes: dict[str, str] = {}
+    for line in text.replace("\\\n", " ").splitlines():
+        name, _, value = line.strip().partition(" ")
+        if name and not name.startswith("#"):
+            attributes[name] = " ".join(value.split())
+    return attributes
+
+
+def _native_words(native_spec: str | None) -> list[str]:
+    try:
+        return shlex.split(native_spec or "")
+    except ValueError:
+        return []
+
+
+def _native_option(words: list[str], option: str) -> list[str]:
+    return [words[i + 1] for i, word in enumerate(words[:-1]) if word == option]
+
+
+class GridEngineSite:
+    """What this Grid Engine cell offers (queues, parallel environments, complexes, hosts), read with
+    qconf once per process, and the check of a request against it."""
+
+    @classmethod
+    @functools.cache
+    def here(cls) -> GridEngineSite:
+        return cls()
+
+    def __init__(self) -> None:
+        self._answers: dict[tuple[str, ...], str | None] = {}
+
+    def read(self, *command: str) -> str | None:
+        """A command's output, asked once per process."""
+        if command not in self._answers:
+            self._answers[command] = _command_output(command)
+        return self._answers[command]
+
+    def names(self, *command: str) -> list[str]:
+        return (self.read(*command) or "").split()
+
+    def complexes(self) -> dict[str, list[str]]:
+        """{name: the fields of its qconf -sc line}, under its name and its shortcut."""
+        found = {}
+        for line in (self.read("qconf", "-sc") or "").splitlines():
+            fields = line.split()
+            if len(fields) >= 8 and not line.startswith("#"):
+                found[fields[0]] = found[fields[1]] = fields
+        return found
+
+    def check(self, spec: WorkerSpec) -> None:
+        words = _native_words(spec.native_spec)
+        all_queues = self.names("qconf", "-sql")
+        if not all_queues:
+            return  # qmaster did not answer: the submission will say what is wrong
+        asked = (_native_option(words, "-q") or [spec.queue or ""])[-1]
+        queues = self._queues(asked, all_queues) if asked else all_queues
+        complexes = self.complexes()
+        requested = {name.split("=")[0] for value in _native_option(words, "-l") for name in value.split(",")}
+        if spec.cores is not None and "-pe" not in words:
+            self._check_parallel_env(spec, queues)
+            queues = [q for q in queues if spec.parallel_env in self._queue(q).get("pe_list", "").replace(",", " ")]
+        if spec.memory is not None and spec.memory_resource not in complexes:
+            memory = sorted({f[0] for f in complexes.values() if f[2] == "MEMORY"})
+            raise ConfigurationError(f"memory_resource={spec.memory_resource!r}: Grid Engine has no such complex; its "
+                                     f"memory complexes are {', '.join(memory)} (qconf -sc)")
+        if spec.gpus is not None:
+            self._check_gpu_complex(spec, complexes)
+        if spec.project is not None:
+            projects = self.names("qconf", "-sprjl")
+            if spec.project not in projects:
+                raise ConfigurationError(f"project={spec.project!r}: Grid Engine knows no such project; "
+                                         + (f"its projects are {', '.join(projects)}" if projects else
+                                            "it has no projects (qconf -sprjl)"))
+        # A queue whose FORCED complex the job does not request takes none of its jobs.
+        forced = {f[0] for f in complexes.values() if f[4] == "FORCED"}
+        queues = [q for q in queues if not (set(_assignments(self._queue(q).get("complex_values", ""))) & forced)
+                  or set(_assignments(self._queue(q).get("complex_values", ""))) & forced & requested]
+        self._check_hosts(spec, queues, asked, complexes)
+
+    def _queues(self, asked: str, all_queues: list[str]) -> list[str]:
+        """The queues ``asked`` names ("all.q", "a.q,b.q", "*.q", "all.q@vm"); unknown names refused."""
+        chosen = []
+        for name in asked.split(","):
+            pattern = name.split("@", 1)[0]
+            matched = fnmatch.filter(all_queues, pattern)
+            if not matched:
+                raise ConfigurationError(f"queue {pattern!r}: Grid Engine has no such queue; its queues are "
+                                         f"{', '.join(all_queues)} (qconf -sql)")
+            chosen += matched
+        return chosen
+
+    def _queue(self, name: str) -> dict[str, str]:
+        return _listing(self.read("qconf", "-sq", name) or "")
+
+    def _check_parallel_env(self, spec: WorkerSpec, queues: list[str]) -> None:
+        environments = self.names("qconf", "-spl")
+        if spec.parallel_env not in environments:
+            known = ", ".join(environments) if environments else "none (qconf -spl lists none)"
+            raise ConfigurationError(f"parallel_env={spec.parallel_env!r} (for cores={spec.cores}): Grid Engine has no "
+                                     f"such parallel environment; its parallel environments are {known}")
+        attached = [q for q in queues if spec.parallel_env in self._queue(q).get("pe_list", "").replace(",", " ")]
+        if not attached:
+            raise ConfigurationError(f"parallel_env={spec.parallel_env!r} (for cores={spec.cores}) is not attached to "
+                                     f"queue {', '.join(queues)} (its pe_list); choose another parallel_env= or queue=")
+        pe_slots = _listing(self.read("qconf", "-sp", spec.parallel_env) or "").get("slots", "")
+        if pe_slots.isdigit() and (spec.cores or 1) > int(pe_slots):
+            raise ConfigurationError(f"cores={spec.cores}: parallel environment {spec.parallel_env!r} has only "
+                                     f"{pe_slots} slots in all; ask for at most that")
+
+    def _check_gpu_complex(self, spec: WorkerSpec, complexes: dict[str, list[str]]) -> None:
+        if GPU_COMPLEX not in complexes:
+            consumable = sorted({f[0] for f in complexes.values() if f[2] == "INT" and f[5] != "NO"})
+            raise ConfigurationError(f"gpus={spec.gpus}: Grid Engine has no complex {GPU_COMPLEX!r}; its countable "
+                                     f"consumables are {', '.join(consumable) or 'none'} (qconf -sc); ask for your "
+                                     "site's own with native_spec='-l NAME=N'")
+        if complexes[GPU_COMPLEX][5] == "YES" and spec.gpus and spec.cores and spec.cores > 1:
+            raise ConfigurationError(f"gpus={spec.gpus} with cores={spec.cores}: Grid Engine counts complex "
+                                     f"{GPU_COMPLEX!r} per slot (consumable YES), so this would ask for "
+                                     f"{spec.gpus * spec.cores} GPUs; make it consumable JOB, or ask with "
+                                     "native_spec=")
+
+    def _check_hosts(self, spec: WorkerSpec, queues: list[str], asked: str, complexes: dict[str, list[str]]) -> None:
+        """Refuse what no host of these queues can ever give: the slots, the memory, the GPUs."""
+        offers = [self._host_offer(q, host, spec) for q in queues for host in self._hosts(q)]
+        where = f"queue {asked}" if asked else "any queue"
+        if not offers:
+            return
+        slots = spec.cores or 1
+        if max(o[0] for o in offers) < slots:
+            raise ConfigurationError(f"cores={slots}: no host of {where} has that many slots (the most is "
+                                     f"{max(o[0] for o in offers):g}); ask for fewer")
+        if spec.memory is not None:
+            most = max(o[1] for o in offers)
+            if most < spec.memory:
+                raise ConfigurationError(f"memory={format_size(spec.memory)}: no host of {where} offers that much "
+                                         f"{spec.memory_resource} (the most is {format_size(int(most))}); ask for less")
+        if spec.gpus is not None:
+            most = max(o[2] for o in offers)
+            if most < spec.gpus:
+                having = f"the most is {most:g}" if most else f"none has any {GPU_COMPLEX!r}"
+                raise ConfigurationError(f"gpus={spec.gpus}: no host of {where} has that many ({having})")
+
+    def _hosts(self, queue: str) -> list[str]:
+        hosts = []
+        for entry in self._queue(queue).get("hostlist", "").split():
+            hosts += self.names("qconf", "-shgrp_resolved", entry) if entry.startswith("@") else [entry]
+        return [h for h in hosts if h != "NONE"]
+
+    def _groups(self, queue: str) -> dict[str, set[str]]:
+        settings = " ".join(self._queue(queue).values())
+        return {g: set(self.names("qconf", "-shgrp_resolved", g)) for g in set(re.findall(r"\[(@[^=\]]+)=", settings))}
+
+    def _host_offer(self, queue: str, host: str, spec: WorkerSpec) -> tuple[float, float, float]:
+        """(slots, memory in bytes, GPUs) that one queue instance could ever give one job."""
+        settings, groups = self._queue(queue), self._groups(queue)
+        execution = _listing(self.read("qconf", "-se", host) or "")
+        capacity = {**_assignments(_listing(self.read("qconf", "-se", "global") or "").get("complex_values", "")),
+                    **_assignments(execution.get("complex_values", ""))}
+        load = _assignments(execution.get("load_values", ""))
+        slots = float(_per_host(settings.get("slots", "0"), host, groups) or 0)
+        if capacity.get("slots", "").isdigit():
+            slots = min(slots, float(capacity["slots"]))
+        memory = min(parse_grid_engine_memory(_per_host(settings.get(spec.memory_resource, "INFINITY"), host, groups))
+                     * (spec.cores or 1),
+                     parse_grid_engine_memory(capacity.get(spec.memory_resource, "INFINITY")),
+                     parse_grid_engine_memory(load.get("virtual_total", "INFINITY")))
+        queue_capacity = _assignments(_per_host(settings.get("complex_values", ""), host, groups))
+        gpus = min(float(capacity.get(GPU_COMPLEX, "0") or 0),
+                   float(queue_capacity.get(GPU_COMPLEX, "inf") or "inf"))
+        return slots, memory, gpus
+
+
+class SlurmSite:
+    """What this Slurm cluster offers (partitions, their nodes' CPUs, memory and GPUs), read with sinfo
+    once per process, and the check of a request against it."""
+
+    @classmethod
+    @functools.cache
+    def here(cls) -> SlurmSite:
+        return cls()
+
+    def __init__(self) -> None:
+        self._answers: dict[tuple[str, ...], str | None] = {}
+
+    def read(self, *command: str) -> str | None:
+        """A command's output, asked once per process."""
+        if command not in self._answers:
+            self._answers[command] = _command_output(command)
+        return self._answers[command]
+
+    def check(self, spec: WorkerSpec) -> None:
+        listing = self.read("sinfo", "--noheader", "--format=%P")
+        if listing is None:
+            return  # slurmctld did not answer: the submission will say what is wrong
+        partitions = [p.rstrip("*") for p in listing.split()]
+        default = [p.rstrip("*") for p in listing.split() if p.endswith("*")]
+        words = _native_words(spec.native_spec)
+        asked = ([w.split("=", 1)[1] for w in words if w.startswith("--partition=")] + _native_option(words, "-p")
+                 + _native_option(words, "--partition") or [spec.queue or ""])[-1]
+        for name in asked.split(","):
+            if name and name not in partitions:
+                raise ConfigurationError(f"queue={name!r}: Slurm has no such partition; its partitions are "
+                                         f"{', '.join(partitions)} (sinfo)")
+        chosen = asked.split(",") if asked else default or partitions
+        nodes = [line.split("|") for part in chosen
+                 for line in (self.read("sinfo", "--noheader", "--Node", f"--partition={part}",
+                                        "--format=%N|%c|%m|%G") or "").splitlines()]
+        nodes = [n for n in nodes if len(n) == 4 and n[0] not in spec.avoid_hosts]
+        if not nodes:
+            return
+        where = f"partition {','.join(chosen)}"
+        most_cpus = max(int(n[1]) for n in nodes if n[1].isdigit())
+        if spec.cores is not None and spec.cores > most_cpus:
+            raise ConfigurationError(f"cores={spec.cores}: no node of {where} has that many CPUs (the most is "
+                                     f"{most_cpus}); ask for fewer")
+        if spec.memory is not None:
+            most = max(int(n[2]) for n in nodes if n[2].isdigit()) << 20
+            if spec.memory > most:
+                raise ConfigurationError(f"memory={format_size(spec.memory)}: no node of {where} has that much "
+                                         f"(the most is {format_size(most)}, RealMemory); ask for less")
+        if spec.gpus is not None:
+            most_gpus = max(_gpu_count(n[3]) for n in nodes)
+            if spec.gpus > most_gpus:
+                having = f"the most is {most_gpus}" if most_gpus else "none has a gres gpu"
+                raise ConfigurationError(f"gpus={spec.gpus}: no node of {where} has that many GPUs ({having})")
+
+
+def _gpu_count(gres: str) -> int:
+    """GPUs in sinfo's %G: "gpu:2", "gpu:a100:4(S:0-1)", "gpu:2,shard:8", "(null)"."""
+    total = 0
+    for item in gres.split(","):
+        fields = re.sub(r"\(.*?\)", "", item).split(":")
+        if fields[0] == "gpu" and fields[-1].isdigit():
+            total += int(fields[-1])
+    return total
+
+
+def check_request(scheduler: Scheduler, spec: WorkerSpec) -> None:
+    """Refuse, before anything is submitted, a request this site's scheduler could never run
+    (nothing is checked on plain DRMAA)."""
+    if isinstance(scheduler, GridEngine):
+        GridEngineSite.here().check(spec)
+    elif isinstance(scheduler, Slurm):
+        SlurmSite.here().check(spec)
