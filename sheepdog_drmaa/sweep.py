@@ -35,8 +35,10 @@ MAX_BATCH = 1000
 BATCH_SHARE = 2
 
 # A worker the scheduler shows started that has not said hello after this many heartbeat
-# timeouts is written off: its host is taken not to reach the server.
+# timeouts (and at least HELLO_SECONDS: a loaded node starts Python slowly) is written off: its
+# host is taken not to reach the server.
 HELLO_TIMEOUTS = 2
+HELLO_SECONDS = 10.0
 
 
 class TaskState(str, enum.Enum):
@@ -141,7 +143,7 @@ class SweepState:
         self.max_workers = max_workers
         self.timeout = timeout
         self.heartbeat_timeout = heartbeat_timeout
-        self.hello_timeout = HELLO_TIMEOUTS * heartbeat_timeout
+        self.hello_timeout = max(HELLO_TIMEOUTS * heartbeat_timeout, HELLO_SECONDS)
         self.start_failure_limit = start_failure_limit
         self.walltime = walltime      # each worker's runtime limit, if it has one
         self.task_time = task_time    # the user's guess of one task's duration, until some have run
