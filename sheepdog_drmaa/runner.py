@@ -173,15 +173,18 @@ class Run:
         """Store the reported endings first, all in one transaction; only once they are stored do
         their tasks change state. A result the store cannot hold becomes that task's failure."""
         ends: list[tuple[Attempt, Cause, dict[str, Any], bytes | None, bytes | None, dict[str, str]]] = []
-        seen = set()
+        seen, late = set(), []
         for report in reports:
             task, number = report["task"], report["number"]
             attempt = self.state.current(worker, task, number)
             if attempt is None or task in seen:
-                log.info("dropped a late report from %s for task %s: that attempt was already closed", worker, task)
+                late.append(task)
                 continue
             seen.add(task)
             ends.append((attempt, *self._reported_ending(report)))
+        if late:
+            log.info("dropped %d late reports from %s (tasks %s): those attempts were already closed", len(late),
+                     worker, ", ".join(map(str, late[:10])) + (" ..." if len(late) > 10 else ""))
         if not ends:
             return
         try:

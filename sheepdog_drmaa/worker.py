@@ -101,12 +101,14 @@ class RunningTask:
 
     def __init__(self, shared: mmap.mmap | None) -> None:
         self.shared = shared
-        self.now: tuple[int, int, float] | None = None  # task, attempt number, monotonic start
+        # task, attempt number, monotonic start, and whether the server knows it runs it
+        self.now: tuple[int, int, float, bool] | None = None
 
-    def start(self, task: int, number: int) -> None:
+    def start(self, task: int, number: int, server_knows: bool) -> None:
+        """``server_knows``: the task is the first of its batch, which the server takes as started."""
         if self.shared is not None:
             self._SLOT.pack_into(self.shared, 0, task, number)
-        self.now = (task, number, time.monotonic())
+        self.now = (task, number, time.monotonic(), server_knows)
 
     def stop(self) -> None:
         self.now = None
@@ -126,18 +128,60 @@ class RunningTask:
         return None if task < 0 else (task, number)
 
 
+class Outbox:
+    """Reports of finished tasks not sent yet. They go with the next lease, or before it: from the
+    main thread when they grow large or old, and from the heartbeat thread while a later task runs
+    long, so that a task that hangs (or is killed for it) does not take its batch's finished
+    results with it. One sender at a time, so that a lease never overtakes reports sent before it
+    (the server would take the tasks still held as a lease whose answer was lost)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()      # guards the reports
+        self.sending = threading.Lock()   # held by whoever sends some
+        self.reports: list[dict[str, Any]] = []
+        self.size = 0
+        self.oldest = 0.0
+
+    def add(self, report: dict[str, Any]) -> None:
+        with self.lock:
+            self.reports.append(report)
+            self.size += _report_size(report)
+            self.oldest = self.oldest or time.monotonic()
+
+    def due(self) -> bool:
+        """Large or old enough to be sent before the batch ends."""
+        with self.lock:
+            return bool(self.reports) and (self.size >= protocol.REPORT_FLUSH_BYTES
+                                           or time.monotonic() - self.oldest >= protocol.REPORT_FLUSH_SECONDS)
+
+    def take(self) -> list[dict[str, Any]]:
+        with self.lock:
+            reports, self.reports, self.size, self.oldest = self.reports, [], 0, 0.0
+        return reports
+
+    def put_back(self, reports: list[dict[str, Any]]) -> None:
+        """Reports whose sending failed: they go again, first."""
+        with self.lock:
+            self.reports[:0] = reports
+            self.size += sum(_report_size(report) for report in reports)
+            self.oldest = time.monotonic()
+
+
 class Heartbeat:
     """Tells the server, every ``interval`` seconds while a task runs, which one it is and for how
-    long it has run; a task running longer than ANNOUNCE_SECONDS is named at once.
+    long it has run; a later task of a batch running longer than ANNOUNCE_SECONDS is named at once
+    (the server takes the first as started when it answers the lease). Reports waiting in the
+    outbox go just before.
 
     If the server stays unreachable for ``give_up_after`` seconds (its client died), the server
     has written this worker's tasks off as lost anyway, so the worker ends itself rather than burn
     a slot.
     """
 
-    def __init__(self, channel: Channel, interval: float, give_up_after: float, running: RunningTask) -> None:
+    def __init__(self, channel: Channel, interval: float, give_up_after: float, running: RunningTask,
+                 outbox: Outbox) -> None:
         self.channel, self.interval, self.give_up_after = channel, interval, give_up_after
-        self.running = running
+        self.running, self.outbox = running, outbox
         thread = threading.Thread(target=self._run, name="sheepdog-heartbeat", daemon=True)
         thread.start()
 
@@ -151,12 +195,13 @@ class Heartbeat:
             if current is None:
                 last_reached = now
                 continue
-            task, number, started = current
+            task, number, started, server_knows = current
             due = now - last_sent >= self.interval
-            if not due and ((task, number) == announced or now - started < ANNOUNCE_SECONDS):
+            if not due and (server_knows or (task, number) == announced or now - started < ANNOUNCE_SECONDS):
                 continue
             last_sent = now
             try:
+                self._send_outbox()
                 self.channel.call(protocol.ROUTE_HEARTBEAT, {
                     "running": {"task": task, "number": number, "elapsed": now - started}}, attempts=1)
                 last_reached, announced = now, (task, number)
@@ -165,6 +210,16 @@ class Heartbeat:
                     print(f"sheepdog worker: giving up, the server has been unreachable for "
                           f"{self.give_up_after:g} s: {error}", file=sys.stderr, flush=True)
                     os._exit(protocol.EXIT_SERVER_UNREACHABLE)
+
+    def _send_outbox(self) -> None:
+        with self.outbox.sending:
+            reports = self.outbox.take()
+            if reports:
+                try:
+                    self.channel.call(protocol.ROUTE_REPORT, {"reports": reports}, attempts=1)
+                except ChannelError:
+                    self.outbox.put_back(reports)
+                    raise
 
 
 def call_function(function: Callable[..., Any], item: Any) -> Any:
@@ -362,26 +417,22 @@ def serve(shared: mmap.mmap | None = None) -> int:
             return protocol.EXIT_BAD_CONFIGURATION
         if namespace:
             getattr(function, "__globals__", {}).update(namespace)
-        running = RunningTask(shared)
-        Heartbeat(Channel(url, key, worker_id), hello["heartbeat_interval"], hello["heartbeat_timeout"], running)
+        running, outbox = RunningTask(shared), Outbox()
+        Heartbeat(Channel(url, key, worker_id), hello["heartbeat_interval"], hello["heartbeat_timeout"], running,
+                  outbox)
         output = CapturedOutput(hello["output_limit"])
-        reports: list[dict[str, Any]] = []
         while True:
-            batch = channel.call(protocol.ROUTE_LEASE, {"reports": reports}).get("leases") or []
+            with outbox.sending:
+                batch = channel.call(protocol.ROUTE_LEASE, {"reports": outbox.take()}).get("leases") or []
             if not batch:
                 return protocol.EXIT_OK
-            reports, size, oldest = [], 0, 0.0
             for position, lease in enumerate(batch):
-                running.start(lease["task"], lease["number"])
-                reports.append(output.run(functools.partial(run_task, function, lease, hello["max_result_size"])))
+                running.start(lease["task"], lease["number"], server_knows=position == 0)
+                outbox.add(output.run(functools.partial(run_task, function, lease, hello["max_result_size"])))
                 running.stop()
-                size += _report_size(reports[-1])
-                oldest = oldest or time.monotonic()
-                more = position + 1 < len(batch)
-                if more and (size >= protocol.REPORT_FLUSH_BYTES
-                             or time.monotonic() - oldest >= protocol.REPORT_FLUSH_SECONDS):
-                    channel.call(protocol.ROUTE_REPORT, {"reports": reports})
-                    reports, size, oldest = [], 0, 0.0
+                if position + 1 < len(batch) and outbox.due():
+                    with outbox.sending:
+                        channel.call(protocol.ROUTE_REPORT, {"reports": outbox.take()})
     except ChannelError as error:
         print(f"sheepdog worker {worker_id}: {error}", file=sys.stderr)
         return protocol.EXIT_SERVER_UNREACHABLE

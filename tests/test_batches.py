@@ -2,6 +2,7 @@
 holding a batch is charged only for the task it was running; the rest go back uncounted."""
 import os
 import signal
+import time
 
 import sheepdog_drmaa
 
@@ -31,3 +32,24 @@ def test_a_worker_killed_mid_batch_charges_only_the_task_it_ran(backend, store, 
     assert all(causes[x] == ["result"] for x in range(n) if x != victim and x not in returned)
     workers_used = {a.worker for x in range(n) for a in handle.attempts(x)}
     assert len(workers_used) == 2  # the killed worker and its replacement: many tasks to each lease
+
+
+def hang_at(x, victim):
+    if x == victim:
+        time.sleep(120)
+    return x
+
+
+def test_a_task_that_hangs_mid_batch_is_the_one_timed_out(backend, store):
+    """The worker names a later task of its batch once it has run a second, so the timeout is
+    judged on that task's own start and charged to it alone."""
+    n, victim = 300, 150
+    handle = sheepdog_drmaa.map_async(hang_at, [(x, victim) for x in range(n)], backend=backend, store=store,
+                                      progress=False, workers=1, timeout=5, retries=0, errors="return")
+    results = handle.results()
+    assert results[victim].cause == "timeout" and "timeout of 5 s" in results[victim].summary
+    assert [r for i, r in enumerate(results) if i != victim] == [x for x in range(n) if x != victim]
+    causes = {x: [a.cause for a in handle.attempts(x)] for x in range(n)}
+    returned = [x for x in range(n) if causes[x] == ["returned", "result"]]
+    assert returned and all(x > victim for x in returned)  # those after it in its batch, run again
+    assert all(causes[x] == ["result"] for x in range(n) if x != victim and x not in returned)
