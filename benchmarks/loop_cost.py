@@ -40,7 +40,6 @@ def main() -> None:
         state.lease(worker, now=10.0)  # every worker holds a batch
     held = sum(len(w.held) for w in state.workers.values())
     print(f"{n_tasks:,} tasks, {n_workers:,} workers holding {held:,} tasks; state built in {created:.2f} s")
-    print(f"  live_workers       {per_call(state.live_workers):9.1f} us")
     print(f"  workers_to_submit  {per_call(state.workers_to_submit):9.1f} us")
     print(f"  surplus_workers    {per_call(state.surplus_workers):9.1f} us")
     print(f"  overdue            {per_call(lambda: state.overdue(11.0)):9.1f} us")

@@ -197,9 +197,6 @@ class SweepState:
             worker = Worker(worker_id)
             self.workers[worker_id] = self.unreached[worker_id] = worker
 
-    def live_workers(self) -> list[Worker]:
-        return [w for w in self.workers.values() if not w.terminated]
-
     def hello(self, worker_id: str, host: str | None = None, now: float = 0.0) -> bool:
         """A worker reached the server. False if it is not one of ours (it is told to exit)."""
         worker = self.workers.get(worker_id)

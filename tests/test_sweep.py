@@ -157,7 +157,7 @@ def test_cancel_ends_running_attempts_and_gives_no_more_work():
     state.cancel(1)
     assert attempt.cause is Cause.CANCELLED
     assert state.states[0] is TaskState.PENDING and not state.running
-    assert state.live_workers() == [] and lease_one(state, "b", 2) is None
+    assert all(w.terminated for w in state.workers.values()) and lease_one(state, "b", 2) is None
 
 
 def test_a_worker_near_its_runtime_limit_starts_no_task_it_cannot_finish():
