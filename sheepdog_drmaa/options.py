@@ -122,21 +122,15 @@ _SLURM_TIME = re.compile(r"(?:^|\s)(?:-t\s*|--time[=\s])([0-9][0-9:-]*)")
 
 
 def parse_slurm_time(text: str) -> float:
-    """Seconds from Slurm's --time forms: "M", "M:S", "H:M:S", "D-H", "D-H:M" and "D-H:M:S"."""
-    days, dash, rest = text.partition("-")
-    if not dash:
-        days, rest = "0", text
-    fields = rest.split(":")
-    if not days.isdigit() or not all(f.isdigit() for f in fields) or len(fields) > 3:
-        raise ValueError(f"expected Slurm's time forms (minutes, M:S, H:M:S, D-H, D-H:M or D-H:M:S), got {text!r}")
-    numbers = [int(f) for f in fields]
-    if dash:  # after "D-" the first field is hours
-        hours, minutes, seconds = (numbers + [0, 0])[:3]
-    elif len(numbers) == 3:
-        hours, minutes, seconds = numbers
-    else:  # "M" or "M:S"
-        hours, minutes, seconds = 0, numbers[0], (numbers + [0])[1]
-    return float(((int(days) * 24 + hours) * 60 + minutes) * 60 + seconds)
+    """Seconds from a ``-t``/``--time`` as slurm-drmaa reads it: "H:MM" or "H:MM:SS", whose seconds
+    it drops (slurm-drmaa 1.1.6, measured: "0:0:20" is no limit at all). sbatch's other forms
+    (minutes alone, "D-H...") it refuses at submission, so they are refused here first."""
+    fields = text.split(":")
+    if len(fields) not in (2, 3) or not all(field.isdigit() for field in fields):
+        raise ValueError(f"slurm-drmaa reads -t/--time only as H:MM or H:MM:SS (seconds dropped), got {text!r}; "
+                         "or pass walltime=")
+    hours, minutes = int(fields[0]), int(fields[1])
+    return float((hours * 60 + minutes) * 60)
 
 
 def _parse_bool(text: str) -> bool:
@@ -222,6 +216,10 @@ def validate(options: Options) -> None:
             except ValueError as error:
                 raise ConfigurationError(f"{name}: {error}") from None
             _positive_number(name, getattr(options, name))
+    try:
+        options.runtime_limit()
+    except ValueError as error:
+        raise ConfigurationError(f"native_spec={options.native_spec!r}: {error}") from None
     try:
         options.output_limit = parse_size(options.output_limit)
     except ValueError as error:

@@ -373,6 +373,10 @@ class Run:
                 stuck = self.state.unresponsive(started, now)
                 surplus = self.state.surplus_workers()
                 counts = self.state.counts()
+                avoid = tuple(sorted(self.state.silent_hosts))
+            if avoid != self.spec.avoid_hosts:  # a host written off, or taken back (only slow)
+                log.info("workers of this sweep are not sent to: %s", ", ".join(avoid) or "(any host again)")
+                self.spec = dataclasses.replace(self.spec, avoid_hosts=avoid)
             if stuck:
                 self._write_off(stuck)
             # Outside the lock: a scheduler that hangs must not stall the workers' requests.
@@ -399,9 +403,6 @@ class Run:
                         "is down or cannot reach this one. The worker is removed%s.", worker.id,
                         host or "an unknown host", self.url, self.state.hello_timeout,
                         " and no more workers of this sweep are sent there" if host else "")
-        avoid = tuple(sorted(self.state.silent_hosts))
-        if avoid != self.spec.avoid_hosts:
-            self.spec = dataclasses.replace(self.spec, avoid_hosts=avoid)
         self.backend.terminate([worker.id for worker in stuck])
 
     @staticmethod

@@ -174,6 +174,7 @@ class SweepState:
         self.early_deaths = 0
         self.last_early_death: StartFailure | None = None
         self.silent_hosts: set[str] = set()  # hosts whose workers never reached the server
+        self.suspects: set[int] = set()  # tasks held by a worker that died not saying which it ran
         self.last_hello_from: dict[str, float] = {}  # host -> when a worker there last said hello
         self.any_reached = False
 
@@ -200,6 +201,8 @@ class SweepState:
     def hello(self, worker_id: str, host: str | None = None, now: float = 0.0) -> bool:
         """A worker reached the server. False if it is not one of ours (it is told to exit)."""
         worker = self.workers.get(worker_id)
+        if worker is not None and worker.terminated and worker.dispatched_to in self.silent_hosts and host:
+            self.silent_hosts.discard(host)  # written off as silent, but only slow: its host answers
         if worker is None or worker.terminated:
             return False
         if not worker.reached:  # a hello repeated because its answer was lost changes nothing
@@ -231,9 +234,12 @@ class SweepState:
         if not size:
             worker.retiring = True
             return []
-        batch = []
+        batch: list[Attempt] = []
         for _ in range(size):
             task = self._take_pending()
+            if task in self.suspects and batch:  # a suspect goes alone: put it back for the next lease
+                self._returned.appendleft(task)
+                break
             number = self.attempt_numbers[task] + 1
             self.attempt_numbers[task] = number
             attempt = Attempt(task=task, number=number, worker=worker_id, started=now, host=worker.host)
@@ -241,6 +247,8 @@ class SweepState:
             worker.held[task] = attempt
             self.running[task] = attempt
             batch.append(attempt)
+            if task in self.suspects:
+                break
         worker.current = batch[0]  # it starts the first at once
         worker.tasks_leased += size
         worker.last_batch = size
@@ -331,18 +339,23 @@ class SweepState:
         charged = None if worker.terminated else self._charged(worker)
         if charged is None:
             self._forget(worker)
-            if not worker.terminated and worker.tasks_leased == 0 and not ending.clean:
+            # Ended before running a task, by a failure or (never having reached the server) at all.
+            if not worker.terminated and worker.tasks_leased == 0 and not (ending.clean and worker.reached):
                 self.early_deaths += 1
                 self.last_early_death = StartFailure(info.worker, ending, self.early_deaths, worker.setup_error)
             return []
-        detail = {"summary": ending.summary, "exit_status": info.exit_status, "signal": info.signal,
-                  "core_dumped": info.core_dumped, "resource_usage": dict(info.resource_usage),
-                  **worker.death_detail}
-        cause = ending.cause
-        if self._at_its_limit(worker, now):
-            cause = Cause.WALLTIME
-            detail.update(self._walltime_detail(worker, charged, ending.summary))
-        ended = self._end_held(worker, charged, cause, now, detail, f"its worker ended ({ending.summary})")
+        why = f"its worker ended ({ending.summary})"
+        if not self._certain(worker):
+            ended = self._return_held(worker, now, why)
+        else:
+            detail = {"summary": ending.summary, "exit_status": info.exit_status, "signal": info.signal,
+                      "core_dumped": info.core_dumped, "resource_usage": dict(info.resource_usage),
+                      **worker.death_detail}
+            cause = ending.cause
+            if self._at_its_limit(worker, now):
+                cause = Cause.WALLTIME
+                detail.update(self._walltime_detail(worker, charged, ending.summary))
+            ended = self._end_held(worker, charged, cause, now, detail, why)
         self._forget(worker)
         return ended
 
@@ -356,6 +369,24 @@ class SweepState:
         if worker.current is not None and worker.current.task in worker.held:
             return worker.current
         return next(iter(worker.held.values()), None)
+
+    @staticmethod
+    def _certain(worker: Worker) -> bool:
+        """Whether the server knows which held task a whole worker's death ended: the only one it
+        held, or the one the worker's parent named as its task process died. Otherwise the task
+        running might be any not reported yet (the worker moves on without telling)."""
+        return len(worker.held) == 1 or bool(worker.death_detail)
+
+    def _return_held(self, worker: Worker, now: float, why: str) -> list[Attempt]:
+        """End every held attempt uncounted, its task to be tried alone next (a suspect): then the
+        task that killed the worker, if one did, is charged on its own."""
+        returned = list(worker.held.values())
+        for attempt in returned:
+            self._end(attempt, Cause.RETURNED, now, {
+                "summary": f"{why} while it held {len(returned)} tasks of a batch, and which one ran is not "
+                           "known: each goes back uncounted, to be tried alone"})
+            self.suspects.add(attempt.task)
+        return returned
 
     def _end_held(self, worker: Worker, charged: Attempt, cause: Cause, now: float, detail: dict[str, Any],
                   why: str) -> list[Attempt]:
@@ -454,6 +485,8 @@ class SweepState:
         charged = self._charged(worker)
         if charged is None:
             return []
+        if cause is Cause.LOST and not self._certain(worker):
+            return self._return_held(worker, now, "its worker went quiet")
         if cause is Cause.TIMEOUT:
             summary = f"the task ran longer than the timeout of {self.timeout:g} s; its job was terminated"
             why = "its worker was terminated for another task's timeout"
@@ -558,6 +591,8 @@ class SweepState:
                 self.holding.pop(worker.id, None)
         task = attempt.task
         self.states[task] = next_state
+        if cause is not Cause.RETURNED:
+            self.suspects.discard(task)
         if next_state is TaskState.DONE:
             self.n_done += 1
             seconds = detail.get("resource_usage", {}).get("seconds")

@@ -8,14 +8,11 @@ from sheepdog_drmaa.options import parse_slurm_time, resolve
 @pytest.mark.parametrize("native_spec, seconds", [
     ("-l h_rt=0:0:20", 20),
     ("-l h_vmem=1G,h_rt=3600", 3600),
-    ("-t 90", 90 * 60),              # minutes
-    ("-t 5:30", 5 * 60 + 30),        # MM:SS
-    ("--time=1:30:00", 5400),        # H:MM:SS
-    ("--time 2-12", (2 * 24 + 12) * 3600),       # D-HH
-    ("-t 1-2:30", (26 * 60 + 30) * 60),          # D-HH:MM
-    ("--time=1-00:00:10", 86410),                # D-HH:MM:SS
-    ("-p long --time=10 --mem=100", 600),
-    ("-l h_rt=60 --time=5", 300),    # the last one given, as the scheduler reads it
+    ("-t 5:30", (5 * 60 + 30) * 60),  # H:MM, as slurm-drmaa reads it (not sbatch's MM:SS)
+    ("--time=1:30:00", 5400),         # H:MM:SS
+    ("-t 0:01:50", 60),               # slurm-drmaa drops the seconds
+    ("-p long --time=0:10 --mem=100", 600),
+    ("-l h_rt=60 --time=0:05", 300),  # the last one given, as the scheduler reads it
     ("--mem=100", None),
     (None, None),
 ])
@@ -24,13 +21,18 @@ def test_the_runtime_limit_is_read_from_native_spec(native_spec, seconds):
 
 
 def test_walltime_wins_over_native_spec():
-    assert resolve({"native_spec": "-t 90", "walltime": "0:01:00"}, environ={}).runtime_limit() == 60
+    assert resolve({"native_spec": "-t 1:30", "walltime": "0:01:00"}, environ={}).runtime_limit() == 60
 
 
-@pytest.mark.parametrize("text", ["1-", "a", "1:2:3:4", "-5"])
-def test_slurm_times_that_are_not_times_are_refused(text):
-    with pytest.raises(ValueError, match="Slurm's time forms"):
+@pytest.mark.parametrize("text", ["90", "1-2:30", "1-", "a", "1:2:3:4"])
+def test_slurm_times_slurm_drmaa_would_refuse_are_refused(text):
+    with pytest.raises(ValueError, match="only as H:MM or H:MM:SS"):
         parse_slurm_time(text)
+
+
+def test_a_runtime_request_in_native_spec_that_cannot_be_read_is_refused_before_the_sweep():
+    with pytest.raises(ConfigurationError, match="native_spec='-t 90'.*H:MM"):
+        resolve({"native_spec": "-t 90"}, environ={})
 
 
 def test_resources_are_parsed_and_kept():

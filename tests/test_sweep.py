@@ -320,8 +320,9 @@ def test_a_quiet_worker_with_a_batch_is_lost_after_the_heartbeat_timeout():
     assert state.overdue(now=6 + 4) == []
     assert state.overdue(now=6 + 6) == [("w1", Cause.LOST)]
     ended = state.expire("w1", Cause.LOST, now=12)
-    assert ended[0] is batch[0] and ended[0].cause is Cause.LOST  # nobody named another: the first held
-    assert state.n_pending == 1000 - state.n_done
+    # Nobody named the task it ran: none is charged, each is tried alone next.
+    assert ended == batch and all(a.cause is Cause.RETURNED for a in ended) and not state.failure_counts
+    assert state.n_pending == 1000 - state.n_done and state.suspects == {a.task for a in batch}
 
 
 def test_an_answer_lost_on_the_way_is_given_again_not_a_second_batch():
@@ -334,7 +335,7 @@ def test_returned_tasks_are_served_before_fresh_ones():
     state = started(1000, workers=("a", "b"))
     batch = grown_batch(state, "a")
     state.worker_ended(ExitInfo("a", aborted=True), now=7)
-    assert lease_one_or_more(state, "b", 8) == [batch[0].task, batch[1].task]  # the charged one, then the rest
+    assert lease_one_or_more(state, "b", 8) == [batch[0].task]  # first, and alone: it is a suspect
 
 
 def lease_one_or_more(state, worker, now):
@@ -394,3 +395,41 @@ def test_a_worker_near_its_limit_gets_only_the_tasks_that_fit():
         run_batch(state, "w1", now, seconds=0.001)
     batch = state.lease("w1", now=16.95)  # 0.05 s left after the slack; a task is expected to take 1.25 ms
     assert len(batch) == 40  # not the 64 its batches had grown to
+
+
+def test_a_whole_worker_killed_by_an_unnamed_later_task_charges_nobody_until_that_task_runs_alone():
+    state = started(1000, retries=1, workers=("a",))
+    batch = grown_batch(state, "a")
+    innocent, culprit = batch[0], batch[1]  # the culprit kills the whole job before it could be named
+    ended = state.worker_ended(ExitInfo("a", signaled=True, signal="SIGKILL"), now=7)
+    assert {a.cause for a in ended} == {Cause.RETURNED} and not state.failure_counts
+    for worker in ["b", "c", "d"]:
+        state.add_workers([worker])
+        state.hello(worker, now=8)
+        [alone] = state.lease(worker, now=8)
+        if alone.task == innocent.task:
+            state.finish(worker, alone.task, alone.number, Cause.RESULT, 9, quick())
+        else:
+            assert alone.task == culprit.task
+            [charged] = state.worker_ended(ExitInfo(worker, signaled=True, signal="SIGKILL"), now=9)
+            assert charged.cause is Cause.SIGNAL
+    assert state.states[innocent.task] is TaskState.DONE and innocent.task not in state.failure_counts
+    assert state.failure_counts[culprit.task] == 2 and state.states[culprit.task] is TaskState.FAILED
+
+
+def test_a_worker_that_never_reached_the_server_and_exited_zero_counts_as_not_starting():
+    state = SweepState(3, start_failure_limit=2)
+    state.add_workers(["a", "b"])
+    for worker in ("a", "b"):
+        state.worker_ended(ExitInfo(worker, exited=True, exit_status=0), now=0)  # a wrapper that exits 0
+    assert state.start_failure is not None
+
+
+def test_a_host_written_off_as_silent_is_taken_back_when_its_slow_worker_says_hello():
+    state = started(10, workers=("a",), heartbeat_timeout=5)
+    state.add_workers(["slow"])
+    state.unresponsive({"slow": "node3"}, now=0)
+    state.unresponsive({"slow": "node3"}, now=11)
+    assert state.silent_hosts == {"node3"}
+    assert not state.hello("slow", host="node3", now=12)  # written off: it is told to leave
+    assert state.silent_hosts == set()
