@@ -52,6 +52,10 @@ EXIT_SETUP_FAILED = 72  # the job's shell, when a set-up line (setup=) fails bef
 EXIT_RESERVED_STATUS = 98
 GRID_ENGINE_RESERVED = (99, 100)
 
+# A worker whose hello arrives before the client knows its id (its submission is still under way)
+# is told to say hello again after this many seconds, for at most HELLO_RETRY_LIMIT seconds.
+HELLO_RETRY_SECONDS = 0.5
+HELLO_RETRY_LIMIT = 120.0
 # How far a request's timestamp may be from the server's clock, in seconds.
 REPLAY_WINDOW = 300.0
 # Room for a report's own fields (usage, exception text) around its result, in bytes.

@@ -2,7 +2,8 @@
 
 One thread (the caller's, for ``map``) drives the backend: it submits workers, receives their
 exit information, terminates overdue or surplus ones, and updates the progress display. The
-server's threads handle hellos, leases, reports and heartbeats. Both go through one lock.
+server's threads handle hellos, leases, reports and heartbeats. Both go through one lock, which
+is never held while the scheduler is asked anything (it may take seconds to answer).
 """
 from __future__ import annotations
 
@@ -115,6 +116,7 @@ class Run:
         self.spec = dataclasses.replace(spec_without_url, environment=environment)
         self.progress = Progress(n_tasks, options.progress, label)
         self.to_remove: list[str] = []  # surplus workers not yet removed from the scheduler
+        self.submitting = False  # a submission is under way, outside the lock
         self.cancel_requested = threading.Event()
         self.finished = threading.Event()
         self.outcome: BaseException | None = None
@@ -123,14 +125,16 @@ class Run:
     # -- server side (server threads) ---------------------------------------------------------
 
     def _hello(self, message: dict[str, Any]) -> dict[str, Any]:
+        worker = message["worker"]
         with self.lock, self._fatal_on_store_error():
-            accepted = not self.cancel_requested.is_set() and self.state.hello(message["worker"], message.get("host"),
-                                                                                     time.time())
+            accepted = not self.cancel_requested.is_set() and self.state.hello(worker, message.get("host"), time.time())
             if accepted:
-                self.store.record_worker_process(self.sweep_id, message["worker"], message.get("host"),
+                self.store.record_worker_process(self.sweep_id, worker, message.get("host"),
                                                  message.get("process_group"))
+            # A worker of the submission under way may start before its id is known here: it asks again.
+            unknown_yet = not accepted and self.submitting and worker not in self.state.workers
         if not accepted:
-            return {"accepted": False}
+            return {"accepted": False, "retry": protocol.HELLO_RETRY_SECONDS if unknown_yet else None}
         log.debug("worker %s reached the server from %s", message["worker"], message.get("host"))
         return {"accepted": True, "function": self.function,
                 "heartbeat_interval": self.options.heartbeat_interval,
@@ -347,17 +351,21 @@ class Run:
                 if self.state.start_failure is not None:
                     raise WorkersCannotStart(self._start_failure_message(self.state.start_failure))
                 wanted = self.state.workers_to_submit() if time.monotonic() >= submit_after else 0
-                if wanted:
-                    try:
-                        ids = self.backend.submit(wanted, self.spec)
-                    except SchedulerUnreachable as error:
-                        log.warning("%s; trying again in %g s", error, SUBMIT_RETRY_SECONDS)
-                        submit_after = time.monotonic() + SUBMIT_RETRY_SECONDS
-                        ids = []
-                    if ids:
-                        self.state.add_workers(ids)
-                        self.store.record_workers(self.sweep_id, ids)
-                        log.info("submitted %d workers (%s..%s)", len(ids), ids[0], ids[-1])
+                self.submitting = bool(wanted)
+            if wanted:  # outside the lock: a scheduler slow to answer must not hold up the workers' requests
+                ids: list[str] = []
+                try:
+                    ids = self.backend.submit(wanted, self.spec)
+                except SchedulerUnreachable as error:
+                    log.warning("%s; trying again in %g s", error, SUBMIT_RETRY_SECONDS)
+                    submit_after = time.monotonic() + SUBMIT_RETRY_SECONDS
+                finally:
+                    with self.lock:
+                        if ids:
+                            self.state.add_workers(ids)
+                            self.store.record_workers(self.sweep_id, ids)
+                            log.info("submitted %d workers (%s..%s)", len(ids), ids[0], ids[-1])
+                        self.submitting = False
             info = self.backend.wait_any(POLL_SECONDS)
             while info is not None:
                 self._worker_ended(info)

@@ -390,6 +390,18 @@ def _report_size(report: dict[str, Any]) -> int:
             + len(exception.get("traceback", "")) + sum(len(text) for text in output.values()))
 
 
+def say_hello(channel: Channel) -> dict[str, Any]:
+    """The server's answer to this worker's hello, asking again while the server says its id is
+    not known yet (the client is still registering the submission this worker came from)."""
+    deadline = time.monotonic() + protocol.HELLO_RETRY_LIMIT
+    while True:
+        hello = channel.call(protocol.ROUTE_HELLO, {"host": os.uname().nodename, "process_group": os.getpgid(0)})
+        retry = hello.get("retry")
+        if hello.get("accepted") or not isinstance(retry, (int, float)) or time.monotonic() > deadline:
+            return hello
+        time.sleep(retry)
+
+
 def serve(shared: mmap.mmap | None = None) -> int:
     """Lease and run tasks until the server has none left; return the exit status.
 
@@ -404,7 +416,7 @@ def serve(shared: mmap.mmap | None = None) -> int:
         return protocol.EXIT_BAD_CONFIGURATION
     channel = Channel(url, key, worker_id)
     try:
-        hello = channel.call(protocol.ROUTE_HELLO, {"host": os.uname().nodename, "process_group": os.getpgid(0)})
+        hello = say_hello(channel)
         if not hello.get("accepted"):
             return protocol.EXIT_OK
         try:

@@ -19,10 +19,11 @@ from sheepdog_drmaa.store import SCHEMA_VERSION, Store
 class BentBackend(LocalBackend):
     """The local backend, recording every call, with the scheduler's rare answers on request."""
 
-    def __init__(self, slots=2, unreachable_submissions=0, swallow_exits=False):
+    def __init__(self, slots=2, unreachable_submissions=0, swallow_exits=False, slow_submission=0.0):
         super().__init__(slots=slots)
         self.unreachable_submissions = unreachable_submissions
         self.swallow_exits = swallow_exits
+        self.slow_submission = slow_submission  # seconds the scheduler takes to answer, its workers already started
         self.submissions = []
         self.terminations = []
 
@@ -31,7 +32,9 @@ class BentBackend(LocalBackend):
         if self.unreachable_submissions:
             self.unreachable_submissions -= 1
             raise SchedulerUnreachable("the test scheduler is unreachable")
-        return super().submit(count, spec)
+        ids = super().submit(count, spec)
+        time.sleep(self.slow_submission)
+        return ids
 
     def wait_any(self, timeout):
         if self.swallow_exits and self.terminations:
@@ -132,3 +135,14 @@ def test_a_store_written_by_version_0_1_is_upgraded_and_its_sweep_resumes(store,
         columns = {row[1] for row in upgraded.execute("PRAGMA table_info(workers)")}
     assert {"host", "process_group"} <= columns
     assert Store(store, readonly=True).counts(sweep[0]) == {"done": 3}
+
+
+def test_workers_that_start_before_their_submission_returns_are_asked_to_say_hello_again(bent, store):
+    """The scheduler starts the workers and answers the submission only later (the client submits
+    outside its lock): their hellos come from ids it does not know yet, and must not send them away."""
+    backend = bent(slots=4, slow_submission=3.0)
+    started = time.monotonic()
+    assert sheepdog_drmaa.map(abs, range(-20, 0), backend="local", store=store, progress=False,
+                              workers=4) == list(range(20, 0, -1))
+    assert backend.submissions == [4]  # the first workers were kept, none replaced
+    assert time.monotonic() - started >= 3.0
