@@ -402,6 +402,10 @@ class Run:
         """Remove workers that started but never reached the server, and send no more to silent hosts."""
         for worker in stuck:
             host = worker.dispatched_to
+            if worker.reached:
+                log.warning("worker %s said hello from %s but has asked for no work within %g s (loading the "
+                            "function hung?): it is removed", worker.id, worker.host, self.state.hello_timeout)
+                continue
             if host is not None and host not in self.state.silent_hosts:
                 log.warning("worker %s has been shown running on %s for %g s but never reached the server; other "
                             "workers there did, so the scheduler's view of this one is stale: it is removed",

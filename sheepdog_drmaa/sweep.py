@@ -175,6 +175,7 @@ class SweepState:
         self.last_early_death: StartFailure | None = None
         self.silent_hosts: set[str] = set()  # hosts whose workers never reached the server
         self.suspects: set[int] = set()  # tasks held by a worker that died not saying which it ran
+        self.greeted: dict[str, Worker] = {}  # workers that said hello and have not asked for work yet
         self.last_hello_from: dict[str, float] = {}  # host -> when a worker there last said hello
         self.any_reached = False
 
@@ -208,6 +209,7 @@ class SweepState:
         if not worker.reached:  # a hello repeated because its answer was lost changes nothing
             worker.reached, worker.host, worker.started = True, host, now
             self.any_reached = True
+            self.greeted[worker_id] = worker
             if host is not None:
                 self.last_hello_from[host] = now
         worker.last_seen = now
@@ -227,6 +229,7 @@ class SweepState:
         if worker is None or worker.terminated or not worker.reached or worker.retiring:
             return []
         worker.last_seen = now
+        self.greeted.pop(worker_id, None)
         if worker.held:  # it reported all it had: what it still holds is a lease whose answer it lost
             return list(worker.held.values())
         self.early_deaths = 0  # a worker got going: whatever killed the earlier ones is not general
@@ -363,6 +366,7 @@ class SweepState:
         """A worker that has ended: nothing more is asked of it, or kept about it."""
         del self.workers[worker.id]
         self.holding.pop(worker.id, None)
+        self.greeted.pop(worker.id, None)
 
     def _charged(self, worker: Worker) -> Attempt | None:
         """The held attempt an ending is charged to: the one running, as far as the server knows."""
@@ -406,6 +410,16 @@ class SweepState:
         worker said hello from it since: then the scheduler's view was stale (a job that ended
         while it was unreachable, say), not the host dead."""
         stuck = []
+        for hung in list(self.greeted.values()):  # said hello, then never asked for work (hung loading f?)
+            if hung.started is not None and now - hung.started > self.hello_timeout:
+                del self.greeted[hung.id]
+                if not hung.terminated and not hung.retiring:
+                    hung.terminated = True
+                    self.early_deaths += 1
+                    ending = Ending(Cause.LOST, f"it said hello from {hung.host} but asked for no work in "
+                                                f"{now - hung.started:.0f} s (loading the function hung?)", False)
+                    self.last_early_death = StartFailure(hung.id, ending, self.early_deaths)
+                    stuck.append(hung)
         for worker_id, host in started.items():
             worker = self.unreached.get(worker_id)
             if worker is None or worker.terminated:

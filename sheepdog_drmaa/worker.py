@@ -543,6 +543,8 @@ def main() -> None:
         status = protocol.EXIT_BAD_CONFIGURATION
         try:
             status = serve(shared)
+        except BaseException:  # a bug here, or no memory left: say what it was before the exit status does
+            traceback.print_exc()
         finally:
             sys.stdout.flush()
             sys.stderr.flush()

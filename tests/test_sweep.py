@@ -433,3 +433,14 @@ def test_a_host_written_off_as_silent_is_taken_back_when_its_slow_worker_says_he
     assert state.silent_hosts == {"node3"}
     assert not state.hello("slow", host="node3", now=12)  # written off: it is told to leave
     assert state.silent_hosts == set()
+
+
+def test_a_worker_that_said_hello_but_never_asks_for_work_is_written_off():
+    state = SweepState(10, heartbeat_timeout=5, max_workers=1)
+    state.add_workers(["hung"])
+    state.hello("hung", host="node1", now=0)
+    assert state.workers_to_submit() == 0  # it counts as spare, for now
+    assert state.unresponsive({}, now=9) == []
+    [stuck] = state.unresponsive({}, now=11)
+    assert stuck.id == "hung" and state.workers_to_submit() == 1 and state.early_deaths == 1
+    assert "asked for no work" in state.last_early_death.ending.summary

@@ -282,12 +282,13 @@ class SlurmSite:
         if not nodes:
             return
         where = f"partition {','.join(chosen)}"
-        most_cpus = max(int(n[1]) for n in nodes if n[1].isdigit())
-        if spec.cores is not None and spec.cores > most_cpus:
+        most_cpus = max((int(n[1]) for n in nodes if n[1].isdigit()), default=None)  # None: not reported
+        if spec.cores is not None and most_cpus is not None and spec.cores > most_cpus:
             raise ConfigurationError(f"cores={spec.cores}: no node of {where} has that many CPUs (the most is "
                                      f"{most_cpus}); ask for fewer")
-        if spec.memory is not None:
-            most = max(int(n[2]) for n in nodes if n[2].isdigit()) << 20
+        most_mb = max((int(n[2]) for n in nodes if n[2].isdigit()), default=None)
+        if spec.memory is not None and most_mb is not None:
+            most = most_mb << 20
             if spec.memory > most:
                 raise ConfigurationError(f"memory={format_size(spec.memory)}: no node of {where} has that much "
                                          f"(the most is {format_size(most)}, RealMemory); ask for less")
