@@ -53,13 +53,13 @@ RECONCILE_AFTER_ERROR_SECONDS = 5.0
 STARTED_SECONDS = 2.0
 STARTED_WANTED_SECONDS = 10.0
 STARTED_TIMEOUT_SECONDS = 30.0
-# Removals kept during an outage: retried this often when no listing can tell that the scheduler
-# answers again; at close, waited for this long at most.
-CONTROL_RETRY_SECONDS = 10.0
+# Removals kept during an outage: retried as soon as a listing answers, and this often anyway; at
+# close, waited for this long at most.
+CONTROL_RETRY_SECONDS = 5.0
+CLOSE_WAIT_SECONDS = 120.0
 # slurm-drmaa raises the InternalException it raises for an unreachable controller also for a job
 # that is already gone; these words tell the two apart (slurm-drmaa 1.1.6, measured).
 ALREADY_GONE = ("already completing or completed", "Invalid job id specified")
-CLOSE_WAIT_SECONDS = 120.0
 TLS_FIX = "GLIBC_TUNABLES=glibc.rtld.optional_static_tls=4096"
 DEBIAN_LIBRARY = "/usr/lib/gridengine-drmaa/lib/libdrmaa.so.1.0"
 DEBIAN_SGE_ROOT = "/var/lib/gridengine"
@@ -581,10 +581,11 @@ class DrmaaBackend:
             self._kept[target] = None
 
     def _retry_kept(self, listed: bool) -> None:
-        """Do the kept removals once a listing shows the scheduler answering (or, without one, now and then)."""
+        """Do the kept removals once a listing shows the scheduler answering, and now and then anyway
+        (a listing started during the outage may hang until it is given up)."""
         assert self._outage is not None
         now = time.monotonic()
-        answers_again = self._answered > self._outage if listed else now >= self._next_control_retry
+        answers_again = (listed and self._answered > self._outage) or now >= self._next_control_retry
         if not answers_again:
             return
         self._next_control_retry = now + CONTROL_RETRY_SECONDS
