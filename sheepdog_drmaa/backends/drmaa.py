@@ -106,9 +106,16 @@ class _SharedSession:
         self.scheduler: Scheduler = Scheduler()
         self.users = 0
         self.owner: dict[str, DrmaaBackend] = {}
+        self.exiting: threading.Thread | None = None  # the previous session, closing in the background
 
     def open(self, drmaa: Any) -> Any:
         with self.lock:
+            if self.exiting is not None:  # the C library holds one session at a time: let the last one go
+                if self.exiting.is_alive():
+                    log.info("waiting for the previous DRMAA session to close (after an outage this takes "
+                             "about a minute)")
+                self.exiting.join()
+                self.exiting = None
             if self.session is None:
                 session = drmaa.Session()
                 try:
@@ -126,7 +133,8 @@ class _SharedSession:
         """One user fewer; the last closes the session. Not when the scheduler does not answer (exit()
         would block until it does): the session is then kept for this process's next sweep. After an
         outage, exit() takes about a minute (measured on Son of Grid Engine 8.1.9, whose session gets
-        no more job ends then): it is done in the background, and the next open waits for it."""
+        no more job ends then): it is done in the background, and the next open waits for it (the
+        library refuses a new session while one is open, and may fail oddly while one closes)."""
         with self.lock:
             self.users -= 1
             if self.users > 0 or self.session is None:
@@ -140,12 +148,13 @@ class _SharedSession:
                 return
 
         def exit_in_background() -> None:
-            with self.lock:
-                try:
-                    session.exit()
-                except Exception as error:
-                    log.debug("closing the DRMAA session after an outage: %s", error)
-        threading.Thread(target=exit_in_background, name="sheepdog-drmaa-exit", daemon=True).start()
+            try:
+                session.exit()
+            except Exception as error:
+                log.debug("closing the DRMAA session after an outage: %s", error)
+        with self.lock:
+            self.exiting = threading.Thread(target=exit_in_background, name="sheepdog-drmaa-exit", daemon=True)
+            self.exiting.start()
 
 
 _shared = _SharedSession()
