@@ -20,7 +20,7 @@ import cloudpickle
 
 from . import address, claims, protocol
 from .backends import Backend, WorkerSpec, open_backend
-from .errors import ConfigurationError, SweepCancelled, SweepLocked, SweepMismatch
+from .errors import ConfigurationError, SweepLocked, SweepMismatch
 from .handle import Sweep
 from .options import Options, resolve
 from .runner import Run
@@ -69,7 +69,7 @@ def map(f: Callable[..., Any], args: Iterable[Any], **options: Any) -> list[Any]
         return sweep
     try:
         if sweep.run is not None:
-            with _termination_cancels():
+            with _termination_cancels(sweep.run):
                 sweep.run.drive()
         return sweep.results()
     finally:
@@ -77,16 +77,18 @@ def map(f: Callable[..., Any], args: Iterable[Any], **options: Any) -> list[Any]
 
 
 @contextlib.contextmanager
-def _termination_cancels() -> Iterator[None]:
+def _termination_cancels(run: Run) -> Iterator[None]:
     """While ``map`` runs in the main thread, SIGTERM and SIGHUP (a closed ssh session, a kill)
-    end the sweep as Ctrl-C does, so that its jobs are terminated instead of left behind."""
+    end the sweep as Ctrl-C does, so that its jobs are terminated instead of left behind. The
+    handler only asks: the driving loop stops at its next turn, not wherever the signal fell
+    (an exception raised there could leave a lock taken or a scheduler call half done)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def cancel(signum: int, frame: Any) -> None:
-        raise SweepCancelled(f"the client received {signal.Signals(signum).name}; every job of the sweep was "
-                             "terminated (a named sweep can be resumed)")
+        run.request_cancel(f"the client received {signal.Signals(signum).name}; every job of the sweep was "
+                           "terminated (a named sweep can be resumed)")
 
     previous = {signum: signal.signal(signum, cancel) for signum in (signal.SIGTERM, signal.SIGHUP)}
     try:

@@ -118,6 +118,7 @@ class Run:
         self.to_remove: list[str] = []  # surplus workers not yet removed from the scheduler
         self.submitting = False  # a submission is under way, outside the lock
         self.cancel_requested = threading.Event()
+        self.cancel_reason: str | None = None
         self.finished = threading.Event()
         self.outcome: BaseException | None = None
         self.fatal: BaseException | None = None  # a store error met by a server thread: ends the sweep
@@ -317,8 +318,15 @@ class Run:
 
     def cancel(self, timeout: float = 60.0) -> bool:
         """Ask the driving thread to stop the sweep and terminate its jobs; True once it has."""
-        self.cancel_requested.set()
+        self.request_cancel()
         return self.finished.wait(timeout)
+
+    def request_cancel(self, reason: str | None = None) -> None:
+        """Ask the driving thread to stop the sweep at its next turn, saying ``reason``; returns at once
+        (safe in a signal handler: nothing is interrupted midway)."""
+        if reason is not None and self.cancel_reason is None:
+            self.cancel_reason = reason
+        self.cancel_requested.set()
 
     # -- driving side (one thread) -----------------------------------------------------------
 
@@ -347,7 +355,7 @@ class Run:
                 if self.state.finished:
                     return
                 if self.cancel_requested.is_set():
-                    raise SweepCancelled(f"sweep {self.label} was cancelled")
+                    raise SweepCancelled(self.cancel_reason or f"sweep {self.label} was cancelled")
                 if self.state.start_failure is not None:
                     raise WorkersCannotStart(self._start_failure_message(self.state.start_failure))
                 wanted = self.state.workers_to_submit() if time.monotonic() >= submit_after else 0
