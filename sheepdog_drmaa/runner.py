@@ -25,6 +25,7 @@ from .errors import (
     SchedulerUnreachable,
     StoreError,
     StoreTooLarge,
+    SubmissionRefused,
     SweepCancelled,
     SweepLocked,
     WorkersCannotStart,
@@ -43,6 +44,7 @@ POLL_SECONDS = 0.1
 OUT_OF_BAND_BYTES = 64 * 1024  # arguments larger than this travel beside the lease's pickle
 REMOVAL_BATCH = 50
 SUBMIT_RETRY_SECONDS = 3.0
+REFUSED_RETRY_SECONDS = 30.0
 REAP_SECONDS = 15.0
 LOG_TAIL_BYTES = 1500
 
@@ -367,6 +369,16 @@ class Run:
                 except SchedulerUnreachable as error:
                     log.warning("%s; trying again in %g s", error, SUBMIT_RETRY_SECONDS)
                     submit_after = time.monotonic() + SUBMIT_RETRY_SECONDS
+                except SubmissionRefused as error:
+                    # With workers of this sweep still alive, a refusal is most often a limit of the site
+                    # (jobs per user, say) that their ending lifts; without any, nothing would ever run.
+                    with self.lock:
+                        alive = bool(self.state.workers)
+                    if not alive:
+                        raise
+                    log.warning("%s; %d workers of this sweep are still alive, so trying again in %g s",
+                                error, len(self.state.workers), REFUSED_RETRY_SECONDS)
+                    submit_after = time.monotonic() + REFUSED_RETRY_SECONDS
                 finally:
                     with self.lock:
                         if ids:

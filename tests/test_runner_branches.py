@@ -12,15 +12,17 @@ import pytest
 import sheepdog_drmaa
 from sheepdog_drmaa import api, runner
 from sheepdog_drmaa.backends.local import LocalBackend
-from sheepdog_drmaa.errors import SchedulerUnreachable
+from sheepdog_drmaa.errors import SchedulerUnreachable, SubmissionRefused
 from sheepdog_drmaa.store import SCHEMA_VERSION, Store
 
 
 class BentBackend(LocalBackend):
     """The local backend, recording every call, with the scheduler's rare answers on request."""
 
-    def __init__(self, slots=2, unreachable_submissions=0, swallow_exits=False, slow_submission=0.0):
+    def __init__(self, slots=2, unreachable_submissions=0, swallow_exits=False, slow_submission=0.0,
+                 refused_submissions=()):
         super().__init__(slots=slots)
+        self.refused_submissions = set(refused_submissions)  # which submissions (1, 2, ...) are refused
         self.unreachable_submissions = unreachable_submissions
         self.swallow_exits = swallow_exits
         self.slow_submission = slow_submission  # seconds the scheduler takes to answer, its workers already started
@@ -32,6 +34,8 @@ class BentBackend(LocalBackend):
         if self.unreachable_submissions:
             self.unreachable_submissions -= 1
             raise SchedulerUnreachable("the test scheduler is unreachable")
+        if len(self.submissions) in self.refused_submissions:
+            raise SubmissionRefused("the test scheduler refused the workers' job: too many jobs for this user")
         ids = super().submit(count, spec)
         time.sleep(self.slow_submission)
         return ids
@@ -146,3 +150,16 @@ def test_workers_that_start_before_their_submission_returns_are_asked_to_say_hel
                               workers=4) == list(range(20, 0, -1))
     assert backend.submissions == [4]  # the first workers were kept, none replaced
     assert time.monotonic() - started >= 3.0
+
+
+def test_a_refusal_while_workers_are_alive_is_tried_again_and_one_with_none_alive_ends_the_sweep(
+        bent, store, monkeypatch, caplog):
+    monkeypatch.setattr(runner, "REFUSED_RETRY_SECONDS", 0.5)
+    # The second submission hits a per-user limit while two workers of the first wait for a slot.
+    backend = bent(slots=2, refused_submissions={2})
+    assert sheepdog_drmaa.map(abs, range(-8, 0), backend="local", store=store, progress=False, workers=4,
+                              tasks_per_worker=1) == list(range(8, 0, -1))
+    assert len(backend.submissions) > 2 and "still alive, so trying again" in caplog.text
+    bent(slots=2, refused_submissions={1})  # refused with no worker alive: nothing could ever run
+    with pytest.raises(SubmissionRefused, match="too many jobs"):
+        sheepdog_drmaa.map(abs, range(-6, 0), backend="local", store=store, progress=False, workers=2)
