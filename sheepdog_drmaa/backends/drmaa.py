@@ -57,9 +57,6 @@ STARTED_TIMEOUT_SECONDS = 30.0
 # close, waited for this long at most.
 CONTROL_RETRY_SECONDS = 5.0
 CLOSE_WAIT_SECONDS = 120.0
-# slurm-drmaa raises the InternalException it raises for an unreachable controller also for a job
-# that is already gone; these words tell the two apart (slurm-drmaa 1.1.6, measured).
-ALREADY_GONE = ("already completing or completed", "Invalid job id specified")
 TLS_FIX = "GLIBC_TUNABLES=glibc.rtld.optional_static_tls=4096"
 DEBIAN_LIBRARY = "/usr/lib/gridengine-drmaa/lib/libdrmaa.so.1.0"
 DEBIAN_SGE_ROOT = "/var/lib/gridengine"
@@ -578,7 +575,7 @@ class DrmaaBackend:
                 try:
                     self.session.control(self._job(target), drmaa.JobControlAction.TERMINATE)
                 except self._unreachable as error:
-                    if not any(phrase in str(error) for phrase in ALREADY_GONE):
+                    if not any(phrase in str(error) for phrase in self.scheduler.already_gone):
                         return list(targets[position:]), error
                     log.debug("terminating %s: %s", target, error)
                 except drmaa.errors.DrmaaException as error:  # already gone, most often

@@ -42,6 +42,7 @@ class Scheduler:
     active_states: frozenset[str] = frozenset()  # listed states of a job that has not ended
     killed_states: frozenset[str] = frozenset()  # listed states of a job the scheduler ended, whatever DRMAA says
     cancelled_queued_unseen = False     # wait() misses a job cancelled while queued (jobStatus "undetermined")
+    already_gone: tuple[str, ...] = ()  # words of a control error that means "that job has ended", not "unreachable"
 
     def array_of(self, worker_id: str) -> str:
         """The id of the array job a worker (a task of it) belongs to; the worker itself without arrays."""
@@ -208,6 +209,9 @@ class Slurm(Scheduler):
     config_command = ("scontrol", "show", "config")
     hosts_command = ("sinfo", "--noheader", "--Node", "--format=%N")
     remove_command = "scancel"
+    # slurm-drmaa 1.1.6 raises the InternalException of an unreachable controller also for a job that
+    # has ended (measured): these words tell the two apart.
+    already_gone = ("already completing or completed", "Invalid job id specified")
     reports_usage = False  # slurm-drmaa 1.1.6 reports zeros only
     # Until Slurm purges its record (MinJobAge, 300 s by default).
     cancelled_queued_unseen = True

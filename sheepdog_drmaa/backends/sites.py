@@ -15,6 +15,7 @@ import math
 import re
 import shlex
 import subprocess
+from typing import TypeVar
 
 from ..errors import ConfigurationError
 from ..failures import format_size
@@ -90,13 +91,12 @@ def _native_option(words: list[str], option: str) -> list[str]:
     return [words[i + 1] for i, word in enumerate(words[:-1]) if word == option]
 
 
-class GridEngineSite:
-    """What this Grid Engine cell offers (queues, parallel environments, complexes, hosts), read with
-    qconf once per process, and the check of a request against it."""
+class _Site:
+    """A scheduler's answers to the commands that describe it, each asked once per process."""
 
     @classmethod
     @functools.cache
-    def here(cls) -> GridEngineSite:
+    def here(cls: type[SiteT]) -> SiteT:
         return cls()
 
     def __init__(self) -> None:
@@ -107,6 +107,14 @@ class GridEngineSite:
         if command not in self._answers:
             self._answers[command] = _command_output(command)
         return self._answers[command]
+
+
+SiteT = TypeVar("SiteT", bound=_Site)
+
+
+class GridEngineSite(_Site):
+    """What this Grid Engine cell offers (queues, parallel environments, complexes, hosts), read with
+    qconf, and the check of a request against it."""
 
     def names(self, *command: str) -> list[str]:
         return (self.read(*command) or "").split()
@@ -243,23 +251,9 @@ class GridEngineSite:
         return slots, memory, gpus
 
 
-class SlurmSite:
-    """What this Slurm cluster offers (partitions, their nodes' CPUs, memory and GPUs), read with sinfo
-    once per process, and the check of a request against it."""
-
-    @classmethod
-    @functools.cache
-    def here(cls) -> SlurmSite:
-        return cls()
-
-    def __init__(self) -> None:
-        self._answers: dict[tuple[str, ...], str | None] = {}
-
-    def read(self, *command: str) -> str | None:
-        """A command's output, asked once per process."""
-        if command not in self._answers:
-            self._answers[command] = _command_output(command)
-        return self._answers[command]
+class SlurmSite(_Site):
+    """What this Slurm cluster offers (partitions, their nodes' CPUs, memory and GPUs), read with
+    sinfo, and the check of a request against it."""
 
     def check(self, spec: WorkerSpec) -> None:
         listing = self.read("sinfo", "--noheader", "--format=%P")
