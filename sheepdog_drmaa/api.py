@@ -131,7 +131,7 @@ def _start(f: Callable[..., Any], args: Iterable[Any], given: dict[str, Any]) ->
     blobs = [_pickle(item, "args", index) for index, item in enumerate(items)]
     if not blobs:
         return []
-    backend = open_backend(options.backend, local_slots=options.workers)
+    backend = open_backend(options.backend, local_slots=options.workers, outage_wait=options.outage_wait)
     try:
         backend.check_request(_worker_spec(options, log_dir=""))
         host, bind = _check_address(options, backend)

@@ -110,12 +110,16 @@ def end_leftover_workers(store: Store, sweep_id: str, backend: Backend) -> list[
 def stop_client(claim: Claim, released: Callable[[], bool], timeout: float) -> bool:
     """Ask the live client that holds ``claim`` (on this host) to cancel with SIGINT, as Ctrl-C does,
     and wait until ``released()`` says it let go or it is gone. False if it is not on this host or
-    does not stop in time. A pid that now belongs to another process is never signalled."""
+    does not stop in time.
+
+    Only a process shown to be the client is signalled: its pid and its start time both match the
+    claim's. One that cannot be shown to be it (the claim has no start time, as those of
+    sheepdog_drmaa 0.1.0, or this host cannot read it) is left alone, said at WARNING, and True is
+    returned: there is nothing to wait for.
+    """
     if claim.host != socket.gethostname() or not is_live(claim):
         return not is_live(claim)
-    try:
-        os.kill(claim.pid, signal.SIGINT)
-    except ProcessLookupError:
+    if not _signal_client(claim, signal.SIGINT):
         return True
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -123,3 +127,38 @@ def stop_client(claim: Claim, released: Callable[[], bool], timeout: float) -> b
             return True
         time.sleep(0.2)
     return False
+
+
+def _signal_client(claim: Claim, signum: int) -> bool:
+    """Send ``signum`` to the claim's client if the process with its pid is shown to be it; whether sent.
+
+    Through a pidfd where the kernel has them (Linux 5.3): the start time read after opening it is
+    that of the process it holds, or of a later one with its pid, so a pid reused in between is
+    never signalled.
+    """
+    try:
+        pidfd: int | None = os.pidfd_open(claim.pid)
+    except ProcessLookupError:
+        return False  # gone
+    except (AttributeError, OSError):  # no pidfd here
+        pidfd = None
+    try:
+        started = process_start(claim.pid)
+        if claim.started is None or started is None:
+            reason = ("its claim records no start time (sheepdog_drmaa 0.1.0 wrote none)" if claim.started is None
+                      else "its start time cannot be read here")
+            log.warning("%s is not signalled: %s, so it cannot be shown to be the sweep's client; if it is, stop it "
+                        "yourself", claim.describe(), reason)
+            return False
+        if started != claim.started:
+            return False  # the pid is another process's now
+        if pidfd is None:
+            os.kill(claim.pid, signum)
+        else:
+            signal.pidfd_send_signal(pidfd, signum)
+        return True
+    except ProcessLookupError:
+        return False
+    finally:
+        if pidfd is not None:
+            os.close(pidfd)

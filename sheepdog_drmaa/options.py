@@ -49,6 +49,7 @@ class Options:
     timeout: float | None = None
     heartbeat_interval: float = 10.0
     heartbeat_timeout: float = 60.0
+    outage_wait: float = 120.0            # seconds an unreachable scheduler is waited for with no worker alive
     store: str = DEFAULT_STORE
     max_result_size: int = DEFAULT_MAX_RESULT_SIZE
     walltime: float | None = None
@@ -98,7 +99,7 @@ def parse_size(value: Any) -> int:
             return int(float(number) * _SIZE_UNITS[unit])
         except ValueError:
             pass
-    raise ValueError(f"expected a number of bytes or a size such as '512M' or '1G', got {value!r}")
+    raise ValueError("expected a number of bytes or a size such as '512M' or '1G'")
 
 
 def parse_duration(value: Any) -> float:
@@ -114,7 +115,7 @@ def parse_duration(value: Any) -> float:
                 return seconds
         except ValueError:
             pass
-    raise ValueError(f"expected seconds or H:MM:SS, got {value!r}")
+    raise ValueError("expected seconds or H:MM:SS")
 
 
 _H_RT = re.compile(r"(?:^|[\s,])h_rt=([0-9:.]+)")
@@ -142,114 +143,160 @@ def _parse_bool(text: str) -> bool:
     raise ValueError("expected 1/0, true/false, yes/no or on/off")
 
 
+def _parse_whole(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError("expected a whole number") from None
+
+
+def _parse_seconds(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError("expected a number of seconds") from None
+
+
 _FROM_ENV: dict[str, Callable[[str], Any]] = {
-    "backend": str, "workers": int, "max_workers": int, "tasks_per_worker": int, "host": str,
-    "bind": str, "port": int, "python": str, "env": _parse_env_mapping, "queue": str,
+    "backend": str, "workers": _parse_whole, "max_workers": _parse_whole, "tasks_per_worker": _parse_whole,
+    "host": str, "bind": str, "port": _parse_whole, "python": str, "env": _parse_env_mapping, "queue": str,
     "native_spec": str, "job_name": str, "log_dir": str, "progress": _parse_bool, "errors": str,
-    "retries": int, "timeout": float, "heartbeat_interval": float, "heartbeat_timeout": float,
-    "store": str, "max_result_size": str, "output_limit": str, "walltime": str, "task_time": str,
-    "memory": str, "cores": int, "gpus": int, "project": str, "parallel_env": str, "memory_resource": str,
+    "retries": _parse_whole, "timeout": _parse_seconds, "heartbeat_interval": _parse_seconds,
+    "heartbeat_timeout": _parse_seconds, "outage_wait": _parse_seconds, "store": str, "max_result_size": str,
+    "output_limit": str, "walltime": str, "task_time": str, "memory": str, "cores": _parse_whole,
+    "gpus": _parse_whole, "project": str, "parallel_env": str, "memory_resource": str,
     "setup": lambda text: tuple(text.splitlines()),
 }
 
 
 def resolve(given: Mapping[str, Any], environ: Mapping[str, str] = os.environ) -> Options:
-    """Options from explicit values (None means unset), then ``SHEEPDOG_*`` variables, then defaults."""
+    """Options from explicit values (None means unset), then ``SHEEPDOG_*`` variables, then defaults.
+
+    A value read from a variable that is not valid is refused naming that variable, not the option.
+    """
     values: dict[str, Any] = {}
+    sources: dict[str, str] = {}  # option -> the variable it was read from, with its text
     for option in dataclasses.fields(Options):
         value = given.get(option.name)
         if value is None and option.name in _FROM_ENV:
             variable = ENV_PREFIX + option.name.upper()
-            if environ.get(variable, "") != "":
+            text = environ.get(variable, "")
+            if text != "":
+                sources[option.name] = f"{variable}={text!r}"
                 try:
-                    value = _FROM_ENV[option.name](environ[variable])
+                    value = _FROM_ENV[option.name](text)
                 except ValueError as error:
-                    raise ConfigurationError(f"{variable}={environ[variable]!r} is not valid: {error}") from None
+                    raise ConfigurationError(f"{sources[option.name]}: {error}") from None
         if value is not None:
             values[option.name] = value
     options = Options(**values)
-    validate(options)
+    validate(options, sources)
     return options
 
 
-def _positive_int(name: str, value: Any, allow_none: bool = True) -> None:
-    if value is None and allow_none:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigurationError(f"{name}={value!r}: expected a whole number of at least 1")
+def validate(options: Options, sources: Mapping[str, str] | None = None) -> None:
+    """Check every option, turning sizes and durations into numbers; ConfigurationError names the
+    first one that is not valid as it was given: ``name=value``, or the ``sources`` entry of an
+    option read from the environment (``SHEEPDOG_MEMORY='lots'``)."""
+    def given(name: str) -> str:
+        return (sources or {}).get(name) or f"{name}={getattr(options, name)!r}"
 
-
-def _positive_number(name: str, value: Any, allow_none: bool = True) -> None:
-    if value is None and allow_none:
-        return
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise ConfigurationError(f"{name}={value!r}: expected a number of seconds greater than 0")
-
-
-def validate(options: Options) -> None:
-    from .backends import BACKEND_NAMES
-
-    if options.backend not in BACKEND_NAMES:
-        raise ConfigurationError(f"backend={options.backend!r}: expected one of {', '.join(BACKEND_NAMES)}")
-    _positive_int("workers", options.workers)
-    _positive_int("max_workers", options.max_workers, allow_none=False)
-    _positive_int("tasks_per_worker", options.tasks_per_worker)
-    if isinstance(options.retries, bool) or not isinstance(options.retries, int) or options.retries < 0:
-        raise ConfigurationError(f"retries={options.retries!r}: expected a whole number of at least 0")
-    if isinstance(options.port, bool) or not isinstance(options.port, int) or not 0 <= options.port <= 65535:
-        raise ConfigurationError(f"port={options.port!r}: expected 0 (any free port) to 65535")
-    _positive_number("timeout", options.timeout)
-    _positive_number("heartbeat_interval", options.heartbeat_interval, allow_none=False)
-    _positive_number("heartbeat_timeout", options.heartbeat_timeout, allow_none=False)
+    for name, check in _CHECKS.items():
+        try:
+            setattr(options, name, check(getattr(options, name)))
+        except ValueError as error:
+            raise ConfigurationError(f"{given(name)}: {error}") from None
     if options.heartbeat_timeout <= options.heartbeat_interval:
-        raise ConfigurationError(
-            f"heartbeat_timeout={options.heartbeat_timeout!r} must be longer than heartbeat_interval="
-            f"{options.heartbeat_interval!r}, or every running task would look lost")
-    try:
-        options.max_result_size = parse_size(options.max_result_size)
-    except ValueError as error:
-        raise ConfigurationError(f"max_result_size: {error}") from None
-    for name in ("walltime", "task_time"):
-        if getattr(options, name) is not None:
-            try:
-                setattr(options, name, parse_duration(getattr(options, name)))
-            except ValueError as error:
-                raise ConfigurationError(f"{name}: {error}") from None
-            _positive_number(name, getattr(options, name))
+        raise ConfigurationError(f"{given('heartbeat_timeout')} must be longer than {given('heartbeat_interval')}, "
+                                 "or every running task would look lost")
     try:
         options.runtime_limit()
     except ValueError as error:
-        raise ConfigurationError(f"native_spec={options.native_spec!r}: {error}") from None
-    try:
-        options.output_limit = parse_size(options.output_limit)
-    except ValueError as error:
-        raise ConfigurationError(f"output_limit: {error}") from None
-    if not 0 <= options.output_limit <= LARGEST_OUTPUT_LIMIT:
-        raise ConfigurationError(f"output_limit={options.output_limit!r}: expected 0 to {LARGEST_OUTPUT_LIMIT:,} bytes "
-                                 "of each stream kept per attempt")
-    if not 0 < options.max_result_size <= LARGEST_RESULT_SIZE:
-        raise ConfigurationError(f"max_result_size={options.max_result_size!r}: expected more than 0 and at most "
-                                 f"{LARGEST_RESULT_SIZE:,} bytes (the sweep store cannot hold larger values)")
-    if options.errors not in ("raise", "return"):
-        raise ConfigurationError(f"errors={options.errors!r}: expected 'raise' or 'return'")
-    if not isinstance(options.env, Mapping) or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in options.env.items()):
-        raise ConfigurationError("env= must be a dict of str to str (extra environment for the workers)")
-    if isinstance(options.retry_exceptions, type):
-        options.retry_exceptions = (options.retry_exceptions,)
-    options.retry_exceptions = tuple(options.retry_exceptions)
-    if not all(isinstance(t, type) and issubclass(t, BaseException) for t in options.retry_exceptions):
-        raise ConfigurationError("retry_exceptions= must be an exception class or a tuple of them")
-    if not os.path.isabs(options.python) and os.sep in options.python:
-        options.python = os.path.abspath(options.python)
-    if options.job_name and (options.job_name[0].isdigit() or any(c in options.job_name for c in " /:@\\*?")):
-        raise ConfigurationError(
-            f"job_name={options.job_name!r}: Grid Engine job names must not start with a digit or contain "
-            "spaces or any of / : @ \\ * ?")
-    if options.name is not None and (not isinstance(options.name, str) or not options.name.strip()):
-        raise ConfigurationError(f"name={options.name!r}: expected a non-empty string")
-    _validate_resources(options)
-    options.setup = _setup_lines(options.setup)
+        raise ConfigurationError(f"{given('native_spec')}: {error}") from None
+
+
+# Each check takes an option's value and returns it normalised, or raises ValueError saying what
+# was expected (validate puts the option or variable in front).
+
+def _whole(least: int, optional: bool = True) -> Callable[[Any], Any]:
+    def check(value: Any) -> Any:
+        if value is None and optional:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise ValueError(f"expected a whole number of at least {least}")
+        return value
+    return check
+
+
+def _seconds(optional: bool = True) -> Callable[[Any], Any]:
+    def check(value: Any) -> Any:
+        if value is None and optional:
+            return None
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+            raise ValueError("expected a number of seconds greater than 0")
+        return value
+    return check
+
+
+def _duration(value: Any) -> float | None:
+    return None if value is None else _seconds()(parse_duration(value))
+
+
+def _size(least: int, most: int, what: str) -> Callable[[Any], int]:
+    def check(value: Any) -> int:
+        size = parse_size(value)
+        if not least <= size <= most:
+            raise ValueError(f"expected {least:,} to {most:,} bytes {what}")
+        return size
+    return check
+
+
+def _one_of(*choices: str) -> Callable[[Any], Any]:
+    def check(value: Any) -> Any:
+        if value not in choices:
+            raise ValueError(f"expected one of {', '.join(map(repr, choices))}")
+        return value
+    return check
+
+
+def _backend(value: Any) -> Any:
+    from .backends import BACKEND_NAMES
+    return _one_of(*BACKEND_NAMES)(value)
+
+
+def _port(value: Any) -> Any:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 65535:
+        raise ValueError("expected 0 (any free port) to 65535")
+    return value
+
+
+def _env(value: Any) -> Any:
+    if not isinstance(value, Mapping) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+        raise ValueError("expected a dict of str to str (extra environment for the workers)")
+    return value
+
+
+def _retry_exceptions(value: Any) -> tuple[type, ...]:
+    classes = tuple(value) if isinstance(value, (tuple, list)) else (value,)
+    if not all(isinstance(t, type) and issubclass(t, BaseException) for t in classes):
+        raise ValueError("expected an exception class or a tuple of them")
+    return classes
+
+
+def _python(value: str) -> str:
+    return os.path.abspath(value) if not os.path.isabs(value) and os.sep in value else value
+
+
+def _job_name(value: str) -> str:
+    if value and (value[0].isdigit() or any(c in value for c in " /:@\\*?")):
+        raise ValueError("Grid Engine job names must not start with a digit or contain spaces or any of / : @ \\ * ?")
+    return value
+
+
+def _name(value: Any) -> Any:
+    if value is not None and (not isinstance(value, str) or not value.strip()):
+        raise ValueError("expected a non-empty string")
+    return value
 
 
 # The smallest memory= taken: below it, a typo ("4" meant as 4G) would leave no room for Python.
@@ -257,26 +304,27 @@ SMALLEST_MEMORY = 16 << 20
 _SCHEDULER_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*")
 
 
-def _validate_resources(options: Options) -> None:
-    """memory=, cores=, gpus=, project=, parallel_env= and memory_resource=, as values (the scheduler
-    itself is asked later, by the backend, whether it knows the names)."""
-    if options.memory is not None:
-        try:
-            options.memory = parse_size(options.memory)
-        except ValueError as error:
-            raise ConfigurationError(f"memory: {error} (per worker)") from None
-        if options.memory < SMALLEST_MEMORY:
-            raise ConfigurationError(f"memory={options.memory!r} bytes per worker is too little for Python; give a "
-                                     "size with its unit, such as memory='4G' or '512M'")
-    _positive_int("cores", options.cores)
-    _positive_int("gpus", options.gpus)
-    for name in ("project", "parallel_env", "memory_resource"):
-        value = getattr(options, name)
-        if value is None and name == "project":
-            continue
+def _memory(value: Any) -> int | None:
+    """Bytes per worker (the scheduler itself is asked later, by the backend, whether it can give them)."""
+    if value is None:
+        return None
+    size = parse_size(value)
+    if size < SMALLEST_MEMORY:
+        raise ValueError(f"{size:,} bytes per worker is too little for Python; give a size with its unit, such as "
+                         "'4G' or '512M'")
+    return size
+
+
+def _scheduler_name(optional: bool = False) -> Callable[[Any], Any]:
+    """project=, parallel_env= and memory_resource=, as values (the backend asks the scheduler later)."""
+    def check(value: Any) -> Any:
+        if value is None and optional:
+            return None
         if not isinstance(value, str) or not _SCHEDULER_NAME.fullmatch(value):
-            raise ConfigurationError(f"{name}={value!r}: expected a name as the scheduler spells it (letters, "
-                                     "digits, '_', '.' and '-', starting with a letter)")
+            raise ValueError("expected a name as the scheduler spells it (letters, digits, '_', '.' and '-', "
+                             "starting with a letter)")
+        return value
+    return check
 
 
 def _setup_lines(setup: Any) -> tuple[str, ...]:
@@ -288,8 +336,8 @@ def _setup_lines(setup: Any) -> tuple[str, ...]:
     if isinstance(setup, str):
         setup = setup.splitlines()
     if not isinstance(setup, (list, tuple)) or not all(isinstance(line, str) for line in setup):
-        raise ConfigurationError(f"setup={setup!r}: expected a list of shell lines, such as "
-                                 "setup=['module load python/3.11', '. /shared/venv/bin/activate']")
+        raise ValueError("expected a list of shell lines, such as "
+                         "setup=['module load python/3.11', '. /shared/venv/bin/activate']")
     lines = tuple(part for line in setup for part in line.splitlines() if part.strip())
     for number, line in enumerate(lines, 1):
         try:
@@ -297,6 +345,21 @@ def _setup_lines(setup: Any) -> tuple[str, ...]:
         except (OSError, subprocess.SubprocessError):
             return lines  # no /bin/sh here to ask: the job will say
         if checked.returncode != 0:
-            raise ConfigurationError(f"setup line {number} is not valid /bin/sh: {line!r}: "
-                                     f"{checked.stderr.strip() or 'syntax error'}")
+            raise ValueError(f"line {number} is not valid /bin/sh: {line!r}: "
+                             f"{checked.stderr.strip() or 'syntax error'}")
     return lines
+
+
+_CHECKS: dict[str, Callable[[Any], Any]] = {
+    "backend": _backend, "workers": _whole(1), "max_workers": _whole(1, optional=False),
+    "tasks_per_worker": _whole(1), "retries": _whole(0, optional=False), "port": _port, "timeout": _seconds(),
+    "heartbeat_interval": _seconds(optional=False), "heartbeat_timeout": _seconds(optional=False),
+    "outage_wait": _seconds(optional=False),
+    "max_result_size": _size(1, LARGEST_RESULT_SIZE, "(the sweep store cannot hold larger values)"),
+    "walltime": _duration, "task_time": _duration,
+    "output_limit": _size(0, LARGEST_OUTPUT_LIMIT, "of each stream kept per attempt"),
+    "errors": _one_of("raise", "return"), "env": _env, "retry_exceptions": _retry_exceptions, "python": _python,
+    "job_name": _job_name, "name": _name, "memory": _memory, "cores": _whole(1), "gpus": _whole(1),
+    "project": _scheduler_name(optional=True), "parallel_env": _scheduler_name(),
+    "memory_resource": _scheduler_name(), "setup": _setup_lines,
+}

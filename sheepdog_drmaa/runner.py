@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import re
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -21,6 +22,7 @@ from . import claims, protocol
 from .backends import Backend, WorkerSpec, log_paths
 from .claims import CLAIM_REFRESH_SECONDS, Claim
 from .errors import (
+    BackendUnavailable,
     ResultTooLarge,
     SchedulerUnreachable,
     StoreError,
@@ -47,6 +49,8 @@ SUBMIT_RETRY_SECONDS = 3.0
 REFUSED_RETRY_SECONDS = 30.0
 REAP_SECONDS = 15.0
 LOG_TAIL_BYTES = 1500
+# The verdict the job's shell writes last when a set-up line fails (backends.setup_script).
+_SETUP_LINE_FAILED = re.compile(r"^sheepdog: set-up line (\d+) ", re.MULTILINE)
 
 
 class Completions:
@@ -344,6 +348,7 @@ class Run:
 
     def _loop(self) -> None:
         claimed = submit_after = 0.0
+        unreachable_since: float | None = None  # when submitting first failed for an unreachable scheduler
         while True:
             if time.monotonic() - claimed > CLAIM_REFRESH_SECONDS:
                 if not self.store.refresh_claim(self.sweep_id, self.claim.token or ""):
@@ -366,8 +371,9 @@ class Run:
                 ids: list[str] = []
                 try:
                     ids = self.backend.submit(wanted, self.spec)
+                    unreachable_since = None
                 except SchedulerUnreachable as error:
-                    log.warning("%s; trying again in %g s", error, SUBMIT_RETRY_SECONDS)
+                    unreachable_since = self._still_unreachable(error, unreachable_since)
                     submit_after = time.monotonic() + SUBMIT_RETRY_SECONDS
                 except SubmissionRefused as error:
                     # With workers of this sweep still alive, a refusal is most often a limit of the site
@@ -417,6 +423,20 @@ class Run:
                 batch, self.to_remove = self.to_remove[:REMOVAL_BATCH], self.to_remove[REMOVAL_BATCH:]
                 self.backend.terminate(batch)
             self.progress.update(counts)
+
+    def _still_unreachable(self, error: SchedulerUnreachable, since: float | None) -> float:
+        """Log a failed submission to be tried again; with no worker of the sweep alive to carry on, an
+        outage longer than ``outage_wait`` ends the sweep (a named sweep resumes). Returns since when."""
+        now = time.monotonic()
+        since = now if since is None else since
+        with self.lock:
+            alive = len(self.state.workers)
+        if not alive and now - since >= self.options.outage_wait:
+            raise BackendUnavailable(f"{error}; it has not answered for {now - since:.0f} s and no worker of this "
+                                     f"sweep is alive (outage_wait={self.options.outage_wait:g}). Run the sweep "
+                                     "again once the scheduler answers (a named sweep resumes)")
+        log.warning("%s; trying again in %g s", error, SUBMIT_RETRY_SECONDS)
+        return since
 
     def _write_off(self, stuck: list[Worker]) -> None:
         """Remove workers that started but never reached the server, and send no more to silent hosts."""
@@ -515,10 +535,15 @@ class Run:
         else:
             tails = "\n".join(f"--- {name} of worker {failure.worker} ({path}):\n{_tail(path)}"
                               for name, path in log_paths(self.spec, failure.worker).items())
+        failed_line = _SETUP_LINE_FAILED.search(tails)
+        if failed_line:
+            advice = (f"Fix set-up line {failed_line[1]} of setup= for the execution nodes: its text, status and "
+                      "output are above.")
+        else:
+            advice = (f"Check that python={self.spec.python!r} exists on the execution nodes with sheepdog_drmaa and "
+                      f"cloudpickle importable, and that the nodes can reach {self.url} (see host=).")
         return (f"{failure.count} workers in a row ended before they could run a task from {self.url}; the last, "
-                f"{failure.worker}: {failure.ending.summary}.\n{tails}\n"
-                f"Check that python={self.spec.python!r} exists on the execution nodes with sheepdog_drmaa and "
-                f"cloudpickle importable, and that the nodes can reach {self.url} (see host=).")
+                f"{failure.worker}: {failure.ending.summary}.\n{tails}\n{advice}")
 
 
 def _tail(path: str) -> str:

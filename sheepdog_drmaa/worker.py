@@ -15,12 +15,14 @@ Start-up is on every task's path: standard library, cloudpickle and protocol onl
 """
 from __future__ import annotations
 
+import fcntl
 import functools
 import http.client
 import mmap
 import os
 import resource
 import signal
+import socket
 import stat
 import struct
 import sys
@@ -47,6 +49,20 @@ class ChannelError(Exception):
     """The server could not be reached or did not answer properly."""
 
 
+class _Connection(http.client.HTTPConnection):
+    """An HTTP connection whose socket never sits on descriptor 0, 1 or 2. A task may close those
+    (as daemonising code does) while the heartbeat thread connects: its output would go into the
+    request, and the streams put back after the task would replace the socket's descriptor."""
+
+    def connect(self) -> None:
+        super().connect()
+        if self.sock.fileno() <= 2:
+            low = self.sock
+            self.sock = socket.socket(fileno=fcntl.fcntl(low.fileno(), fcntl.F_DUPFD_CLOEXEC, 3))
+            self.sock.settimeout(low.gettimeout())
+            low.close()
+
+
 class Channel:
     """Signed requests to the server. The server closes each connection after its answer, and
     ``http.client`` opens a new one for the next call: no idle connection can go stale."""
@@ -55,7 +71,7 @@ class Channel:
         parsed = urllib.parse.urlsplit(url)
         self.host, self.port = parsed.hostname or "", parsed.port or 80
         self.key, self.worker_id, self.timeout = key, worker_id, timeout
-        self.connection: http.client.HTTPConnection | None = None
+        self.connection: _Connection | None = None
 
     def call(self, route: str, message: dict[str, Any], attempts: int = CONNECT_ATTEMPTS) -> dict[str, Any]:
         message = dict(message, worker=self.worker_id)
@@ -76,7 +92,7 @@ class Channel:
         nonce = headers[protocol.HEADER_NONCE]
         headers["Content-Type"] = "application/octet-stream"
         if self.connection is None:
-            self.connection = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
+            self.connection = _Connection(self.host, self.port, timeout=self.timeout)
         self.connection.request("POST", route, body=body, headers=headers)
         response = self.connection.getresponse()
         reply = response.read()
@@ -255,11 +271,20 @@ class CapturedOutput:
     task added is read back through a second descriptor, and its head and tail, at most ``limit``
     bytes, go to the server with the report. A stream that is not a regular file (a terminal, a
     pipe) is not captured; stderr merged into stdout (one file) is reported once, as stdout.
+
+    Descriptors 0 to 2 are put back as they were after each task, should it have closed or replaced
+    them (as daemonising code does): its report is still made, and the next task prints as usual.
     """
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.readers: dict[str, tuple[int, int]] = {}  # stream name -> (its descriptor, a reader of its file)
+        self.saved: dict[int, int] = {}  # standard descriptor -> a copy of it, to put back after each task
+        for descriptor in (0, 1, 2):
+            try:
+                self.saved[descriptor] = os.dup(descriptor)
+            except OSError:
+                continue  # closed from the start: nothing to put back
         seen = set()
         for name, descriptor in (("stdout", 1), ("stderr", 2)):
             try:
@@ -276,6 +301,8 @@ class CapturedOutput:
             stream.flush()
         starts = {name: self._end(descriptor) for name, (descriptor, _) in self.readers.items()}
         report = task()
+        for descriptor, copy in self.saved.items():
+            os.dup2(copy, descriptor)
         for stream in (sys.stdout, sys.stderr):
             stream.flush()
         _flush_c_streams()

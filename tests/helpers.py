@@ -31,6 +31,25 @@ def qstat_jobs():
     return [line for line in out.splitlines()[2:] if line.strip()]
 
 
+def grid_engine_queues_known():
+    """Whether every queue instance has heard from its execd: after a qmaster restart they are in state
+    u (unknown) until their execd reports again (up to a load report interval, 40 s), and jobs sent
+    meanwhile can stay in state t for good."""
+    out = subprocess.run(["qstat", "-f"], capture_output=True, text=True, timeout=10)
+    instances = [line.split() for line in out.stdout.splitlines() if "@" in line.split(" ", 1)[0]]
+    return out.returncode == 0 and bool(instances) and not any(
+        len(fields) > 5 and "u" in fields[5] for fields in instances)
+
+
+def clear_removed_jobs(jobs=None):
+    """What an administrator does after a qmaster restart: ``qdel -f`` the jobs a sweep asked to remove
+    (state d) that Son of Grid Engine goes on showing; returns the qstat lines cleared."""
+    stale = [line for line in qstat_jobs() if "d" in line.split()[4] and (jobs is None or line.split()[0] in jobs)]
+    if stale:
+        subprocess.run(["qdel", "-f", *sorted({line.split()[0] for line in stale})], capture_output=True)
+    return stale
+
+
 def squeue_jobs():
     """Lines of `squeue` that name a job of any user (empty when the cluster has no job)."""
     out = subprocess.run(["squeue", "--noheader", "--array", "--format=%i %t"], capture_output=True, text=True,

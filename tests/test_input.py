@@ -80,7 +80,7 @@ def test_environment_defaults_are_read_and_checked(local_map, monkeypatch):
         local_map(abs, [1])
     monkeypatch.setenv("SHEEPDOG_RETRIES", "0")
     monkeypatch.setenv("SHEEPDOG_BACKEND", "nope")
-    with pytest.raises(ConfigurationError, match="backend='nope'"):
+    with pytest.raises(ConfigurationError, match="SHEEPDOG_BACKEND='nope'"):
         sheepdog_drmaa.map(abs, [1], progress=False)
 
 

@@ -2,6 +2,7 @@
 import pytest
 
 from sheepdog_drmaa import ConfigurationError
+from sheepdog_drmaa import options as options_module
 from sheepdog_drmaa.options import parse_slurm_time, resolve
 
 
@@ -48,7 +49,7 @@ def test_resources_come_from_the_environment_too():
 
 
 @pytest.mark.parametrize("given, words", [
-    ({"memory": "lots"}, "memory: expected a number of bytes"),
+    ({"memory": "lots"}, "memory='lots': expected a number of bytes"),
     ({"memory": 4}, "too little for Python"),
     ({"cores": 0}, "cores=0: expected a whole number"),
     ({"cores": 2.5}, "cores=2.5"),
@@ -57,7 +58,7 @@ def test_resources_come_from_the_environment_too():
     ({"parallel_env": ""}, "parallel_env=''"),
     ({"memory_resource": "h_vmem=4G"}, "memory_resource='h_vmem=4G'"),
     ({"setup": [1]}, "expected a list of shell lines"),
-    ({"setup": ["echo it's"]}, "setup line 1 is not valid /bin/sh"),
+    ({"setup": ["echo it's"]}, "line 1 is not valid /bin/sh: \"echo it's\""),
 ])
 def test_bad_resource_values_are_refused_saying_what_was_wrong(given, words):
     with pytest.raises(ConfigurationError) as caught:
@@ -68,3 +69,37 @@ def test_bad_resource_values_are_refused_saying_what_was_wrong(given, words):
 def test_setup_lines_may_be_one_string_of_lines():
     assert resolve({"setup": "module load python\n\n. venv/bin/activate\n"}, environ={}).setup == (
         "module load python", ". venv/bin/activate")
+
+
+# A value for each option read from SHEEPDOG_* that is not valid, at reading or at checking.
+INVALID_FROM_ENV = {
+    "backend": "nope", "workers": "abc", "max_workers": "0", "tasks_per_worker": "-2", "port": "70000",
+    "env": "A", "native_spec": "-t 90", "job_name": "1st", "progress": "maybe", "errors": "ignore",
+    "retries": "-1", "timeout": "0", "heartbeat_interval": "soon", "heartbeat_timeout": "5",  # below the interval
+    "outage_wait": "-1",
+    "max_result_size": "huge", "output_limit": "1T", "walltime": "soon", "task_time": "1:2:3:4", "memory": "lots",
+    "cores": "0", "gpus": "1.5", "project": "my lab", "parallel_env": "a b", "memory_resource": "h_vmem=4G",
+    "setup": "echo it's",
+}
+# Any text is a valid value of these here; what they name is checked later (an address, a path).
+ANY_TEXT = {"host", "bind", "python", "queue", "log_dir", "store"}
+
+
+def test_every_option_read_from_the_environment_has_an_invalid_value_below():
+    assert set(INVALID_FROM_ENV) | ANY_TEXT == set(options_module._FROM_ENV)
+
+
+@pytest.mark.parametrize("name, text", sorted(INVALID_FROM_ENV.items()))
+def test_an_invalid_value_from_the_environment_names_its_variable(name, text):
+    variable = f"SHEEPDOG_{name.upper()}"
+    with pytest.raises(ConfigurationError) as caught:
+        resolve({}, environ={variable: text})
+    assert str(caught.value).startswith(f"{variable}={text!r}"), str(caught.value)
+
+
+@pytest.mark.parametrize("name, text", [("memory", "lots"), ("workers", "0"), ("heartbeat_timeout", "5")])
+def test_the_same_value_given_as_an_argument_names_the_option(name, text):
+    value = int(text) if text.isdigit() else text
+    with pytest.raises(ConfigurationError) as caught:
+        resolve({name: value}, environ={})
+    assert str(caught.value).startswith(f"{name}={value!r}") and "SHEEPDOG_" not in str(caught.value)

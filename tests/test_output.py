@@ -1,4 +1,5 @@
 """Each attempt's stdout and stderr, kept with the attempt: prints, C-level writes and subprocesses."""
+import ast
 import ctypes
 import json
 import os
@@ -102,3 +103,53 @@ def test_a_failure_in_a_script_names_the_script_and_its_line(tmp_path, store):
     script.write_text(SCRIPT.format(root=ROOT, store=store))
     shown = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120).stdout
     assert f'File "{script}", line 8, in f\n    raise ValueError(f"bad {{y}}")' in shown
+
+
+def daemonising(x):
+    """Prints; task 1 then closes its standard descriptors, as daemonising code does, and returns."""
+    print(f"task {x} says hello", flush=True)
+    if x == 1:
+        for descriptor in (0, 1, 2):
+            os.close(descriptor)
+    return x * 10
+
+
+def test_a_task_that_closes_its_standard_descriptors_reports_and_the_next_tasks_print(store):
+    results = sheepdog_drmaa.map(daemonising, range(4), backend="local", store=store, progress=False, workers=1,
+                                 tasks_per_worker=4, retries=0, name="daemon")
+    assert results == [0, 10, 20, 30]
+    sweep = sheepdog_drmaa.Sweep.open("daemon", store=store)
+    attempts = [sweep.attempts(x) for x in range(4)]
+    assert [len(each) for each in attempts] == [1, 1, 1, 1]
+    assert len({each[0].worker for each in attempts}) == 1  # one worker ran them all, one after the other
+    assert [each[0].stdout for each in attempts] == [f"task {x} says hello\n" for x in range(4)]
+
+
+CONNECT_WITHOUT_STANDARD_DESCRIPTORS = """
+import os, socket, sys
+sys.path.insert(0, {root!r})
+from sheepdog_drmaa.worker import _Connection
+server = socket.create_server(("127.0.0.1", 0))
+report = os.open({report!r}, os.O_WRONLY | os.O_CREAT)
+for descriptor in (0, 1, 2):
+    os.close(descriptor)
+connection = _Connection("127.0.0.1", server.getsockname()[1], timeout=10)
+connection.connect()
+connection.sock.sendall(b"through")
+received = server.accept()[0].recv(100)
+closed = []
+for descriptor in (0, 1, 2):
+    try:
+        os.fstat(descriptor)
+    except OSError:
+        closed.append(descriptor)
+os.write(report, repr((connection.sock.fileno(), connection.sock.gettimeout(), received, closed)).encode())
+"""
+
+
+def test_the_workers_connections_stay_off_the_standard_descriptors_a_task_closed(tmp_path):
+    report = tmp_path / "report"
+    subprocess.run([sys.executable, "-c", CONNECT_WITHOUT_STANDARD_DESCRIPTORS.format(root=ROOT, report=str(report))],
+                   check=True, timeout=60)
+    descriptor, timeout, received, closed = ast.literal_eval(report.read_text())
+    assert descriptor > 2 and timeout == 10 and received == b"through" and closed == [0, 1, 2]

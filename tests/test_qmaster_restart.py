@@ -26,6 +26,7 @@ from helpers import (
     MultihostSweep,
     brief,
     check_results,
+    grid_engine_queues_known,
     left_in_qstat,
     multihost_nodes,
     runs,
@@ -35,7 +36,7 @@ from helpers import (
 pytestmark = pytest.mark.multihost
 OUTAGE = 20  # seconds qmaster stays dead
 QMASTER_START = ["/etc/init.d/gridengine-master", "start"]  # as ci/gridengine.sh starts it
-BACKEND_LOG = "sheepdog_drmaa.backends.drmaa"
+BACKEND_LOG = "sheepdog_drmaa.backends"  # drmaa.py and removals.py
 
 
 def qmaster_pid():
@@ -70,7 +71,8 @@ class Qmaster:
 
 @pytest.fixture
 def qmaster(gridengine):
-    """Kills and starts qmaster on request; it is running again when the test ends, whatever happens."""
+    """Kills and starts qmaster on request; it is running again when the test ends, whatever happens,
+    and every queue instance has heard from its execd again before the next test begins."""
     assert qmaster_answers(), "qmaster does not answer at the start of the test"
     master = Qmaster()
     try:
@@ -78,6 +80,7 @@ def qmaster(gridengine):
     finally:
         if not qmaster_answers():
             master.start()
+        wait_until(grid_engine_queues_known, 90, "every queue instance to hear from its execd after the restart")
 
 
 @pytest.fixture
@@ -87,6 +90,8 @@ def restart_sweep(qmaster, store, tmp_path, request):
     directory.mkdir()
     sweep = MultihostSweep(directory, store, request.node.name.replace("[", "-").rstrip("]"))
     yield sweep
+    if not qmaster_answers():  # a test that failed with qmaster down: its jobs can only be cleared once it is up
+        qmaster.start()
     sweep.close()
     jobs = sweep.jobs()
     stale = left_in_qstat(jobs)
@@ -143,7 +148,7 @@ def test_leasing_workers_carry_on_while_qmaster_is_down_and_the_queued_ones_are_
     assert returned - qmaster.started < 30, "the sweep waited on something after qmaster was back"
     check_nothing_can_start(restart_sweep)
     warnings = [r.getMessage() for r in caplog.records
-                if r.name == BACKEND_LOG and r.levelno == logging.WARNING and "cannot reach" in r.getMessage()]
+                if r.name.startswith(BACKEND_LOG) and r.levelno == logging.WARNING and "cannot reach" in r.getMessage()]
     assert len(warnings) == 1 and "to remove" in warnings[0], warnings  # once per outage, not per call
     assert "answers again" in caplog.text and "waiting up to" in caplog.text
     print(f"\n[leasing] all {n_tasks} tasks done {done - qmaster.killed:.1f} s after qmaster was killed "
@@ -181,3 +186,23 @@ def test_one_task_per_worker_a_retry_is_submitted_once_qmaster_is_back(restart_s
     print(f"\n[one task per worker] retry started {retried.started - qmaster.started:.1f} s after qmaster answered "
           f"again (outage {qmaster.started - qmaster.killed:.1f} s); the sweep returned "
           f"{returned - qmaster.started:.1f} s after, {returned - began:.1f} s after it began")
+
+
+def test_a_sweep_whose_every_task_is_done_returns_within_outage_wait_while_qmaster_stays_down(
+        restart_sweep, qmaster, caplog):
+    n_tasks, outage_wait = 20, 10  # 12 slots on the nodes: 8 workers stay queued, and cannot be removed
+    with caplog.at_level(logging.INFO, logger="sheepdog_drmaa"):
+        handle = restart_sweep.start(n_tasks, outage_wait=outage_wait)
+        wait_until(lambda: len(started(restart_sweep.directory, n_tasks)) >= 12, 60, "the nodes' 12 slots to fill")
+        qmaster.kill()
+        restart_sweep.release()
+        wait_until(lambda: handle.status()["done"] == n_tasks, 60, "every task to be done while qmaster is down")
+        done = time.time()
+        assert handle.wait(outage_wait + 20), "a sweep with every task done did not return while qmaster was down"
+        returned = time.time()
+        assert not qmaster_answers()
+    check_results(handle.results(), n_tasks, multihost_nodes())
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1 and "NOT removed" in errors[0] and "qdel" in errors[0], errors
+    print(f"\n[qmaster stays down] the sweep returned {returned - done:.1f} s after its last task was done "
+          f"(outage_wait={outage_wait})")

@@ -112,29 +112,39 @@ def setup_script(spec: WorkerSpec) -> str:
     """The /bin/sh script that runs each set-up line in the job's shell, then execs the worker.
 
     Each line's output is kept in a temporary file and copied to the job's stdout when the line
-    succeeds; a failing line stops the script, which writes its number, text, status and output
-    to the job's stderr (the file the client quotes when workers cannot start) and exits with
-    EXIT_SETUP_FAILED. ``eval`` runs each line in the shell itself, so ``export``, ``.`` and
-    ``module load`` carry over to the worker.
+    succeeds. A line that fails, or that ends the shell itself (``exit``, a sourced script that
+    exits), stops the script: its output and then its number, text and status (last, where a tail
+    of the file shows them) go to the job's stderr, the file the client quotes when workers cannot
+    start; the temporary file is removed and the job exits with EXIT_SETUP_FAILED. ``eval`` runs
+    each line in the shell itself, so ``export``, ``.`` and ``module load`` carry over to the
+    worker. Descriptor 9 keeps the job's stderr: a line that calls ``exit`` leaves its redirection
+    to the temporary file in force (bash) while the EXIT trap runs.
     """
     lines = [f"unset {ENV_SETUP_SCRIPT}"]
     if spec.setup:
         lines += [
             'sheepdog_log=$(mktemp) || { echo "sheepdog: cannot create a temporary file for the set-up lines" >&2; '
             f"exit {EXIT_SETUP_FAILED}; }}",
+            "exec 9>&2",
+            "sheepdog_failed() {",
+            '  cat "$sheepdog_log" >&9; rm -f "$sheepdog_log"',
+            "  printf 'sheepdog: set-up line %s %s with status %s: %s\\n' \"$sheepdog_number\" \"$1\" \"$2\" "
+            '"$sheepdog_text" >&9',
+            "}",
+            f"trap 'sheepdog_failed \"ended the shell\" $?; exit {EXIT_SETUP_FAILED}' EXIT",
             "sheepdog_line() {",
+            "  sheepdog_number=$1 sheepdog_text=$2",
             '  eval "$2" >"$sheepdog_log" 2>&1',
             "  sheepdog_status=$?",
             '  if [ "$sheepdog_status" -ne 0 ]; then',
-            "    printf 'sheepdog: set-up line %s failed with status %s: %s\\n' \"$1\" \"$sheepdog_status\" \"$2\" >&2",
-            '    cat "$sheepdog_log" >&2; rm -f "$sheepdog_log"',
+            '    trap - EXIT; sheepdog_failed failed "$sheepdog_status"',
             f"    exit {EXIT_SETUP_FAILED}",
             "  fi",
             '  cat "$sheepdog_log"',
             "}",
         ]
         lines += [f"sheepdog_line {number} {shlex.quote(line)}" for number, line in enumerate(spec.setup, 1)]
-        lines.append('rm -f "$sheepdog_log"')
+        lines += ["trap - EXIT", 'rm -f "$sheepdog_log"', "exec 9>&-"]
     lines.append(f"exec {shlex.quote(spec.python)} -m sheepdog_drmaa.worker")
     return "\n".join(lines) + "\n"
 
@@ -149,11 +159,12 @@ def log_paths(spec: WorkerSpec, worker_id: str) -> dict[str, str]:
     return {"stdout": stem + ".out", "stderr": stem + ".err"}
 
 
-def open_backend(name: str, local_slots: int | None = None) -> Backend:
+def open_backend(name: str, local_slots: int | None = None, outage_wait: float = 120.0) -> Backend:
     """The backend called ``name``; "auto" is DRMAA when its library loads, else local.
 
     ``local_slots``: how many local workers run at once (default: one per CPU); a sweep with
-    ``workers=N`` on the local backend runs N.
+    ``workers=N`` on the local backend runs N. ``outage_wait``: how long DRMAA waits for a scheduler
+    that cannot be reached (to open its session; at the end, to remove what is left).
     """
     if name not in BACKEND_NAMES:
         raise ConfigurationError(f"backend={name!r} is not one of {', '.join(BACKEND_NAMES)}")
@@ -162,7 +173,7 @@ def open_backend(name: str, local_slots: int | None = None) -> Backend:
         return LocalBackend(local_slots)
     from .drmaa import DrmaaBackend
     try:
-        return DrmaaBackend()
+        return DrmaaBackend(outage_wait)
     except BackendUnavailable as error:
         if name == "drmaa":
             raise

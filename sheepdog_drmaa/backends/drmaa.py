@@ -14,8 +14,9 @@ Which workers the scheduler shows started, and on which host, comes from a listi
 background (a subprocess read on a later call, never waited for) at most every few seconds.
 
 No removal is lost while the scheduler is unreachable (qmaster restarting, say): a control call
-that fails for that is kept, and done once a listing shows the scheduler answering again; ``close``
-waits for that (bounded) and names what it could not remove.
+that fails for that is kept (:mod:`.removals`) and done once the scheduler answers again; ``close``
+waits for that (at most ``outage_wait``) and names what it could not remove. Opening the session
+is tried again for as long while the scheduler cannot be reached.
 """
 from __future__ import annotations
 
@@ -25,7 +26,6 @@ import logging
 import os
 import shutil
 import subprocess
-import tempfile
 import threading
 import time
 from collections.abc import Sequence
@@ -34,7 +34,8 @@ from typing import Any
 from .. import protocol
 from ..errors import BackendUnavailable, SchedulerUnreachable, SubmissionRefused
 from ..failures import ExitInfo
-from . import Leftover, WorkerSpec, log_paths, sites, worker_command
+from . import Leftover, WorkerSpec, commands, log_paths, sites, worker_command
+from .removals import KeptRemovals
 from .schedulers import Scheduler, identify
 
 log = logging.getLogger(__name__)
@@ -53,10 +54,13 @@ RECONCILE_AFTER_ERROR_SECONDS = 5.0
 STARTED_SECONDS = 2.0
 STARTED_WANTED_SECONDS = 10.0
 STARTED_TIMEOUT_SECONDS = 30.0
-# Removals kept during an outage: retried as soon as a listing answers, and this often anyway; at
-# close, waited for this long at most.
-CONTROL_RETRY_SECONDS = 5.0
-CLOSE_WAIT_SECONDS = 120.0
+OUTAGE_WAIT_SECONDS = 120.0
+# Opening a session while the scheduler is unreachable: tried again after 1 s, 2 s, 4 s ... at most 10 s apart.
+OPEN_RETRY_FIRST_SECONDS = 1.0
+OPEN_RETRY_MAX_SECONDS = 10.0
+# Words of a failed drmaa_init that mean the scheduler could not be reached (Son of Grid Engine raises
+# InternalException for these as for a wrong SGE_ROOT, which waiting would not mend).
+_UNREACHABLE_WORDS = ("qmaster", "connect", "resolve", "commlib", "contact", "timeout", "timed out")
 TLS_FIX = "GLIBC_TUNABLES=glibc.rtld.optional_static_tls=4096"
 DEBIAN_LIBRARY = "/usr/lib/gridengine-drmaa/lib/libdrmaa.so.1.0"
 DEBIAN_SGE_ROOT = "/var/lib/gridengine"
@@ -105,26 +109,66 @@ class _SharedSession:
         self.owner: dict[str, DrmaaBackend] = {}
         self.exiting: threading.Thread | None = None  # the previous session, closing in the background
 
-    def open(self, drmaa: Any) -> Any:
-        with self.lock:
-            if self.exiting is not None:  # the C library holds one session at a time: let the last one go
-                if self.exiting.is_alive():
-                    log.info("waiting for the previous DRMAA session to close (after an outage this takes "
-                             "about a minute)")
-                self.exiting.join()
-                self.exiting = None
-            if self.session is None:
-                session = drmaa.Session()
-                try:
-                    session.initialize()
-                except drmaa.errors.DrmaaException as error:
-                    raise BackendUnavailable(
-                        f"cannot open a DRMAA session: {error}. Check that the scheduler is running (qstat or "
-                        "squeue should answer) and, for Grid Engine, SGE_ROOT and SGE_CELL.") from error
-                self.scheduler = identify(str(session.drmaaImplementation), str(session.drmsInfo))
-                self.session = session
-            self.users += 1
-            return self.session
+    def open(self, drmaa: Any, outage_wait: float) -> Any:
+        """The session, opened on first use. While the scheduler cannot be reached, opening is tried
+        again with backoff for ``outage_wait`` seconds (said once at WARNING), then BackendUnavailable."""
+        deadline = time.monotonic() + outage_wait
+        pause, warned = OPEN_RETRY_FIRST_SECONDS, False
+        error: BaseException | None = None
+        remaining = outage_wait
+        while True:
+            with self.lock:
+                self._wait_for_exiting(deadline)
+                if self.session is None:
+                    error = self._initialize(drmaa)
+                    if error is not None:
+                        remaining = deadline - time.monotonic()
+                        if not _unreachable_at_open(drmaa, error) or remaining <= 0:
+                            raise BackendUnavailable(
+                                f"cannot open a DRMAA session: {error}"
+                                f"{f' (tried for {outage_wait:g} s)' if warned else ''}. Check that the scheduler "
+                                "is running (qstat or squeue should answer) and, for Grid Engine, SGE_ROOT and "
+                                "SGE_CELL.") from error
+                if self.session is not None:
+                    self.users += 1
+                    return self.session
+            if not warned:
+                log.warning("cannot open a DRMAA session (%s); trying again for up to %g s", error, outage_wait)
+                warned = True
+            time.sleep(min(pause, remaining))
+            pause = min(pause * 2, OPEN_RETRY_MAX_SECONDS)
+
+    def _initialize(self, drmaa: Any) -> BaseException | None:
+        """Open the session; on failure, undo what the C library kept of it, and return the error.
+
+        After a failed drmaa_init, Son of Grid Engine's library believes a session is open and
+        refuses every later one ("existing DRMAA session"): drmaa_exit makes it forget.
+        """
+        session = drmaa.Session()
+        try:
+            session.initialize()
+        except drmaa.errors.DrmaaException as error:
+            try:
+                session.exit()
+            except drmaa.errors.DrmaaException as cleanup:
+                log.debug("closing the session that failed to open: %s", cleanup)
+            failure: BaseException = error
+            return failure
+        self.scheduler = identify(str(session.drmaaImplementation), str(session.drmsInfo))
+        self.session = session
+        return None
+
+    def _wait_for_exiting(self, deadline: float) -> None:
+        """The C library holds one session at a time: let the last one finish closing (bounded)."""
+        if self.exiting is None:
+            return
+        if self.exiting.is_alive():
+            log.info("waiting for the previous DRMAA session to close (after an outage this takes about a minute)")
+        self.exiting.join(max(0.0, deadline - time.monotonic()))
+        if self.exiting.is_alive():
+            raise BackendUnavailable("the previous DRMAA session of this process is still closing (its scheduler "
+                                     "does not answer); try again once the scheduler answers")
+        self.exiting = None
 
     def release(self, answers: bool = True, outage_seen: bool = False) -> None:
         """One user fewer; the last closes the session. Not when the scheduler does not answer (exit()
@@ -158,63 +202,16 @@ _shared = _SharedSession()
 _serial = itertools.count(1)  # names of workers submitted one job each (plain DRMAA)
 
 
+def _unreachable_at_open(drmaa: Any, error: BaseException) -> bool:
+    """Whether a failed drmaa_init is worth trying again: the scheduler unreachable, not a wrong set-up."""
+    if isinstance(error, (drmaa.errors.DrmCommunicationException, drmaa.errors.TryLaterException,
+                          drmaa.errors.AlreadyActiveSessionException)):
+        return True
+    return any(word in str(error).lower() for word in _UNREACHABLE_WORDS)
+
+
 class _Unanswered(Exception):
     """The scheduler's listing command failed (its controller down, most often)."""
-
-
-def _run(command: list[str]) -> subprocess.CompletedProcess[str]:
-    """Run a scheduler command; an exception when it is missing or hangs."""
-    return subprocess.run(command, capture_output=True, text=True, timeout=30)
-
-
-class _Background:
-    """One scheduler command at a time, run in the background: its answer is read on a later call.
-
-    Output goes to a file, not a pipe, so that a long answer cannot stall the command while nobody reads.
-    """
-
-    def __init__(self) -> None:
-        self.process: subprocess.Popen[bytes] | None = None
-        self.output: Any = None
-        self.started = 0.0
-
-    @property
-    def busy(self) -> bool:
-        return self.process is not None
-
-    def start(self, command: list[str]) -> None:
-        self.output = tempfile.TemporaryFile()
-        try:
-            self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=self.output,
-                                            stderr=subprocess.DEVNULL)
-        except OSError as error:
-            log.debug("cannot run %s: %s", command[0], error)
-            self.output.close()
-            return
-        self.started = time.monotonic()
-
-    def answer(self) -> tuple[bool, str] | None:
-        """(whether it succeeded, its output) once the command has ended; None while it runs or when none ran."""
-        if self.process is None:
-            return None
-        code = self.process.poll()
-        if code is None:
-            if time.monotonic() - self.started < STARTED_TIMEOUT_SECONDS:
-                return None
-            self.process.kill()  # hung (its controller unreachable over the network, say)
-            code = self.process.wait()
-        self.process = None
-        self.output.seek(0)
-        text = self.output.read().decode(errors="replace")
-        self.output.close()
-        return code == 0, text
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.kill()
-            self.process.wait()
-            self.process = None
-            self.output.close()
 
 
 def _read_max_array_size(scheduler: Scheduler) -> int:
@@ -222,7 +219,7 @@ def _read_max_array_size(scheduler: Scheduler) -> int:
     if not scheduler.config_command or shutil.which(scheduler.config_command[0]) is None:
         return scheduler.default_max_array_size
     try:
-        return scheduler.max_array_size(_run(list(scheduler.config_command)).stdout)
+        return scheduler.max_array_size(commands.run(list(scheduler.config_command)).stdout)
     except (OSError, subprocess.SubprocessError):
         return scheduler.default_max_array_size
 
@@ -237,9 +234,12 @@ def _number(text: str) -> Any:
 class DrmaaBackend:
     name = "drmaa"
 
-    def __init__(self) -> None:
+    def __init__(self, outage_wait: float = OUTAGE_WAIT_SECONDS) -> None:
+        """``outage_wait``: how long to wait for an unreachable scheduler to open the session, and at
+        close for the removals it could not take."""
         self.drmaa = _import_drmaa()
-        self.session = _shared.open(self.drmaa)
+        self.outage_wait = outage_wait
+        self.session = _shared.open(self.drmaa, outage_wait)
         self.scheduler = _shared.scheduler
         self.max_array_size = _read_max_array_size(self.scheduler)
         self._mailbox: collections.deque[ExitInfo] = collections.deque()
@@ -254,15 +254,12 @@ class DrmaaBackend:
         # What a control call raises when the scheduler cannot be reached (slurm-drmaa: InternalException).
         self._unreachable = (drmaa.errors.DrmCommunicationException, drmaa.errors.TryLaterException,
                              drmaa.errors.InternalException)
-        self._started_lister = _Background()
+        self._started_lister = commands.Background(STARTED_TIMEOUT_SECONDS)
         self._started: dict[str, str | None] = {}  # the last listing: started worker -> its host
         self._next_started = 0.0
         self._started_wanted_until = 0.0
         self._answered = float("-inf")  # when a listing last succeeded (the scheduler answers)
-        self._kept: dict[str, None] = {}  # removals not done yet because the scheduler was unreachable, in order
-        self._outage: float | None = None  # since when removals have been kept (the last failure)
-        self._outage_began = 0.0
-        self._next_control_retry = 0.0
+        self._kept = KeptRemovals(self.scheduler, self._send)  # removals waiting for the scheduler to answer
         self._saw_outage = False  # the scheduler was unreachable at some point
 
     def check_request(self, spec: WorkerSpec) -> None:
@@ -343,7 +340,7 @@ class DrmaaBackend:
         if not command or shutil.which(command[0]) is None:
             return None
         try:
-            result = _run(command)
+            result = commands.run(command)
         except (OSError, subprocess.SubprocessError):
             return None
         return list(dict.fromkeys(result.stdout.split())) if result.returncode == 0 else None
@@ -360,9 +357,9 @@ class DrmaaBackend:
         scheduler answers again. Never waits for the scheduler."""
         answer = self._started_lister.answer()
         if answer is not None:
-            succeeded, text = answer
+            status, text = answer
             try:
-                if not succeeded:
+                if status != 0:
                     raise ValueError("the listing command failed")
                 self._started = self.scheduler.parse_started(text)
                 self._answered = time.monotonic()
@@ -376,7 +373,8 @@ class DrmaaBackend:
             self._next_started = now + STARTED_SECONDS
             self._started_lister.start(command)
         if self._kept:
-            self._retry_kept(listed=command is not None and shutil.which(command[0]) is not None)
+            listed = command is not None and shutil.which(command[0]) is not None
+            self._kept.retry(self._answered if listed else float("-inf"))
 
     def wait_any(self, timeout: float) -> ExitInfo | None:
         self._background_work()
@@ -512,7 +510,7 @@ class DrmaaBackend:
         if not self._unreaped or command is None or shutil.which(command[0]) is None:
             return None
         try:
-            result = _run(command)
+            result = commands.run(command)
         except (OSError, subprocess.SubprocessError) as error:
             raise _Unanswered(f"{command[0]}: {error}") from error
         if result.returncode != 0 and "Invalid job id" not in result.stderr:  # that one: every array purged
@@ -556,16 +554,13 @@ class DrmaaBackend:
 
     def _remove(self, targets: Sequence[str]) -> None:
         """Ask the scheduler to remove each target; while it is unreachable, keep them for later."""
-        if self._outage is not None:  # asking now would only wait for the failure (minutes, over a network)
-            self._keep(targets)
+        if self._kept.outage:  # asking now would only wait for the failure (minutes, over a network)
+            self._kept.keep(targets, "unreachable")
             return
         left, error = self._send(targets)
         if left:
-            self._outage, self._saw_outage = time.monotonic(), True
-            self._outage_began = self._outage
-            log.warning("cannot reach %s to remove %d workers or jobs (%s): %s; kept, and done as soon as it "
-                        "answers again", self.scheduler.title, len(left), self.scheduler.removal_hint(left), error)
-            self._keep(left)
+            self._saw_outage = True
+            self._kept.keep(left, error or "unreachable")
 
     def _send(self, targets: Sequence[str]) -> tuple[list[str], BaseException | None]:
         """One control call per target, until the scheduler proves unreachable: the targets not asked, and why."""
@@ -582,30 +577,6 @@ class DrmaaBackend:
                     log.debug("terminating %s: %s", target, error)
         return [], None
 
-    def _keep(self, targets: Sequence[str]) -> None:
-        for target in targets:
-            self._kept[target] = None
-
-    def _retry_kept(self, listed: bool) -> None:
-        """Do the kept removals once a listing shows the scheduler answering, and now and then anyway
-        (a listing started during the outage may hang until it is given up)."""
-        assert self._outage is not None
-        now = time.monotonic()
-        answers_again = (listed and self._answered > self._outage) or now >= self._next_control_retry
-        if not answers_again:
-            return
-        self._next_control_retry = now + CONTROL_RETRY_SECONDS
-        targets = list(self._kept)
-        left, error = self._send(targets)
-        if left:
-            log.debug("%s still unreachable: %s", self.scheduler.title, error)
-            self._outage = now  # a listing from before this failure does not count
-            self._kept = dict.fromkeys(left)
-            return
-        log.warning("%s answers again after %.0f s: removed the %d workers or jobs kept meanwhile (%s)",
-                    self.scheduler.title, now - self._outage_began, len(targets), " ".join(targets))
-        self._kept, self._outage = {}, None
-
     def terminate_leftovers(self, leftovers: Sequence[Leftover]) -> None:
         """Every job of an earlier client of the sweep goes whole: one call per array job."""
         if not self.scheduler.bulk:
@@ -617,7 +588,7 @@ class DrmaaBackend:
 
     def close(self) -> None:
         """Remove every worker not seen to end; removals the scheduler could not take yet are waited for
-        (at most CLOSE_WAIT_SECONDS), so that nothing of the sweep starts after it returned."""
+        (at most ``outage_wait``), so that nothing of the sweep starts after it returned."""
         if self._closed:
             return
         self._closed = True
@@ -640,14 +611,15 @@ class DrmaaBackend:
     def _wait_for_kept_removals(self) -> None:
         targets = list(self._kept)
         log.warning("waiting up to %g s for %s to answer, to remove %d workers or jobs that would otherwise start "
-                    "after this sweep returned (%s)", CLOSE_WAIT_SECONDS, self.scheduler.title, len(targets),
+                    "after this sweep returned (%s)", self.outage_wait, self.scheduler.title, len(targets),
                     " ".join(targets))
-        deadline = time.monotonic() + CLOSE_WAIT_SECONDS
+        deadline = time.monotonic() + self.outage_wait
         while self._kept and time.monotonic() < deadline:
             self._background_work()
             time.sleep(POLL_SECONDS * 10)
+        self._kept.stop()
         if self._kept:
             left = list(self._kept)
             log.error("%s did not answer within %g s: %d workers or jobs of this sweep were NOT removed and may "
-                      "still start; remove them yourself: %s", self.scheduler.title, CLOSE_WAIT_SECONDS, len(left),
+                      "still start; remove them yourself: %s", self.scheduler.title, self.outage_wait, len(left),
                       self.scheduler.removal_hint(left))

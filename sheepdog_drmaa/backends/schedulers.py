@@ -43,6 +43,7 @@ class Scheduler:
     killed_states: frozenset[str] = frozenset()  # listed states of a job the scheduler ended, whatever DRMAA says
     cancelled_queued_unseen = False     # wait() misses a job cancelled while queued (jobStatus "undetermined")
     already_gone: tuple[str, ...] = ()  # words of a control error that means "that job has ended", not "unreachable"
+    removal_answers: tuple[str, ...] = ()  # words of each line remove_command prints for a job removed or gone
 
     def array_of(self, worker_id: str) -> str:
         """The id of the array job a worker (a task of it) belongs to; the worker itself without arrays."""
@@ -102,6 +103,12 @@ class Scheduler:
         """``started_command``'s output as {worker id: host}; ValueError when it cannot be read."""
         return {}
 
+    def removed(self, status: int, output: str) -> bool:
+        """Whether ``remove_command``'s answer shows every target removed, or gone before it was asked."""
+        lines = [line for line in output.splitlines() if line.strip()]
+        return status == 0 or (bool(lines) and all(any(words in line for words in self.removal_answers)
+                                                   for line in lines))
+
     def removal_hint(self, targets: Sequence[str]) -> str:
         """The command that removes ``targets`` by hand."""
         if not self.remove_command:
@@ -122,6 +129,8 @@ class GridEngine(Scheduler):
     config_command = ("qconf", "-sconf")
     hosts_command = ("qconf", "-sel")
     remove_command = "qdel"
+    # qdel exits 1 when one of several ids is gone, and says so on a line of its own (measured on 8.1.9).
+    removal_answers = ("for deletion", "is already in deletion", "has deleted", "does not exist")
     cheap_wait_any = True
 
     def runtime_request(self, seconds: float) -> str:
