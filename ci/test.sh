@@ -2,7 +2,7 @@
 # Set up everything (the package, a one-node Grid Engine with three more hosts in network
 # namespaces, a one-node Slurm) and run ruff, mypy and the test suite:
 # local and Grid Engine in one pytest process, then Slurm in another (drmaa-python loads one
-# libdrmaa per process). Without slurm-drmaa's source (ci/slurm.sh exits 3) Slurm is left out,
+# libdrmaa per process), then the local tests under every other declared Python (ci/pythons.sh). Without slurm-drmaa's source (ci/slurm.sh exits 3) Slurm is left out,
 # saying so in one line.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -34,4 +34,7 @@ case "$slurm_status" in
     echo "Slurm was not tested: ci/slurm.sh failed with status $slurm_status (its log is above)"
     status=1 ;;
 esac
+# The local-backend tests again under every other Python version pyproject.toml declares.
+SHEEPDOG_PYTHONS_SKIP=$(python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])') \
+  bash ci/pythons.sh "$@" || status=$?
 exit "$status"

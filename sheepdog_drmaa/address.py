@@ -8,6 +8,7 @@ The route is found as the kernel would send to a node (a UDP socket's connect, n
 """
 from __future__ import annotations
 
+import concurrent.futures
 import functools
 import ipaddress
 import logging
@@ -19,6 +20,7 @@ from .errors import ConfigurationError
 log = logging.getLogger(__name__)
 
 DISCARD_PORT = 9  # any port will do: connecting a UDP socket only picks the route
+LOOKUPS_AT_ONCE = 16  # execution hosts' names resolved at once (each may wait on DNS)
 
 
 def default_host(execution_hosts: Callable[[], Sequence[str] | None]) -> str:
@@ -35,7 +37,9 @@ def default_host(execution_hosts: Callable[[], Sequence[str] | None]) -> str:
     if hosts is None:
         warn_if_loopback(name)
         return name
-    host = choose(name, own, {node: addresses_of(node) for node in hosts}, route_source)
+    with concurrent.futures.ThreadPoolExecutor(max(1, min(len(hosts), LOOKUPS_AT_ONCE))) as pool:
+        nodes = dict(zip(hosts, pool.map(addresses_of, hosts)))
+    host = choose(name, own, nodes, route_source)
     if host != name:
         log.info("this machine's name %r resolves only to loopback (%s): workers will reach the server at %s, "
                  "this machine's address on the route to the execution hosts; pass host= to choose another",

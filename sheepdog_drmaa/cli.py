@@ -16,11 +16,11 @@ from collections.abc import Sequence
 from typing import Any
 
 from . import claims
-from .errors import SheepdogError, StoreError, SweepLocked
+from .errors import SheepdogError, SweepLocked
 from .handle import Sweep
 from .options import DEFAULT_STORE, ENV_PREFIX
 from .records import UNLOADABLE, TaskFailure
-from .store import Store
+from .store import Store, check_readable
 from .sweep import SweepPhase
 
 CANCEL_WAIT_SECONDS = 60.0
@@ -142,8 +142,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
 
 def cmd_cancel(args: argparse.Namespace) -> int:
     """Stop the owning client (on this host, checked to be that very process), then terminate any job it left."""
-    if not os.path.isfile(args.store):
-        raise StoreError(f"no sweep store at {args.store}; pass --store (or set SHEEPDOG_STORE) to its path")
+    check_readable(args.store)
     store = Store(args.store)
     record = store.sweep_named(args.name) or store.sweep(args.name)
     if record is None:

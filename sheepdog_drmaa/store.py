@@ -12,9 +12,12 @@ import contextlib
 import json
 import os
 import sqlite3
+import stat
+import sys
 import threading
 import time
 import urllib.parse
+import weakref
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -97,8 +100,19 @@ MAX_VALUE_BYTES = 1_000_000_000
 # Arguments larger than this go to their own table, written and read in chunks (see _write_large).
 LARGE_VALUE_BYTES = 1 << 20
 LARGE_VALUE_CHUNK = 1 << 20
-INSERT_BATCH = 5000
-_INSERT_TASK = "INSERT INTO tasks (sweep_id, idx, args, state, args_large) VALUES (?,?,?,'pending',?)"
+# A new sweep's tasks are inserted this many to a statement: one multi-row VALUES costs a third of
+# the rows' executemany. 100 rows bind 400 parameters, within the 999 of SQLite before 3.32. Plain
+# "?" placeholders: Python 3.12.0-3.12.3 warn when numbered ones are bound from a sequence.
+INSERT_ROWS = 100
+
+
+def _insert_tasks(rows: int) -> str:
+    """The statement inserting ``rows`` pending tasks, each bound as (sweep id, index, args, large id)."""
+    values = ",".join(["(?,?,?,'pending',?)"] * rows)
+    return f"INSERT INTO tasks (sweep_id, idx, args, state, args_large) VALUES {values}"
+
+
+_INSERT_TASKS = _insert_tasks(INSERT_ROWS)
 
 
 @dataclass(frozen=True)
@@ -203,37 +217,39 @@ class Store:
     def __init__(self, path: str, readonly: bool = False) -> None:
         self.path = path
         self.lock = threading.RLock()
-        if readonly:
-            self.db = self._open_readonly(path)
-            return
+        self.db = self._open_readonly(path) if readonly else self._open(path)
+        # A Store let go without close() (the store of a Sweep handle, say) closes its connection when
+        # it is collected: Python 3.13 warns about every sqlite3 connection left open.
+        self._close = weakref.finalize(self, self.db.close)
+        self._close.atexit = False
+
+    @staticmethod
+    def _open(path: str) -> sqlite3.Connection:
+        """Open for reading and writing; the file (owner-only) and its tables are created where missing."""
+        db = None
         try:
             _private_directory(os.path.dirname(os.path.abspath(path)))
             os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))  # SQLite gives -wal and -shm this mode
-            self.db = sqlite3.connect(path, check_same_thread=False, timeout=BUSY_SECONDS)
-            self.db.row_factory = sqlite3.Row
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA synchronous=NORMAL")
-            self._create_or_upgrade()
+            db = sqlite3.connect(path, check_same_thread=False, timeout=BUSY_SECONDS)
+            db.row_factory = sqlite3.Row
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            _create_or_upgrade(db)
+            return db
         except (OSError, sqlite3.Error) as error:
+            if db is not None:
+                db.close()
             raise ConfigurationError(
                 f"cannot open the sweep store {path!r} ({_reason(error)}); pass store= (or set SHEEPDOG_STORE) "
                 "to a writable path") from error
 
-    def _open_readonly(self, path: str) -> sqlite3.Connection:
+    @staticmethod
+    def _open_readonly(path: str) -> sqlite3.Connection:
         """Open for reading only: nothing is created or written, not even the -shm file where it exists."""
-        if not os.path.exists(path):
-            raise StoreError(f"no sweep store at {path}; pass --store (or set SHEEPDOG_STORE) to its path")
-        if os.path.isdir(path):
-            raise StoreError(f"{path} is a directory, not a sweep store; pass --store the .sqlite file in it")
-        if not os.access(path, os.R_OK):
-            raise StoreError(f"cannot read the sweep store {path}: permission denied (it belongs to uid "
-                             f"{os.stat(path).st_uid}); run this as its owner")
+        check_readable(path)
         uri = "file:" + urllib.parse.quote(os.path.abspath(path))
         try:
-            db = sqlite3.connect(uri + "?mode=ro", uri=True, check_same_thread=False, timeout=BUSY_SECONDS)
-            db.row_factory = sqlite3.Row
-            db.execute("SELECT 1 FROM sweeps LIMIT 1").fetchall()
-            return db
+            return _connect_for_reading(uri + "?mode=ro")
         except sqlite3.OperationalError:
             # A read-only copy in a read-only directory: WAL readers need a -shm file they cannot
             # create. With no -wal left beside it (a cleanly closed store), reading it as an
@@ -245,33 +261,14 @@ class Store:
             raise StoreError(f"{path} is not a sweep store or is damaged ({error}); pass --store the right "
                              "file, or move this one away") from None
         try:
-            db = sqlite3.connect(uri + "?immutable=1", uri=True, check_same_thread=False)
-            db.row_factory = sqlite3.Row
-            db.execute("SELECT 1 FROM sweeps LIMIT 1").fetchall()
-            return db
+            return _connect_for_reading(uri + "?immutable=1")
         except sqlite3.DatabaseError as error:
             raise StoreError(f"{path} is not a sweep store or is damaged ({error}); pass --store the right "
                              "file, or move this one away") from None
 
-    def _create_or_upgrade(self) -> None:
-        """Create the tables, or bring a store written by an earlier version up to this schema."""
-        with self.db:
-            version = self.db.execute("PRAGMA user_version").fetchone()[0]
-            if version > SCHEMA_VERSION:
-                raise sqlite3.DatabaseError(f"written by a newer sheepdog_drmaa (schema {version}); upgrade this one")
-            if version == SCHEMA_VERSION:
-                return
-            self.db.executescript(SCHEMA)
-            for table, added in _ADDED_COLUMNS.items():
-                present = {row["name"] for row in self.db.execute(f"PRAGMA table_info({table})")}
-                for column, kind in added:
-                    if column not in present:
-                        self.db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
-            self.db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-
     def close(self) -> None:
         with self.lock:
-            self.db.close()
+            self._close()
 
     @contextlib.contextmanager
     def _reading(self) -> Iterator[sqlite3.Connection]:
@@ -330,21 +327,27 @@ class Store:
             except sqlite3.IntegrityError as error:
                 raise ClaimLost(f"sweep {new.name!r} was just created by another client") from error
             count = 0
-            batch: list[tuple[str, int, bytes, int | None]] = []
+            rows: list[Any] = []
             for count, blob in enumerate(args, start=1):
                 if len(blob) > LARGE_VALUE_BYTES:
-                    batch.append((new.id, count - 1, b"", self._write_large(blob)))
+                    rows += (new.id, count - 1, b"", self._write_large(blob))
                 else:
-                    batch.append((new.id, count - 1, blob, None))
-                if len(batch) >= INSERT_BATCH:
-                    db.executemany(_INSERT_TASK, batch)
-                    batch = []
-            db.executemany(_INSERT_TASK, batch)
+                    rows += (new.id, count - 1, blob, None)
+                if count % INSERT_ROWS == 0:
+                    db.execute(_INSERT_TASKS, rows)
+                    rows = []
+            if count % INSERT_ROWS:
+                db.execute(_insert_tasks(count % INSERT_ROWS), rows)
             if count != new.n_tasks:
                 raise ValueError(f"{count} arguments were stored for a sweep of {new.n_tasks} tasks")
 
     def _write_large(self, blob: bytes) -> int:
-        """Store one large value through SQLite's blob I/O, which (unlike binding it) makes no copy of it."""
+        """Store one large value in a row of its own. Through SQLite's blob I/O, which (unlike binding it)
+        makes no copy of it; before Python 3.11, which lacks blob I/O, by binding it."""
+        if sys.version_info < (3, 11):
+            row = self.db.execute("INSERT INTO large_values (data) VALUES (?)", (blob,)).lastrowid
+            assert row is not None
+            return row
         row = self.db.execute("INSERT INTO large_values (data) VALUES (zeroblob(?))", (len(blob),)).lastrowid
         assert row is not None
         view = memoryview(blob)
@@ -439,6 +442,8 @@ class Store:
                          (sweep_id, index)).fetchone()
         if row["args_large"] is None:
             return bytes(row["args"])
+        if sys.version_info < (3, 11):
+            return bytes(db.execute("SELECT data FROM large_values WHERE id = ?", (row["args_large"],)).fetchone()[0])
         with db.blobopen("large_values", "data", row["args_large"], readonly=True) as handle:
             return handle.read()
 
@@ -547,6 +552,65 @@ class Store:
             rows = db.execute("SELECT id, host, process_group FROM workers WHERE sweep_id = ? AND ended IS NULL",
                               (sweep_id,)).fetchall()
         return [(row["id"], row["host"], row["process_group"]) for row in rows]
+
+
+def _create_or_upgrade(db: sqlite3.Connection) -> None:
+    """Create the tables, or bring a store written by an earlier version up to this schema."""
+    with db:
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise sqlite3.DatabaseError(f"written by a newer sheepdog_drmaa (schema {version}); upgrade this one")
+        if version == SCHEMA_VERSION:
+            return
+        db.executescript(SCHEMA)
+        for table, added in _ADDED_COLUMNS.items():
+            present = {row["name"] for row in db.execute(f"PRAGMA table_info({table})")}
+            for column, kind in added:
+                if column not in present:
+                    db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+        db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+
+def _connect_for_reading(uri: str) -> sqlite3.Connection:
+    """A connection to ``uri`` that could read the sweeps table; closed again if it could not."""
+    db = sqlite3.connect(uri, uri=True, check_same_thread=False, timeout=BUSY_SECONDS)
+    try:
+        db.row_factory = sqlite3.Row
+        db.execute("SELECT 1 FROM sweeps LIMIT 1").fetchall()
+        return db
+    except BaseException:
+        db.close()
+        raise
+
+
+def check_readable(path: str) -> None:
+    """Raise StoreError, saying why, if ``path`` is missing, a directory, or closed to this user (a
+    directory on the way that it cannot enter is not "missing")."""
+    try:
+        is_directory = stat.S_ISDIR(os.stat(path).st_mode)
+    except PermissionError:
+        raise StoreError(f"cannot read the sweep store {path}: permission denied ({_closed_directory(path)}); "
+                         "run this as its owner") from None
+    except OSError:
+        raise StoreError(f"no sweep store at {path}; pass --store (or set SHEEPDOG_STORE) to its path") from None
+    if is_directory:
+        raise StoreError(f"{path} is a directory, not a sweep store; pass --store the .sqlite file in it")
+    if not os.access(path, os.R_OK):
+        raise StoreError(f"cannot read the sweep store {path}: permission denied (it belongs to uid "
+                         f"{os.stat(path).st_uid}); run this as its owner")
+
+
+def _closed_directory(path: str) -> str:
+    """Which directory on the way to ``path`` this user cannot enter, and whose it is."""
+    directory = os.path.dirname(os.path.abspath(path))
+    ancestors = [directory]
+    while directory != os.path.dirname(directory):
+        directory = os.path.dirname(directory)
+        ancestors.append(directory)
+    for directory in reversed(ancestors):
+        if not os.access(directory, os.X_OK):
+            return f"this user cannot enter {directory}, which belongs to uid {os.stat(directory).st_uid}"
+    return "a directory on its path cannot be entered"
 
 
 def _reason(error: BaseException) -> str:

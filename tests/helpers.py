@@ -1,5 +1,6 @@
 """Test helpers: waiting on a condition with a deadline, the real schedulers as the tests see them, and the
 multi-host Grid Engine of ci/multihost.sh (its nodes, its queue, a sweep whose tasks block until released)."""
+import contextlib
 import os
 import pathlib
 import re
@@ -195,7 +196,7 @@ def restore(node):
 
 def sweep_jobs(store, sweep_id):
     """The array jobs of every worker the sweep ever submitted."""
-    with sqlite3.connect(f"file:{store}?mode=ro", uri=True) as db:
+    with contextlib.closing(sqlite3.connect(f"file:{store}?mode=ro", uri=True)) as db:
         ids = [row[0] for row in db.execute("SELECT id FROM workers WHERE sweep_id = ?", (sweep_id,))]
     return {worker.split(".")[0] for worker in ids}
 

@@ -43,7 +43,8 @@ def spec_for(tmp_path, behaviour):
     interpreter.chmod(interpreter.stat().st_mode | stat.S_IXUSR)
     logs = tmp_path / "logs"
     logs.mkdir(exist_ok=True)
-    return WorkerSpec(python=str(interpreter), environment={"CONTRACT_BEHAVIOUR": behaviour},
+    environment = {"CONTRACT_BEHAVIOUR": behaviour, "CONTRACT_RUN": str(tmp_path)}
+    return WorkerSpec(python=str(interpreter), environment=environment,
                       working_directory=str(tmp_path), log_dir=str(logs), job_name="contract")
 
 
@@ -121,15 +122,17 @@ def test_queued_workers_can_be_terminated_before_they_start(contract_backend, tm
 def test_leftovers_of_an_earlier_client_are_removed(contract_backend, tmp_path):
     backend, cluster = contract_backend
     earlier = open_backend("local" if cluster is None else "drmaa")  # a client that died, say
-    ids = earlier.submit(2, spec_for(tmp_path, "sleep"))
-    if cluster is None:
-        wait_until(lambda: len(stand_ins()) == 2, 10, "the earlier client's workers to run")
-    backend.terminate_leftovers([(worker, None, None) for worker in ids])
-    if cluster is None:
-        wait_until(lambda: not stand_ins(), 10, "the earlier client's workers to be gone")
-    else:
-        wait_until(lambda: not jobs_of(cluster, ids), 60, "the earlier client's workers to leave the scheduler")
-    earlier.close()
+    try:
+        ids = earlier.submit(2, spec_for(tmp_path, "sleep"))
+        if cluster is None:
+            wait_until(lambda: len(stand_ins(tmp_path)) == 2, 10, "the earlier client's workers to run")
+        backend.terminate_leftovers([(worker, None, None) for worker in ids])
+        if cluster is None:
+            wait_until(lambda: not stand_ins(tmp_path), 10, "the earlier client's workers to be gone")
+        else:
+            wait_until(lambda: not jobs_of(cluster, ids), 60, "the earlier client's workers to leave the scheduler")
+    finally:
+        earlier.close()
 
 
 def test_close_leaves_no_worker_behind(contract_backend, tmp_path):
@@ -139,7 +142,7 @@ def test_close_leaves_no_worker_behind(contract_backend, tmp_path):
     if cluster is not None:
         wait_until(lambda: not jobs_of(cluster, ids), 60, "the scheduler to have no job of this backend left")
     else:
-        wait_until(lambda: not stand_ins(), 10, "the local workers to be gone")
+        wait_until(lambda: not stand_ins(tmp_path), 10, "the local workers to be gone")
 
 
 def jobs_of(cluster, ids):
@@ -148,13 +151,16 @@ def jobs_of(cluster, ids):
     return [line for line in cluster.jobs() if cluster.array_of(line.split()[0]) in arrays]
 
 
-def stand_ins():
-    """Live processes of this machine started as sleeping stand-in workers (zombies are gone already)."""
+def stand_ins(tmp_path):
+    """Live processes started as sleeping stand-in workers by the test of ``tmp_path`` (zombies are gone
+    already; other tests' and other runs' stand-ins are not counted)."""
+    tag = f"CONTRACT_RUN={tmp_path}\0".encode()
     found = []
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
             with open(f"/proc/{pid}/environ", "rb") as handle:
-                tagged = b"CONTRACT_BEHAVIOUR=sleep" in handle.read()
+                environment = handle.read()
+                tagged = b"CONTRACT_BEHAVIOUR=sleep" in environment and tag in environment
             with open(f"/proc/{pid}/stat", "rb") as handle:
                 alive = handle.read().rsplit(b")", 1)[1].split()[0] != b"Z"
         except OSError:

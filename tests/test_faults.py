@@ -211,9 +211,13 @@ def test_a_function_whose_module_the_nodes_cannot_import_stops_the_sweep_with_th
 
 
 CTRL_C_SCRIPT = textwrap.dedent("""
-    import os, sys, time
+    import os, signal, sys, time
     sys.path.insert(0, {root!r})
     import sheepdog_drmaa
+
+    # Ctrl-C raises KeyboardInterrupt, as in a terminal, even when pytest was started in the background
+    # of a script (which starts it, and so this client, with SIGINT ignored).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
     def slow(directory, x):
         with open(os.path.join(directory, f"{{x}}.pid"), "w") as handle:

@@ -4,6 +4,7 @@ The workers are real local processes; only the scheduler's answers are bent: a s
 cannot reach the scheduler, workers queued far beyond the free slots, a scheduler that never
 reports the end of the jobs it was asked to remove. And a store written by version 0.1.0.
 """
+import contextlib
 import sqlite3
 import time
 
@@ -125,7 +126,8 @@ def test_a_store_written_by_version_0_1_is_upgraded_and_its_sweep_resumes(store,
     os.makedirs(os.path.dirname(store))
     first = sheepdog_drmaa.map(abs, [-1, -2, -3], store=str(tmp_path / "new.sqlite"), name="old", progress=False)
     assert first == [1, 2, 3]
-    with sqlite3.connect(str(tmp_path / "new.sqlite")) as new, sqlite3.connect(store) as old:
+    with contextlib.closing(sqlite3.connect(str(tmp_path / "new.sqlite"))) as new, \
+            contextlib.closing(sqlite3.connect(store)) as old:
         old.executescript(OLD_SCHEMA)
         sweep = new.execute("SELECT id, name, created, updated, n_tasks, state, function, function_digest, "
                             "args_digest, options FROM sweeps").fetchone()
@@ -133,8 +135,9 @@ def test_a_store_written_by_version_0_1_is_upgraded_and_its_sweep_resumes(store,
         tasks = new.execute("SELECT sweep_id, idx, args, state, attempts, result, error FROM tasks").fetchall()
         old.executemany("INSERT INTO tasks VALUES (?,?,?,?,?,?,?)", tasks)
         old.execute("UPDATE tasks SET state = 'pending', result = NULL WHERE idx = 2")
+        old.commit()
     assert sheepdog_drmaa.map(abs, [-1, -2, -3], store=store, name="old", progress=False) == [1, 2, 3]
-    with sqlite3.connect(store) as upgraded:
+    with contextlib.closing(sqlite3.connect(store)) as upgraded:
         assert upgraded.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
         columns = {row[1] for row in upgraded.execute("PRAGMA table_info(workers)")}
     assert {"host", "process_group"} <= columns

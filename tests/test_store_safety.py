@@ -1,5 +1,6 @@
 """Nothing lost: results the store cannot hold, a store locked or broken, half-made sweeps, racing
 clients, results that cannot be loaded, and who may read what the store keeps."""
+import contextlib
 import json
 import os
 import signal
@@ -51,6 +52,7 @@ def wait_for_go(directory, n):
     return b"y" * n
 
 
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="sqlite3.Connection.setlimit is new in Python 3.11")
 def test_a_result_sqlite_refuses_fails_that_task_and_the_others_are_kept(store, tmp_path):
     sweep = sheepdog_drmaa.map_async(wait_for_go, [(str(tmp_path), 10), (str(tmp_path), 50_000)], backend="local",
                                      store=store, progress=False, errors="return")
@@ -120,7 +122,7 @@ def test_a_store_locked_too_long_ends_the_sweep_with_a_clear_error_and_no_made_u
 
 def _running_attempts(path):
     try:
-        with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
             return db.execute("SELECT COUNT(*) FROM attempts").fetchone()[0]
     except sqlite3.Error:
         return 0

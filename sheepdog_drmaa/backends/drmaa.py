@@ -215,13 +215,10 @@ class _Unanswered(Exception):
 
 
 def _read_max_array_size(scheduler: Scheduler) -> int:
-    """The scheduler's largest array (Grid Engine's max_aj_tasks, Slurm's MaxArraySize), or its default."""
-    if not scheduler.config_command or shutil.which(scheduler.config_command[0]) is None:
-        return scheduler.default_max_array_size
-    try:
-        return scheduler.max_array_size(commands.run(list(scheduler.config_command)).stdout)
-    except (OSError, subprocess.SubprocessError):
-        return scheduler.default_max_array_size
+    """The scheduler's largest array (Grid Engine's max_aj_tasks, Slurm's MaxArraySize), or its default;
+    remembered beside the store with the site's other answers."""
+    text = sites.read(scheduler, scheduler.config_command) if scheduler.config_command else None
+    return scheduler.default_max_array_size if text is None else scheduler.max_array_size(text)
 
 
 def _number(text: str) -> Any:
@@ -336,14 +333,10 @@ class DrmaaBackend:
 
     def execution_hosts(self) -> list[str] | None:
         """The names of the scheduler's execution hosts; None when they cannot be listed."""
-        command = list(self.scheduler.hosts_command)
-        if not command or shutil.which(command[0]) is None:
+        if not self.scheduler.hosts_command:
             return None
-        try:
-            result = commands.run(command)
-        except (OSError, subprocess.SubprocessError):
-            return None
-        return list(dict.fromkeys(result.stdout.split())) if result.returncode == 0 else None
+        text = sites.read(self.scheduler, self.scheduler.hosts_command)
+        return None if text is None else list(dict.fromkeys(text.split()))
 
     def running_hosts(self) -> dict[str, str | None]:
         """The workers the last listing showed started, and not reported ended since, with their hosts."""

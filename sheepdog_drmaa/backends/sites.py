@@ -1,10 +1,12 @@
-"""What the live scheduler offers, read once per process, and the check of a request against it.
+"""What the live scheduler offers, and the check of a request against it.
 
 :mod:`.schedulers` says how each scheduler spells a request; this module asks the running one
 (``qconf`` on Grid Engine, ``sinfo`` on Slurm) whether any queue and host could ever run it, so that
 a request no host can take (cores=, memory=, gpus= beyond every host; an unknown queue, parallel
 environment or project) is refused with the site's own names before anything is submitted. A
 command that fails is not held against the request: the submission then says what is wrong.
+The commands are asked a round at a time, each round at once, and their answers are remembered
+for a few minutes (:mod:`.answers`); a refusal is only ever made on answers asked afresh.
 """
 from __future__ import annotations
 
@@ -12,14 +14,16 @@ import fnmatch
 import functools
 import logging
 import math
+import os
 import re
 import shlex
 import subprocess
-from typing import TypeVar
+from collections.abc import Sequence
 
 from ..errors import ConfigurationError
 from ..failures import format_size
 from . import WorkerSpec
+from .answers import Answers, Command
 from .schedulers import GPU_COMPLEX, GridEngine, Scheduler, Slurm
 
 log = logging.getLogger(__name__)
@@ -35,19 +39,6 @@ def parse_grid_engine_memory(text: str) -> float:
         return math.inf
     scale = _UNITS.get(text[-1], 1)
     return float(text[:-1] if text[-1] in _UNITS else text) * scale
-
-
-def _command_output(command: tuple[str, ...]) -> str | None:
-    """A scheduler command's output, or None when it fails (then nothing is checked against it)."""
-    try:
-        result = subprocess.run(command, capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.SubprocessError) as error:
-        log.debug("cannot run %s: %s", " ".join(command), error)
-        return None
-    if result.returncode != 0:
-        log.debug("%s failed: %s", " ".join(command), (result.stderr or result.stdout).strip())
-        return None
-    return result.stdout
 
 
 def _per_host(value: str, host: str, groups: dict[str, set[str]]) -> str:
@@ -91,30 +82,54 @@ def _native_option(words: list[str], option: str) -> list[str]:
     return [words[i + 1] for i, word in enumerate(words[:-1]) if word == option]
 
 
+def _command_output(command: Command) -> str | None:
+    """A scheduler command's output, or None when it fails (then nothing is checked against it)."""
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError) as error:
+        log.debug("cannot run %s: %s", " ".join(command), error)
+        return None
+    if result.returncode != 0:
+        log.debug("%s failed: %s", " ".join(command), (result.stderr or result.stdout).strip())
+        return None
+    return result.stdout
+
+
+@functools.cache
+def _answers(key: str) -> Answers:
+    """The answers of the scheduler ``key`` names (which cell or cluster), shared by this process's sweeps."""
+    return Answers(key, _command_output)
+
+
 class _Site:
-    """A scheduler's answers to the commands that describe it, each asked once per process."""
+    """A scheduler's answers to the commands that describe it (see :mod:`.answers`)."""
 
-    @classmethod
-    @functools.cache
-    def here(cls: type[SiteT]) -> SiteT:
-        return cls()
-
-    def __init__(self) -> None:
-        self._answers: dict[tuple[str, ...], str | None] = {}
+    def __init__(self, key: str) -> None:
+        self.answers = _answers(key)
 
     def read(self, *command: str) -> str | None:
-        """A command's output, asked once per process."""
-        if command not in self._answers:
-            self._answers[command] = _command_output(command)
-        return self._answers[command]
+        return self.answers.read(*command)
+
+    def check(self, spec: WorkerSpec) -> None:
+        raise NotImplementedError
 
 
-SiteT = TypeVar("SiteT", bound=_Site)
+_ALL_QUEUES = ("qconf", "-sq", "*")  # every cluster queue's configuration in one command (a round fewer)
+
+
+@functools.lru_cache(maxsize=4)
+def _queue_listings(text: str) -> dict[str, dict[str, str]]:
+    """``qconf -sq '*'`` output (one block per queue, each beginning with qname) as {queue: {attribute: value}}."""
+    queues = (_listing(block) for block in re.split(r"\n(?=qname\s)", text))
+    return {queue["qname"]: queue for queue in queues if queue.get("qname")}
 
 
 class GridEngineSite(_Site):
     """What this Grid Engine cell offers (queues, parallel environments, complexes, hosts), read with
     qconf, and the check of a request against it."""
+
+    def __init__(self) -> None:
+        super().__init__(f"gridengine {os.environ.get('SGE_ROOT', '')} {os.environ.get('SGE_CELL') or 'default'}")
 
     def names(self, *command: str) -> list[str]:
         return (self.read(*command) or "").split()
@@ -130,14 +145,18 @@ class GridEngineSite(_Site):
 
     def check(self, spec: WorkerSpec) -> None:
         words = _native_words(spec.native_spec)
-        all_queues = self.names("qconf", "-sql")
+        with_pe = spec.cores is not None and "-pe" not in words
+        self.answers.fetch(_ALL_QUEUES, ("qconf", "-sc"), ("qconf", "-se", "global"),
+                           *([("qconf", "-spl"), ("qconf", "-sp", spec.parallel_env)] if with_pe else []),
+                           *([("qconf", "-sprjl")] if spec.project is not None else []))
+        all_queues = list(self._all_queues())
         if not all_queues:
             return  # qmaster did not answer: the submission will say what is wrong
         asked = (_native_option(words, "-q") or [spec.queue or ""])[-1]
         queues = self._queues(asked, all_queues) if asked else all_queues
         complexes = self.complexes()
         requested = {name.split("=")[0] for value in _native_option(words, "-l") for name in value.split(",")}
-        if spec.cores is not None and "-pe" not in words:
+        if with_pe:
             self._check_parallel_env(spec, queues)
             queues = [q for q in queues if spec.parallel_env in self._queue(q).get("pe_list", "").replace(",", " ")]
         if spec.memory is not None and spec.memory_resource not in complexes:
@@ -170,8 +189,12 @@ class GridEngineSite(_Site):
             chosen += matched
         return chosen
 
+    def _all_queues(self) -> dict[str, dict[str, str]]:
+        """Every cluster queue's configuration, by name."""
+        return _queue_listings(self.read(*_ALL_QUEUES) or "")
+
     def _queue(self, name: str) -> dict[str, str]:
-        return _listing(self.read("qconf", "-sq", name) or "")
+        return self._all_queues().get(name, {})
 
     def _check_parallel_env(self, spec: WorkerSpec, queues: list[str]) -> None:
         environments = self.names("qconf", "-spl")
@@ -202,6 +225,9 @@ class GridEngineSite(_Site):
 
     def _check_hosts(self, spec: WorkerSpec, queues: list[str], asked: str, complexes: dict[str, list[str]]) -> None:
         """Refuse what no host of these queues can ever give: the slots, the memory, the GPUs."""
+        self.answers.fetch(*(("qconf", "-shgrp_resolved", group) for queue in queues for group in
+                             self._group_names(queue)))
+        self.answers.fetch(*(("qconf", "-se", host) for queue in queues for host in self._hosts(queue)))
         offers = [self._host_offer(q, host, spec) for q in queues for host in self._hosts(q)]
         where = f"queue {asked}" if asked else "any queue"
         if not offers:
@@ -231,6 +257,12 @@ class GridEngineSite(_Site):
         settings = " ".join(self._queue(queue).values())
         return {g: set(self.names("qconf", "-shgrp_resolved", g)) for g in set(re.findall(r"\[(@[^=\]]+)=", settings))}
 
+    def _group_names(self, queue: str) -> list[str]:
+        """The host groups a queue's host list and per-host settings name."""
+        settings = self._queue(queue)
+        named = [entry for entry in settings.get("hostlist", "").split() if entry.startswith("@")]
+        return named + re.findall(r"\[(@[^=\]]+)=", " ".join(settings.values()))
+
     def _host_offer(self, queue: str, host: str, spec: WorkerSpec) -> tuple[float, float, float]:
         """(slots, memory in bytes, GPUs) that one queue instance could ever give one job."""
         settings, groups = self._queue(queue), self._groups(queue)
@@ -251,27 +283,34 @@ class GridEngineSite(_Site):
         return slots, memory, gpus
 
 
+_PARTITIONS = ("sinfo", "--noheader", "--format=%P")
+
+
 class SlurmSite(_Site):
     """What this Slurm cluster offers (partitions, their nodes' CPUs, memory and GPUs), read with
     sinfo, and the check of a request against it."""
 
+    def __init__(self) -> None:
+        super().__init__(f"slurm {os.environ.get('SLURM_CONF', '')} {os.environ.get('SLURM_CLUSTERS', '')}")
+
     def check(self, spec: WorkerSpec) -> None:
-        listing = self.read("sinfo", "--noheader", "--format=%P")
+        words = _native_words(spec.native_spec)
+        asked = ([w.split("=", 1)[1] for w in words if w.startswith("--partition=")] + _native_option(words, "-p")
+                 + _native_option(words, "--partition") or [spec.queue or ""])[-1]
+        # Partitions named in the request are listed in the same round as the partitions themselves.
+        self.answers.fetch(_PARTITIONS, *(_nodes_of(part) for part in asked.split(",") if part))
+        listing = self.read(*_PARTITIONS)
         if listing is None:
             return  # slurmctld did not answer: the submission will say what is wrong
         partitions = [p.rstrip("*") for p in listing.split()]
         default = [p.rstrip("*") for p in listing.split() if p.endswith("*")]
-        words = _native_words(spec.native_spec)
-        asked = ([w.split("=", 1)[1] for w in words if w.startswith("--partition=")] + _native_option(words, "-p")
-                 + _native_option(words, "--partition") or [spec.queue or ""])[-1]
         for name in asked.split(","):
             if name and name not in partitions:
                 raise ConfigurationError(f"queue={name!r}: Slurm has no such partition; its partitions are "
                                          f"{', '.join(partitions)} (sinfo)")
         chosen = asked.split(",") if asked else default or partitions
-        nodes = [line.split("|") for part in chosen
-                 for line in (self.read("sinfo", "--noheader", "--Node", f"--partition={part}",
-                                        "--format=%N|%c|%m|%G") or "").splitlines()]
+        self.answers.fetch(*(_nodes_of(part) for part in chosen))
+        nodes = [line.split("|") for part in chosen for line in (self.read(*_nodes_of(part)) or "").splitlines()]
         nodes = [n for n in nodes if len(n) == 4 and n[0] not in spec.avoid_hosts]
         if not nodes:
             return
@@ -293,6 +332,11 @@ class SlurmSite(_Site):
                 raise ConfigurationError(f"gpus={spec.gpus}: no node of {where} has that many GPUs ({having})")
 
 
+def _nodes_of(partition: str) -> Command:
+    """The command listing a partition's nodes: name|CPUs|memory in MB|gres."""
+    return ("sinfo", "--noheader", "--Node", f"--partition={partition}", "--format=%N|%c|%m|%G")
+
+
 def _gpu_count(gres: str) -> int:
     """GPUs in sinfo's %G: "gpu:2", "gpu:a100:4(S:0-1)", "gpu:2,shard:8", "(null)"."""
     total = 0
@@ -303,10 +347,33 @@ def _gpu_count(gres: str) -> int:
     return total
 
 
+def _site_of(scheduler: Scheduler) -> _Site | None:
+    if isinstance(scheduler, GridEngine):
+        return GridEngineSite()
+    if isinstance(scheduler, Slurm):
+        return SlurmSite()
+    return None
+
+
 def check_request(scheduler: Scheduler, spec: WorkerSpec) -> None:
     """Refuse, before anything is submitted, a request this site's scheduler could never run
-    (nothing is checked on plain DRMAA)."""
-    if isinstance(scheduler, GridEngine):
-        GridEngineSite.here().check(spec)
-    elif isinstance(scheduler, Slurm):
-        SlurmSite.here().check(spec)
+    (nothing is checked on plain DRMAA). A refusal made on remembered answers is checked again on
+    answers asked afresh: only that one is raised."""
+    site = _site_of(scheduler)
+    if site is None:
+        return
+    began = site.answers.now()
+    try:
+        site.check(spec)
+    except ConfigurationError as refusal:
+        if not site.answers.forget_older_than(began):
+            raise
+        log.debug("refused on remembered answers (%s); asking the scheduler again", refusal)
+        site.check(spec)
+
+
+def read(scheduler: Scheduler, command: Sequence[str]) -> str | None:
+    """The output of another command that describes the site (its execution hosts, its largest array),
+    None when it failed: remembered, like the checks' answers, for the sweeps that follow."""
+    site = _site_of(scheduler)
+    return site.read(*command) if site is not None else _command_output(tuple(command))
