@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 root=$(pwd)
 cache=${SHEEPDOG_PYTHONS_CACHE:-/tmp/sheepdog-pythons}
 pyenv_root=$(pyenv root 2>/dev/null || echo "${PYENV_ROOT:-$HOME/.pyenv}")
-versions=$(grep -oE '"Programming Language :: Python :: 3\.[0-9]+"' pyproject.toml | grep -oE '3\.[0-9]+')
+versions=$(grep -oE '"Programming Language :: Python :: 3\.[0-9]+"' pyproject.toml | grep -oE '3\.[0-9]+' || true)
 if [ -z "$versions" ]; then echo "pythons.sh: pyproject.toml declares no Python 3.X version" >&2; exit 1; fi
 
 interpreter() {  # interpreter 3.X: the newest pyenv 3.X.N, else python3.X on PATH, if it runs
@@ -63,19 +63,19 @@ for version in $versions; do
 done
 
 logs=$(mktemp -d)
-trap 'rm -rf "$logs"' EXIT
-started=$SECONDS
 pids=()
+trap 'kill "${pids[@]}" 2>/dev/null || true; rm -rf "$logs"' EXIT
+started=$SECONDS
 for run in "${runs[@]}"; do
   version=${run%%:*} venv=${run#*:}
-  # A temporary directory of its own: pytest sessions started together may number theirs alike.
+  # Temporary files of its own, removed with the logs: nothing of one run is left to another.
   "$venv/bin/python" -m pytest -q -p no:cacheprovider --basetemp="$logs/tmp-$version" \
     -m "not gridengine and not slurm and not multihost" tests "$@" >"$logs/$version" 2>&1 &
   pids+=($!)
 done
 for index in "${!runs[@]}"; do
   version=${runs[$index]%%:*} venv=${runs[$index]#*:}
-  full=$("$venv/bin/python" -c 'import platform; print(platform.python_version())')
+  full=$("$venv/bin/python" -c 'import platform; print(platform.python_version())' || echo "$version")
   if wait "${pids[$index]}"; then
     summary+=("Python $full: passed ($(tail -n 1 "$logs/$version"))")
   else

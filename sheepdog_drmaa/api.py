@@ -59,7 +59,8 @@ def map(f: Callable[..., Any], args: Iterable[Any], **options: Any) -> list[Any]
     backend ("auto", "drmaa" or "local"), workers, max_workers, tasks_per_worker, host, bind,
     port, python, env, queue, native_spec, job_name, log_dir, progress, errors ("raise" or
     "return"), retries, retry_exceptions, timeout, heartbeat_interval, heartbeat_timeout,
-    store, name, resume, and namespace (extra globals for ``f``, as in the original sheepdog).
+    outage_wait (seconds an unreachable scheduler is waited for), store, output_limit,
+    max_result_size, name, resume, and namespace (extra globals for ``f``, as in the original sheepdog).
 
     Resources per worker, asked of the scheduler in its own terms and checked against it before
     anything is submitted: memory ("4G"; on Grid Engine the memory_resource complex, default
@@ -231,12 +232,19 @@ def _check(options: Options, backend: Backend) -> tuple[str, str]:
     (each mostly waits: on the scheduler's commands, on name lookups; neither calls the DRMAA library).
     Returns (host, bind); a refused request is raised first, as when the two ran one after the other."""
     spec = _worker_spec(options, log_dir="")
-    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="sheepdog-check") as pool:
-        checked = pool.submit(contextvars.copy_context().run, backend.check_request, spec)
-        try:
-            return _check_address(options, backend)
-        finally:
-            checked.result()
+    pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="sheepdog-check")
+    checked = pool.submit(contextvars.copy_context().run, backend.check_request, spec)
+    try:
+        found = _check_address(options, backend)
+    except Exception:
+        checked.result()  # a refused request first, as when the two ran one after the other
+        raise
+    except BaseException:  # Ctrl-C: not held up by the scheduler's commands
+        pool.shutdown(wait=False)
+        raise
+    checked.result()
+    pool.shutdown()
+    return found
 
 
 def _check_address(options: Options, backend: Backend) -> tuple[str, str]:

@@ -16,6 +16,10 @@ class BackendUnavailable(SheepdogError):
     """The requested scheduler backend cannot be used on this machine."""
 
 
+class SchedulerOutage(BackendUnavailable):
+    """The scheduler stayed unreachable for longer than ``outage_wait``: its library works, but it does not answer."""
+
+
 class SchedulerUnreachable(SheepdogError):
     """The scheduler cannot be reached for now (qmaster restarting, say); worth trying again later."""
 

@@ -49,7 +49,8 @@ class Options:
     timeout: float | None = None
     heartbeat_interval: float = 10.0
     heartbeat_timeout: float = 60.0
-    outage_wait: float = 120.0            # seconds an unreachable scheduler is waited for with no worker alive
+    outage_wait: float = 120.0            # seconds an unreachable scheduler is waited for: to open, to submit
+                                          # with no worker alive, to remove what is left at the end
     store: str = DEFAULT_STORE
     max_result_size: int = DEFAULT_MAX_RESULT_SIZE
     walltime: float | None = None

@@ -22,8 +22,8 @@ from . import claims, protocol
 from .backends import Backend, WorkerSpec, log_paths
 from .claims import CLAIM_REFRESH_SECONDS, Claim
 from .errors import (
-    BackendUnavailable,
     ResultTooLarge,
+    SchedulerOutage,
     SchedulerUnreachable,
     StoreError,
     StoreTooLarge,
@@ -50,7 +50,7 @@ REFUSED_RETRY_SECONDS = 30.0
 REAP_SECONDS = 15.0
 LOG_TAIL_BYTES = 1500
 # The verdict the job's shell writes last when a set-up line fails (backends.setup_script).
-_SETUP_LINE_FAILED = re.compile(r"^sheepdog: set-up line (\d+) ", re.MULTILINE)
+_SETUP_LINE_FAILED = re.compile(r"sheepdog: set-up line (\d+) ")  # mid-line when the output had no newline
 
 
 class Completions:
@@ -376,6 +376,7 @@ class Run:
                     unreachable_since = self._still_unreachable(error, unreachable_since)
                     submit_after = time.monotonic() + SUBMIT_RETRY_SECONDS
                 except SubmissionRefused as error:
+                    unreachable_since = None  # it answered
                     # With workers of this sweep still alive, a refusal is most often a limit of the site
                     # (jobs per user, say) that their ending lifts; without any, nothing would ever run.
                     with self.lock:
@@ -425,17 +426,20 @@ class Run:
             self.progress.update(counts)
 
     def _still_unreachable(self, error: SchedulerUnreachable, since: float | None) -> float:
-        """Log a failed submission to be tried again; with no worker of the sweep alive to carry on, an
-        outage longer than ``outage_wait`` ends the sweep (a named sweep resumes). Returns since when."""
+        """Log a failed submission to be tried again (at WARNING once per outage). With no worker of the
+        sweep alive to carry on, an outage longer than ``outage_wait`` ends the sweep (a named sweep
+        resumes). Returns since when the outage has been waited out with no worker alive."""
         now = time.monotonic()
-        since = now if since is None else since
+        log.log(logging.WARNING if since is None else logging.INFO, "%s; trying again every %g s", error,
+                SUBMIT_RETRY_SECONDS)
         with self.lock:
-            alive = len(self.state.workers)
-        if not alive and now - since >= self.options.outage_wait:
-            raise BackendUnavailable(f"{error}; it has not answered for {now - since:.0f} s and no worker of this "
-                                     f"sweep is alive (outage_wait={self.options.outage_wait:g}). Run the sweep "
-                                     "again once the scheduler answers (a named sweep resumes)")
-        log.warning("%s; trying again in %g s", error, SUBMIT_RETRY_SECONDS)
+            alive = bool(self.state.workers)
+        if alive or since is None:
+            return now  # the bound counts from when no worker was left to carry on
+        if now - since >= self.options.outage_wait:
+            raise SchedulerOutage(f"{error}; it has not answered for {now - since:.0f} s while no worker of this "
+                                  f"sweep was alive (outage_wait={self.options.outage_wait:g}). Run the sweep again "
+                                  "once the scheduler answers (a named sweep resumes)")
         return since
 
     def _write_off(self, stuck: list[Worker]) -> None:

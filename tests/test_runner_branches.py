@@ -124,7 +124,8 @@ CREATE TABLE workers (sweep_id TEXT NOT NULL, id TEXT NOT NULL, submitted REAL N
 def test_a_store_written_by_version_0_1_is_upgraded_and_its_sweep_resumes(store, tmp_path):
     import os
     os.makedirs(os.path.dirname(store))
-    first = sheepdog_drmaa.map(abs, [-1, -2, -3], store=str(tmp_path / "new.sqlite"), name="old", progress=False)
+    first = sheepdog_drmaa.map(abs, [-1, -2, -3], backend="local", store=str(tmp_path / "new.sqlite"), name="old",
+                               progress=False)
     assert first == [1, 2, 3]
     with contextlib.closing(sqlite3.connect(str(tmp_path / "new.sqlite"))) as new, \
             contextlib.closing(sqlite3.connect(store)) as old:
@@ -136,7 +137,7 @@ def test_a_store_written_by_version_0_1_is_upgraded_and_its_sweep_resumes(store,
         old.executemany("INSERT INTO tasks VALUES (?,?,?,?,?,?,?)", tasks)
         old.execute("UPDATE tasks SET state = 'pending', result = NULL WHERE idx = 2")
         old.commit()
-    assert sheepdog_drmaa.map(abs, [-1, -2, -3], store=store, name="old", progress=False) == [1, 2, 3]
+    assert sheepdog_drmaa.map(abs, [-1, -2, -3], backend="local", store=store, name="old", progress=False) == [1, 2, 3]
     with contextlib.closing(sqlite3.connect(store)) as upgraded:
         assert upgraded.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
         columns = {row[1] for row in upgraded.execute("PRAGMA table_info(workers)")}

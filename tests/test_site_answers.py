@@ -120,6 +120,8 @@ CELL = {
     ("qconf", "-se", "vm"): "hostname vm\ncomplex_values NONE\nload_values virtual_total=8G\n",
     ("qconf", "-spl"): "smp\n",
     ("qconf", "-sp", "smp"): "pe_name smp\nslots 999\n",
+    ("qconf", "-sconf"): "max_aj_tasks 75000\n",  # read by the DRMAA backend, asked in the checks' first round
+    ("qconf", "-sel"): "vm\n",
 }
 
 
@@ -185,7 +187,7 @@ def test_slurm_requests_are_checked_against_the_cluster_and_a_named_partition_in
         scheduler.table[partitions] = "debug*\nbig\n"  # a partition added since the answers were read
         rounds.clear()
         sites.check_request(Slurm(), request(cores=8, queue="big"))
-        assert rounds[0] == (partitions, nodes_of["big"])
+        assert rounds[0] == (partitions, nodes_of["big"], Slurm.config_command, Slurm.hosts_command)
         with pytest.raises(ConfigurationError, match="no such partition; its partitions are debug, big"):
             sites.check_request(Slurm(), request(queue="gone"))
     finally:

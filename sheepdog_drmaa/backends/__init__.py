@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Optional, Protocol
 
-from ..errors import BackendUnavailable, ConfigurationError
+from ..errors import BackendUnavailable, ConfigurationError, SchedulerOutage
 from ..failures import ExitInfo
 from ..protocol import ENV_SETUP_SCRIPT, EXIT_SETUP_FAILED
 
@@ -58,7 +58,10 @@ class Backend(Protocol):
     DRMAA library."""
 
     name: str
-    max_array_size: int
+
+    @property
+    def max_array_size(self) -> int:
+        """The largest array one bulk submission may ask for."""
 
     def submit(self, count: int, spec: WorkerSpec) -> list[str]:
         """Start ``count`` workers as one bulk submission; return their ids."""
@@ -176,6 +179,8 @@ def open_backend(name: str, local_slots: int | None = None, outage_wait: float =
     from .drmaa import DrmaaBackend
     try:
         return DrmaaBackend(outage_wait)
+    except SchedulerOutage:
+        raise  # a cluster whose scheduler is down: its tasks must not run on this host instead
     except BackendUnavailable as error:
         if name == "drmaa":
             raise

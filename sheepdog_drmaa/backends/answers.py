@@ -6,7 +6,7 @@ Remembered answers may be stale, so they may only let a request through: a check
 one on remembered answers asks again (:meth:`Answers.forget_older_than`) before refusing. The file
 is private to its owner (0600), and anything wrong with it (missing, damaged, old, another user's)
 makes it ignored, never an error. A command that failed is remembered as failed in this process
-only (the check then holds nothing against the request).
+only, and for a few seconds (within one check it is not asked again; a later sweep asks again).
 """
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ from typing import Any, Callable
 log = logging.getLogger(__name__)
 
 REMEMBER_SECONDS = 300.0
+REMEMBER_FAILED_SECONDS = 10.0
 PARALLEL_COMMANDS = 8  # commands of one round run at once, at most
 FILE_NAME = "site-answers.json"
 _FILE_VERSION = 1
@@ -46,7 +47,8 @@ def remembered_in(path: str | None) -> Iterator[None]:
 
 
 class Answers:
-    """One scheduler's answers (``key`` names it: which cell or cluster), each with when it was read.
+    """One scheduler's answers, each with when it was read. ``key`` names the scheduler: the submit host
+    and which cell or cluster (clusters that share a home directory share the file).
 
     ``run`` asks the scheduler: a command's output, or None when it failed.
     """
@@ -56,6 +58,7 @@ class Answers:
         self._lock = threading.Lock()
         self._answers: dict[Command, tuple[float, str | None]] = {}
         self._files_read: set[str] = set()
+        self._file_lock = threading.Lock()  # one thread reads the file; the others wait for its answers
 
     def read(self, *command: str) -> str | None:
         """A command's output (None when it failed), remembered if fresh, else asked now."""
@@ -67,9 +70,11 @@ class Answers:
     def fetch(self, *commands: Command) -> None:
         """Ask, all at once, each of ``commands`` that has no fresh answer yet."""
         path = _file.get()
-        if path is not None and path not in self._files_read:
-            self._files_read.add(path)
-            self._take(_load(path, self.key))
+        if path is not None:
+            with self._file_lock:
+                if path not in self._files_read:
+                    self._files_read.add(path)
+                    self._take(_load(path, self.key))
         now = self._clock()
         with self._lock:
             missing = [c for c in dict.fromkeys(commands) if not self._fresh(c, now)]
@@ -99,7 +104,8 @@ class Answers:
 
     def _fresh(self, command: Command, now: float) -> bool:
         entry = self._answers.get(command)
-        return entry is not None and 0 <= now - entry[0] < REMEMBER_SECONDS
+        limit = REMEMBER_SECONDS if entry is not None and entry[1] is not None else REMEMBER_FAILED_SECONDS
+        return entry is not None and 0 <= now - entry[0] < limit
 
     def _take(self, remembered: dict[Command, tuple[float, str]]) -> None:
         """Adopt answers read from the file where they are newer than this process's."""

@@ -32,7 +32,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from .. import protocol
-from ..errors import BackendUnavailable, SchedulerUnreachable, SubmissionRefused
+from ..errors import BackendUnavailable, SchedulerOutage, SchedulerUnreachable, SubmissionRefused
 from ..failures import ExitInfo
 from . import Leftover, WorkerSpec, commands, log_paths, sites, worker_command
 from .removals import KeptRemovals
@@ -123,12 +123,14 @@ class _SharedSession:
                     error = self._initialize(drmaa)
                     if error is not None:
                         remaining = deadline - time.monotonic()
-                        if not _unreachable_at_open(drmaa, error) or remaining <= 0:
-                            raise BackendUnavailable(
+                        unreachable = _unreachable_at_open(drmaa, error)
+                        if not unreachable or remaining <= 0:
+                            failure = SchedulerOutage if unreachable else BackendUnavailable
+                            raise failure(
                                 f"cannot open a DRMAA session: {error}"
-                                f"{f' (tried for {outage_wait:g} s)' if warned else ''}. Check that the scheduler "
-                                "is running (qstat or squeue should answer) and, for Grid Engine, SGE_ROOT and "
-                                "SGE_CELL.") from error
+                                f"{f' (tried for {outage_wait:g} s, outage_wait)' if warned else ''}. Check that "
+                                "the scheduler is running (qstat or squeue should answer) and, for Grid Engine, "
+                                "SGE_ROOT and SGE_CELL.") from error
                 if self.session is not None:
                     self.users += 1
                     return self.session
@@ -147,12 +149,18 @@ class _SharedSession:
         session = drmaa.Session()
         try:
             session.initialize()
+        except drmaa.errors.AlreadyActiveSessionException as error:
+            # Not ours to close: the calling program may hold a DRMAA session of its own.
+            failure: BaseException = BackendUnavailable(
+                f"{error}: this process already holds a DRMAA session (opened by other code); DRMAA allows one "
+                "per process, so run the sweep from a process without one")
+            return failure
         except drmaa.errors.DrmaaException as error:
             try:
                 session.exit()
             except drmaa.errors.DrmaaException as cleanup:
                 log.debug("closing the session that failed to open: %s", cleanup)
-            failure: BaseException = error
+            failure = error
             return failure
         self.scheduler = identify(str(session.drmaaImplementation), str(session.drmsInfo))
         self.session = session
@@ -204,8 +212,7 @@ _serial = itertools.count(1)  # names of workers submitted one job each (plain D
 
 def _unreachable_at_open(drmaa: Any, error: BaseException) -> bool:
     """Whether a failed drmaa_init is worth trying again: the scheduler unreachable, not a wrong set-up."""
-    if isinstance(error, (drmaa.errors.DrmCommunicationException, drmaa.errors.TryLaterException,
-                          drmaa.errors.AlreadyActiveSessionException)):
+    if isinstance(error, (drmaa.errors.DrmCommunicationException, drmaa.errors.TryLaterException)):
         return True
     return any(word in str(error).lower() for word in _UNREACHABLE_WORDS)
 
@@ -238,7 +245,7 @@ class DrmaaBackend:
         self.outage_wait = outage_wait
         self.session = _shared.open(self.drmaa, outage_wait)
         self.scheduler = _shared.scheduler
-        self.max_array_size = _read_max_array_size(self.scheduler)
+        self._max_array_size: int | None = None  # read at the first submission, after the site checks asked
         self._mailbox: collections.deque[ExitInfo] = collections.deque()
         self._unreaped: dict[str, set[str]] = {}  # array job id -> its task ids not yet reported ended
         self._job_of: dict[str, str] = {}  # plain DRMAA: worker name -> DRMAA job id, and back
@@ -258,6 +265,12 @@ class DrmaaBackend:
         self._answered = float("-inf")  # when a listing last succeeded (the scheduler answers)
         self._kept = KeptRemovals(self.scheduler, self._send)  # removals waiting for the scheduler to answer
         self._saw_outage = False  # the scheduler was unreachable at some point
+
+    @property
+    def max_array_size(self) -> int:
+        if self._max_array_size is None:
+            self._max_array_size = _read_max_array_size(self.scheduler)
+        return self._max_array_size
 
     def check_request(self, spec: WorkerSpec) -> None:
         """The options as this scheduler would be asked (Grid Engine spellings refused on Slurm, say),
@@ -550,6 +563,10 @@ class DrmaaBackend:
         if self._kept.outage:  # asking now would only wait for the failure (minutes, over a network)
             self._kept.keep(targets, "unreachable")
             return
+        if self._saw_outage:  # after an outage, control() may block for minutes: the command, in the background
+            self._kept.add(targets)
+            self._background_work()
+            return
         left, error = self._send(targets)
         if left:
             self._saw_outage = True
@@ -603,9 +620,10 @@ class DrmaaBackend:
 
     def _wait_for_kept_removals(self) -> None:
         targets = list(self._kept)
-        log.warning("waiting up to %g s for %s to answer, to remove %d workers or jobs that would otherwise start "
-                    "after this sweep returned (%s)", self.outage_wait, self.scheduler.title, len(targets),
-                    " ".join(targets))
+        if self._kept.outage:
+            log.warning("waiting up to %g s for %s to answer, to remove %d workers or jobs that would otherwise "
+                        "start after this sweep returned (%s)", self.outage_wait, self.scheduler.title, len(targets),
+                        " ".join(targets))
         deadline = time.monotonic() + self.outage_wait
         while self._kept and time.monotonic() < deadline:
             self._background_work()

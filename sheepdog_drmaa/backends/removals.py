@@ -3,7 +3,8 @@
 They are tried again with the scheduler's own command (``qdel``, ``scancel``), run in the background
 and killed when it hangs, not through the DRMAA session: after an outage, Son of Grid Engine's
 ``control()`` can block for minutes, and a sweep whose every task is done must still return within
-its bound. A scheduler without such a command is asked through DRMAA, as before the outage.
+its bound. Once the scheduler has been unreachable, every later removal goes this way too. A
+scheduler without such a command is asked through DRMAA.
 """
 from __future__ import annotations
 
@@ -63,16 +64,21 @@ class KeptRemovals:
         self.failed_at = now
         self.targets.update(dict.fromkeys(targets))
 
+    def add(self, targets: Sequence[str]) -> None:
+        """Removals to make in the background at the next turn, the scheduler being thought to answer."""
+        self.targets.update(dict.fromkeys(targets))
+        self.next_retry = 0.0
+
     def retry(self, answered_at: float) -> None:
         """Read the answer of the last try; start the next once a listing answered after the last failure
         (``answered_at``), and every RETRY_SECONDS anyway (a listing begun in the outage may hang)."""
         answer = self.command.answer()
         if answer is not None:
             self._settle(*answer)
-        if not self.targets or self.command.busy or self.failed_at is None:
+        if not self.targets or self.command.busy:
             return
         now = time.monotonic()
-        if answered_at <= self.failed_at and now < self.next_retry:
+        if now < self.next_retry and (self.failed_at is None or answered_at <= self.failed_at):
             return
         self.next_retry = now + RETRY_SECONDS
         self.asked = list(self.targets)
@@ -85,17 +91,24 @@ class KeptRemovals:
 
     def _settle(self, status: int, output: str, left: Sequence[str] = ()) -> None:
         if left or not self.scheduler.removed(status, output):
-            log.debug("%s still unreachable: %s", self.scheduler.title, output.strip() or f"status {status}")
+            reason = output.strip() or f"status {status}"
+            if self.failed_at is None:  # a removal made in the background after an outage failed: another one
+                self.keep(self.asked, reason)
+            log.debug("%s still unreachable: %s", self.scheduler.title, reason)
             self.failed_at = time.monotonic()
             return
         for target in self.asked:
             self.targets.pop(target, None)
         self.next_retry = 0.0  # the scheduler answers: any target kept meanwhile goes at the next turn
-        if not self.targets:
+        if not self.targets and self.failed_at is not None:
             log.warning("%s answers again after %.0f s: removed the %d workers or jobs kept meanwhile (%s)",
                         self.scheduler.title, time.monotonic() - self.began, len(self.asked), " ".join(self.asked))
             self.failed_at = None
         self.asked = []
 
     def stop(self) -> None:
+        """Give up the command under way, taking its answer if it has just ended."""
+        answer = self.command.answer()
+        if answer is not None:
+            self._settle(*answer)
         self.command.stop()

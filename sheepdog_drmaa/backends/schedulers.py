@@ -104,10 +104,11 @@ class Scheduler:
         return {}
 
     def removed(self, status: int, output: str) -> bool:
-        """Whether ``remove_command``'s answer shows every target removed, or gone before it was asked."""
+        """Whether ``remove_command``'s answer shows every target removed, or gone before it was asked (a
+        command killed for hanging, status < 0, never does)."""
         lines = [line for line in output.splitlines() if line.strip()]
-        return status == 0 or (bool(lines) and all(any(words in line for words in self.removal_answers)
-                                                   for line in lines))
+        return status == 0 or (status > 0 and bool(lines) and all(any(words in line for words in self.removal_answers)
+                                                                  for line in lines))
 
     def removal_hint(self, targets: Sequence[str]) -> str:
         """The command that removes ``targets`` by hand."""

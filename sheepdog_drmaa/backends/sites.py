@@ -17,6 +17,7 @@ import math
 import os
 import re
 import shlex
+import socket
 import subprocess
 from collections.abc import Sequence
 
@@ -97,7 +98,8 @@ def _command_output(command: Command) -> str | None:
 
 @functools.cache
 def _answers(key: str) -> Answers:
-    """The answers of the scheduler ``key`` names (which cell or cluster), shared by this process's sweeps."""
+    """The answers of the scheduler ``key`` names (this host, and which cell or cluster), shared by this
+    process's sweeps."""
     return Answers(key, _command_output)
 
 
@@ -129,7 +131,8 @@ class GridEngineSite(_Site):
     qconf, and the check of a request against it."""
 
     def __init__(self) -> None:
-        super().__init__(f"gridengine {os.environ.get('SGE_ROOT', '')} {os.environ.get('SGE_CELL') or 'default'}")
+        super().__init__(f"gridengine {socket.gethostname()} {os.environ.get('SGE_ROOT', '')} "
+                         f"{os.environ.get('SGE_CELL') or 'default'}")
 
     def names(self, *command: str) -> list[str]:
         return (self.read(*command) or "").split()
@@ -146,7 +149,9 @@ class GridEngineSite(_Site):
     def check(self, spec: WorkerSpec) -> None:
         words = _native_words(spec.native_spec)
         with_pe = spec.cores is not None and "-pe" not in words
-        self.answers.fetch(_ALL_QUEUES, ("qconf", "-sc"), ("qconf", "-se", "global"),
+        # With them, what the DRMAA backend reads of the site (largest array, execution hosts).
+        self.answers.fetch(_ALL_QUEUES, ("qconf", "-sc"), ("qconf", "-se", "global"), GridEngine.config_command,
+                           GridEngine.hosts_command,
                            *([("qconf", "-spl"), ("qconf", "-sp", spec.parallel_env)] if with_pe else []),
                            *([("qconf", "-sprjl")] if spec.project is not None else []))
         all_queues = list(self._all_queues())
@@ -185,7 +190,7 @@ class GridEngineSite(_Site):
             matched = fnmatch.filter(all_queues, pattern)
             if not matched:
                 raise ConfigurationError(f"queue {pattern!r}: Grid Engine has no such queue; its queues are "
-                                         f"{', '.join(all_queues)} (qconf -sql)")
+                                         f"{', '.join(all_queues)} (qconf -sql lists them)")
             chosen += matched
         return chosen
 
@@ -291,14 +296,16 @@ class SlurmSite(_Site):
     sinfo, and the check of a request against it."""
 
     def __init__(self) -> None:
-        super().__init__(f"slurm {os.environ.get('SLURM_CONF', '')} {os.environ.get('SLURM_CLUSTERS', '')}")
+        super().__init__(f"slurm {socket.gethostname()} {os.environ.get('SLURM_CONF', '')} "
+                         f"{os.environ.get('SLURM_CLUSTERS', '')}")
 
     def check(self, spec: WorkerSpec) -> None:
         words = _native_words(spec.native_spec)
         asked = ([w.split("=", 1)[1] for w in words if w.startswith("--partition=")] + _native_option(words, "-p")
                  + _native_option(words, "--partition") or [spec.queue or ""])[-1]
         # Partitions named in the request are listed in the same round as the partitions themselves.
-        self.answers.fetch(_PARTITIONS, *(_nodes_of(part) for part in asked.split(",") if part))
+        self.answers.fetch(_PARTITIONS, *(_nodes_of(part) for part in asked.split(",") if part),
+                           Slurm.config_command, Slurm.hosts_command)  # what the DRMAA backend reads too
         listing = self.read(*_PARTITIONS)
         if listing is None:
             return  # slurmctld did not answer: the submission will say what is wrong
