@@ -62,6 +62,10 @@ for version in $versions; do
   runs+=("$version:$venv")
 done
 
+result_line() {  # pytest's last summary line (a worker thread may print after it)
+  grep -E '[0-9]+ (passed|failed|errors?)' "$1" | tail -n 1 || tail -n 1 "$1"
+}
+
 logs=$(mktemp -d)
 pids=()
 trap 'kill "${pids[@]}" 2>/dev/null || true; rm -rf "$logs"' EXIT
@@ -77,10 +81,10 @@ for index in "${!runs[@]}"; do
   version=${runs[$index]%%:*} venv=${runs[$index]#*:}
   full=$("$venv/bin/python" -c 'import platform; print(platform.python_version())' || echo "$version")
   if wait "${pids[$index]}"; then
-    summary+=("Python $full: passed ($(tail -n 1 "$logs/$version"))")
+    summary+=("Python $full: passed ($(result_line "$logs/$version"))")
   else
     echo "=== Python $full: FAILED; its output:"; cat "$logs/$version"
-    summary+=("Python $full: FAILED ($(tail -n 1 "$logs/$version"))"); status=1
+    summary+=("Python $full: FAILED ($(result_line "$logs/$version"))"); status=1
   fi
 done
 echo "=== the suites ran at once in $((SECONDS - started)) s"
