@@ -9,7 +9,7 @@ so that anything that grows with the number of tasks, or with the square of the 
 import sys
 import time
 
-from sheepdog_drmaa.failures import Cause
+from sheepdog_drmaa.model import Cause
 from sheepdog_drmaa.sweep import SweepState
 
 QUICK = {"resource_usage": {"seconds": 0.0001}}  # the report of a task that took 0.1 ms

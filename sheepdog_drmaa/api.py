@@ -26,10 +26,10 @@ from . import address, claims, protocol
 from .backends import Backend, WorkerSpec, answers, open_backend
 from .errors import ConfigurationError, SweepLocked, SweepMismatch
 from .handle import Sweep
+from .model import Claim, NewSweep, SweepPhase, SweepRecord, TaskState
 from .options import Options, resolve
 from .runner import Run
-from .store import ClaimLost, NewSweep, Store, SweepRecord, private_directory
-from .sweep import SweepPhase, TaskState
+from .store import ClaimLost, Store, private_directory
 
 log = logging.getLogger(__name__)
 
@@ -276,7 +276,7 @@ def _check_address(options: Options, backend: Backend) -> tuple[str, str]:
 
 
 def _prepare_record(store: Store, options: Options, function: bytes, blobs: list[bytes],
-                    me: claims.Claim) -> tuple[SweepRecord, list[int]]:
+                    me: Claim) -> tuple[SweepRecord, list[int]]:
     """The stored sweep to run, claimed by ``me``: a new one, or the named one to resume (with its done tasks).
 
     Whatever two clients do at once, one claim statement succeeds and the other client gets
@@ -327,7 +327,7 @@ def _refuse_mismatch(store: Store, existing: SweepRecord, options: Options, func
 
 
 def _make_run(store: Store, record: SweepRecord, options: Options, function: bytes, backend: Backend,
-              host: str, bind: str, done: list[int], claim: claims.Claim, source_file: str | None) -> Run:
+              host: str, bind: str, done: list[int], claim: Claim, source_file: str | None) -> Run:
     """The live run: the key file, the log directory (both owner-only) and the server, ready to drive."""
     base = os.path.dirname(os.path.abspath(options.store))
     key = protocol.new_key()

@@ -12,8 +12,9 @@ import secrets
 import signal
 import socket
 import time
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
+
+from .model import Claim
 
 if TYPE_CHECKING:  # only for annotations: claims.py itself needs neither the store nor a scheduler
     from .backends import Backend
@@ -29,20 +30,6 @@ STALE_CLAIM_SECONDS = 180.0
 # Tokens of the claims this process holds now: a claim of this very process is live only while its
 # run is (one left in the store by a run that could not release it is not).
 _held: set[str] = set()
-
-
-@dataclass(frozen=True)
-class Claim:
-    """The client process that runs a sweep, as recorded in the store."""
-
-    pid: int
-    host: str
-    started: str | None   # the process's start time in clock ticks since boot (Linux), if known
-    token: str | None     # None in claims written by sheepdog_drmaa 0.1.0
-    seen: float              # when the client last refreshed the claim
-
-    def describe(self) -> str:
-        return f"process {self.pid} on {self.host}"
 
 
 def process_start(pid: int) -> str | None:

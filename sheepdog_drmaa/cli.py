@@ -18,10 +18,10 @@ from typing import Any
 from . import claims
 from .errors import SheepdogError, SweepLocked
 from .handle import Sweep
+from .model import SweepPhase
 from .options import DEFAULT_STORE, ENV_PREFIX
 from .records import UNLOADABLE, TaskFailure
 from .store import Store, check_readable
-from .sweep import SweepPhase
 
 CANCEL_WAIT_SECONDS = 60.0
 

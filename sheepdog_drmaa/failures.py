@@ -5,57 +5,11 @@ Pure: backends translate their own records into :class:`ExitInfo`; everything el
 """
 from __future__ import annotations
 
-import enum
 import re
-from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from .model import INFRASTRUCTURE_CAUSES, Cause, Ending, ExitInfo
 from .protocol import EXIT_BAD_CONFIGURATION, EXIT_RESERVED_STATUS, EXIT_SERVER_UNREACHABLE, EXIT_SETUP_FAILED
-
-
-class Cause(str, enum.Enum):
-    """The one way each task attempt ended."""
-
-    RESULT = "result"          # f returned and the result arrived
-    EXCEPTION = "exception"    # f raised; type, message and remote traceback kept
-    EXIT = "exit"              # the worker exited with a status without reporting
-    SIGNAL = "signal"          # the worker was killed by a signal
-    ABORTED = "aborted"        # the scheduler aborted or deleted the job
-    LOST = "lost"              # no heartbeat while the scheduler still said running
-    TIMEOUT = "timeout"        # ran past the user's timeout
-    CANCELLED = "cancelled"    # the sweep was cancelled while the attempt ran
-    WALLTIME = "walltime"      # the worker reached its runtime limit and the scheduler ended it
-    MEMORY = "memory"          # the scheduler killed the worker for using more memory than it asked for
-    RETURNED = "returned"      # held unstarted (or unreported) in a batch when its worker ended: not counted
-
-
-# Causes that are the cluster's fault rather than f's: retried within the retry budget.
-INFRASTRUCTURE_CAUSES = frozenset({Cause.EXIT, Cause.SIGNAL, Cause.ABORTED, Cause.LOST, Cause.TIMEOUT,
-                                   Cause.WALLTIME, Cause.MEMORY})
-
-
-@dataclass(frozen=True)
-class ExitInfo:
-    """What the scheduler says about one finished worker, in backend-neutral form."""
-
-    worker: str
-    exited: bool = False
-    exit_status: int | None = None
-    signaled: bool = False
-    signal: str = ""
-    core_dumped: bool = False
-    aborted: bool = False
-    resource_usage: dict[str, Any] = field(default_factory=dict)
-    state: str = ""  # the scheduler's own word for how the job ended, where it has one (Slurm: OUT_OF_MEMORY)
-
-
-@dataclass(frozen=True)
-class Ending:
-    """A classified worker ending: the cause and a human sentence saying what happened."""
-
-    cause: Cause
-    summary: str
-    clean: bool  # the worker ended on its own terms (exit 0), which is no failure by itself
 
 
 def _aborted(info: ExitInfo) -> Ending:

@@ -6,11 +6,11 @@ from collections.abc import Iterator
 from typing import Any
 
 from .errors import SweepFailed, SweepIncomplete
+from .model import AttemptRecord, SweepRecord, TaskState, counts_by_name
 from .options import DEFAULT_STORE
 from .records import UNLOADABLE, TaskFailure, failure_from_store, render_failures, unloadable_failure
 from .runner import Run
-from .store import AttemptRecord, Store, SweepRecord
-from .sweep import TaskState, counts_by_name
+from .store import Store
 
 
 class Sweep:

@@ -8,7 +8,8 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Any
 
-from .store import AttemptRecord, Store
+from .model import AttemptRecord
+from .store import Store
 
 MESSAGE_FAILURES = 20
 STDERR_LINES = 10  # of a failed task's last attempt, in its description

@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 from . import claims, protocol
 from .backends import Backend, WorkerSpec, log_paths
-from .claims import CLAIM_REFRESH_SECONDS, Claim
+from .claims import CLAIM_REFRESH_SECONDS
 from .errors import (
     ResultTooLarge,
     SchedulerOutage,
@@ -32,13 +32,14 @@ from .errors import (
     SweepLocked,
     WorkersCannotStart,
 )
-from .failures import Cause, ExitInfo, format_size
+from .failures import format_size
+from .model import AttemptEnd, Cause, Claim, ExitInfo, Lease, SweepPhase, TaskState
 from .options import Options
 from .progress import Progress
 from .records import with_source_file
 from .server import TaskServer, make_app
-from .store import AttemptEnd, Lease, Store
-from .sweep import Attempt, StartFailure, SweepPhase, SweepState, TaskState, Worker
+from .store import Store
+from .sweep import Attempt, StartFailure, SweepState, Worker
 
 log = logging.getLogger(__name__)
 

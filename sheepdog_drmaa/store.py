@@ -19,12 +19,10 @@ import time
 import urllib.parse
 import weakref
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
-from .claims import Claim
 from .errors import ConfigurationError, StoreError, StoreTooLarge
-from .sweep import SweepPhase
+from .model import AttemptEnd, AttemptRecord, Claim, Lease, NewSweep, SweepPhase, SweepRecord
 
 SCHEMA_VERSION = 2
 SCHEMA = """
@@ -113,73 +111,6 @@ def _insert_tasks(rows: int) -> str:
 
 
 _INSERT_TASKS = _insert_tasks(INSERT_ROWS)
-
-
-@dataclass(frozen=True)
-class SweepRecord:
-    id: str
-    name: str | None
-    created: float
-    updated: float
-    n_tasks: int
-    state: str
-    function_digest: str
-    args_digest: str
-    options: dict[str, Any]
-    owner: Claim | None
-
-
-@dataclass(frozen=True)
-class AttemptRecord:
-    task: int
-    number: int
-    worker: str
-    host: str | None
-    started: float
-    ended: float | None
-    cause: str | None
-    detail: dict[str, Any]
-    stdout: str = ""  # what the task printed, head and tail (when the worker lived to report it)
-    stderr: str = ""
-
-
-@dataclass(frozen=True)
-class Lease:
-    """An attempt as it is opened: which task, which try, given to which worker."""
-
-    task: int
-    number: int
-    worker: str
-    host: str | None
-    started: float
-
-
-@dataclass(frozen=True)
-class AttemptEnd:
-    """An attempt as it is closed, with what its task becomes."""
-
-    task: int
-    number: int
-    cause: str
-    ended: float
-    detail: dict[str, Any]
-    task_state: str
-    result: bytes | None = None
-    error: bytes | None = None
-    output: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class NewSweep:
-    """What a new sweep is stored with; its tasks come separately, as a stream of pickled arguments."""
-
-    id: str
-    name: str | None
-    function: bytes
-    function_digest: str
-    args_digest: str
-    n_tasks: int
-    options: dict[str, Any]
 
 
 class ClaimLost(Exception):

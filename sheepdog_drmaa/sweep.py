@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import array
 import collections
-import enum
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .failures import Cause, Ending, ExitInfo, classify, is_retryable
+from .failures import classify, is_retryable
+from .model import Cause, Ending, ExitInfo, TaskState, counts_by_name
 
 # Runtime limits: finished durations remembered, the margin on their 90th percentile, and how
 # close to its limit a worker's end counts as "ended at its limit" (its clock starts before hello).
@@ -39,37 +39,6 @@ BATCH_SHARE = 2
 # host is taken not to reach the server.
 HELLO_TIMEOUTS = 2
 HELLO_SECONDS = 10.0
-
-
-class TaskState(str, enum.Enum):
-    """A task's state, as stored."""
-
-    PENDING = "pending"
-    RUNNING = "running"
-    DONE = "done"
-    FAILED = "failed"
-
-
-# What the user is shown for each task state (a pending task is "queued" to them).
-COUNT_NAMES = {TaskState.DONE: "done", TaskState.FAILED: "failed", TaskState.RUNNING: "running",
-               TaskState.PENDING: "queued"}
-
-
-def counts_by_name(per_state: Mapping[str, int]) -> dict[str, int]:
-    """Task counts keyed as the user sees them, from counts keyed by stored TaskState value."""
-    return {name: per_state.get(state.value, 0) for state, name in COUNT_NAMES.items()}
-
-
-class SweepPhase(str, enum.Enum):
-    """Where a whole sweep is in its life, as stored and shown by the command line."""
-
-    CREATING = "creating"        # only in stores of version 0.1.0: a sweep whose tasks were not all stored
-    CREATED = "created"
-    RUNNING = "running"
-    FINISHED = "finished"        # every task done
-    FAILED = "failed"            # every task ended, some failed
-    CANCELLED = "cancelled"
-    INTERRUPTED = "interrupted"  # its client stopped early (an error, a lost store); a named sweep resumes
 
 
 @dataclass

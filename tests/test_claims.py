@@ -9,7 +9,7 @@ import time
 
 import sheepdog_drmaa
 from sheepdog_drmaa import claims
-from sheepdog_drmaa.claims import Claim
+from sheepdog_drmaa.model import Claim
 from sheepdog_drmaa.store import Store
 
 # Says "ready" once its handlers are set, then each signal it gets; ends after SIGUSR1 (the test's

@@ -11,7 +11,8 @@ import pytest
 import sheepdog_drmaa
 from sheepdog_drmaa import api
 from sheepdog_drmaa.claims import for_this_process
-from sheepdog_drmaa.store import INSERT_ROWS, LARGE_VALUE_BYTES, NewSweep, Store
+from sheepdog_drmaa.model import NewSweep
+from sheepdog_drmaa.store import INSERT_ROWS, LARGE_VALUE_BYTES, Store
 
 
 class Colour(enum.Enum):

@@ -1,7 +1,8 @@
 """The classification table, row by row."""
 import pytest
 
-from sheepdog_drmaa.failures import Cause, ExitInfo, classify, is_retryable
+from sheepdog_drmaa.failures import classify, is_retryable
+from sheepdog_drmaa.model import Cause, ExitInfo
 
 
 @pytest.mark.parametrize("info, cause, clean, words", [

@@ -13,7 +13,7 @@ from helpers import Cluster, wait_until
 
 import sheepdog_drmaa
 from sheepdog_drmaa import SweepLocked, SweepMismatch
-from sheepdog_drmaa.claims import Claim
+from sheepdog_drmaa.model import Claim
 from sheepdog_drmaa.store import Store
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(sheepdog_drmaa.__file__)))

@@ -19,8 +19,9 @@ from helpers import wait_until
 import sheepdog_drmaa
 from sheepdog_drmaa import ConfigurationError, StoreError, SweepFailed, SweepIncomplete, TaskFailure
 from sheepdog_drmaa import store as store_module
-from sheepdog_drmaa.claims import Claim, for_this_process
-from sheepdog_drmaa.store import NewSweep, Store
+from sheepdog_drmaa.claims import for_this_process
+from sheepdog_drmaa.model import Claim, NewSweep
+from sheepdog_drmaa.store import Store
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(sheepdog_drmaa.__file__)))
 

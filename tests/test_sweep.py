@@ -1,6 +1,6 @@
 """The pure sweep state: leases, batches, reports, deaths, retries, surplus and start failures."""
-from sheepdog_drmaa.failures import Cause, ExitInfo
-from sheepdog_drmaa.sweep import MAX_BATCH, SweepState, TaskState
+from sheepdog_drmaa.model import Cause, ExitInfo, TaskState
+from sheepdog_drmaa.sweep import MAX_BATCH, SweepState
 
 
 def started(n_tasks, workers=("w1",), **options):

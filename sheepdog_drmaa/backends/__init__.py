@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Optional, Protocol
 
 from ..errors import BackendUnavailable, ConfigurationError, SchedulerOutage
-from ..failures import ExitInfo
+from ..model import ExitInfo
 from ..protocol import ENV_SETUP_SCRIPT, EXIT_SETUP_FAILED
 
 log = logging.getLogger(__name__)

@@ -33,7 +33,7 @@ from typing import Any
 
 from .. import protocol
 from ..errors import BackendUnavailable, SchedulerOutage, SchedulerUnreachable, SubmissionRefused
-from ..failures import ExitInfo
+from ..model import ExitInfo
 from . import Leftover, WorkerSpec, commands, log_paths, sites, worker_command
 from .removals import KeptRemovals
 from .schedulers import Scheduler, identify

@@ -26,7 +26,7 @@ import time
 from collections.abc import Sequence
 
 from .. import protocol
-from ..failures import ExitInfo
+from ..model import ExitInfo
 from . import Leftover, WorkerSpec, log_paths, worker_command
 
 log = logging.getLogger(__name__)
