@@ -10,7 +10,7 @@ import sys
 import time
 
 from sheepdog_drmaa.model import Cause
-from sheepdog_drmaa.sweep import SweepState
+from sheepdog_drmaa.state import SweepState
 
 QUICK = {"resource_usage": {"seconds": 0.0001}}  # the report of a task that took 0.1 ms
 
@@ -38,7 +38,7 @@ def main() -> None:
                 state.finish(worker, attempt.task, attempt.number, Cause.RESULT, float(round_), QUICK)
     for worker in workers:
         state.lease(worker, now=10.0)  # every worker holds a batch
-    held = sum(len(w.held) for w in state.workers.values())
+    held = sum(len(w.held) for w in state.workers)
     print(f"{n_tasks:,} tasks, {n_workers:,} workers holding {held:,} tasks; state built in {created:.2f} s")
     print(f"  workers_to_submit  {per_call(state.workers_to_submit):9.1f} us")
     print(f"  surplus_workers    {per_call(state.surplus_workers):9.1f} us")
@@ -48,10 +48,10 @@ def main() -> None:
     worker = workers[0]
 
     def lease_and_finish():
-        for attempt in list(state.workers[worker].held.values()):
+        for attempt in list(state.workers.all[worker].held.values()):
             state.finish(worker, attempt.task, attempt.number, Cause.RESULT, 12.0, QUICK)
         state.lease(worker, 12.0)
-    print(f"  a batch finished and leased again ({state.workers[worker].last_batch} tasks) "
+    print(f"  a batch finished and leased again ({state.workers.all[worker].last_batch} tasks) "
           f"{per_call(lease_and_finish, 50):9.1f} us")
 
 

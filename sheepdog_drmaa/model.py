@@ -63,6 +63,20 @@ INFRASTRUCTURE_CAUSES = frozenset({Cause.EXIT, Cause.SIGNAL, Cause.ABORTED, Caus
                                    Cause.WALLTIME, Cause.MEMORY})
 
 
+@dataclass
+class Attempt:
+    """One try of one task by one worker; ends with exactly one cause."""
+
+    task: int
+    number: int
+    worker: str
+    started: float   # when it was leased, until the worker says it started later (a batch's later tasks)
+    host: str | None = None
+    cause: Cause | None = None
+    ended: float | None = None
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
 @dataclass(frozen=True)
 class ExitInfo:
     """What the scheduler says about one finished worker, in backend-neutral form."""

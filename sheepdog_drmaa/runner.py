@@ -33,13 +33,13 @@ from .errors import (
     WorkersCannotStart,
 )
 from .failures import format_size
-from .model import AttemptEnd, Cause, Claim, ExitInfo, Lease, SweepPhase, TaskState
+from .model import Attempt, AttemptEnd, Cause, Claim, ExitInfo, Lease, SweepPhase, TaskState
 from .options import Options
 from .progress import Progress
 from .records import with_source_file
 from .server import TaskServer, make_app
+from .state import StartFailure, SweepState, Worker
 from .store import Store
-from .sweep import Attempt, StartFailure, SweepState, Worker
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +140,7 @@ class Run:
                 self.store.record_worker_process(self.sweep_id, worker, message.get("host"),
                                                  message.get("process_group"))
             # A worker of the submission under way may start before its id is known here: it asks again.
-            unknown_yet = not accepted and self.submitting and worker not in self.state.workers
+            unknown_yet = not accepted and self.submitting and self.state.workers.get(worker) is None
         if not accepted:
             return {"accepted": False, "retry": protocol.HELLO_RETRY_SECONDS if unknown_yet else None}
         log.debug("worker %s reached the server from %s", message["worker"], message.get("host"))
@@ -279,14 +279,14 @@ class Run:
         for attempt in attempts:
             assert attempt.cause is not None and attempt.ended is not None
             ends.append(AttemptEnd(attempt.task, attempt.number, attempt.cause.value, attempt.ended, attempt.detail,
-                                   self.state.states[attempt.task].value))
+                                   self.state.tasks.states[attempt.task].value))
         self.store.record_ends(self.sweep_id, ends, worker_ended=worker_ended)
         for attempt in attempts:
             self._announce_end(attempt)
 
     def _announce_end(self, attempt: Attempt) -> None:
         assert attempt.cause is not None
-        task_state = self.state.states[attempt.task].value
+        task_state = self.state.tasks.states[attempt.task].value
         if task_state in (TaskState.DONE, TaskState.FAILED):
             self.completed.add(attempt.task)
         if attempt.cause not in (Cause.RESULT, Cause.RETURNED, Cause.CANCELLED):
@@ -400,31 +400,24 @@ class Run:
                 info = self.backend.wait_any(0)
             started = self.backend.running_hosts()
             with self.lock:
-                now = time.time()
-                overdue = self.state.overdue(now)
-                for worker, cause in overdue:
-                    ended = self.state.expire(worker, cause, now)
-                    if ended:
-                        self._persist_ends(ended)
-                stuck = self.state.unresponsive(started, now)
-                surplus = self.state.surplus_workers()
-                counts = self.state.counts()
-                avoid = tuple(sorted(self.state.silent_hosts))
-            if avoid != self.spec.avoid_hosts:  # a host written off, or taken back (only slow)
-                log.info("workers of this sweep are not sent to: %s", ", ".join(avoid) or "(any host again)")
-                self.spec = dataclasses.replace(self.spec, avoid_hosts=avoid)
-            if stuck:
-                self._write_off(stuck)
+                tick = self.state.tick(started, time.time())
+                if tick.ended:
+                    self._persist_ends(tick.ended)
+            if tick.avoid_hosts != self.spec.avoid_hosts:  # a host written off, or taken back (only slow)
+                log.info("workers of this sweep are not sent to: %s", ", ".join(tick.avoid_hosts) or "(any host again)")
+                self.spec = dataclasses.replace(self.spec, avoid_hosts=tick.avoid_hosts)
+            if tick.written_off:
+                self._write_off(tick.written_off)
             # Outside the lock: a scheduler that hangs must not stall the workers' requests.
-            if overdue:
-                self.backend.terminate([worker for worker, _ in overdue])
-            if surplus:
-                log.info("removing %d queued workers that are no longer needed", len(surplus))
-                self.to_remove.extend(surplus)
+            if tick.overdue:
+                self.backend.terminate(tick.overdue)
+            if tick.surplus:
+                log.info("removing %d queued workers that are no longer needed", len(tick.surplus))
+                self.to_remove.extend(tick.surplus)
             if self.to_remove:  # a batch per turn, so that removing many never holds up the loop
                 batch, self.to_remove = self.to_remove[:REMOVAL_BATCH], self.to_remove[REMOVAL_BATCH:]
                 self.backend.terminate(batch)
-            self.progress.update(counts)
+            self.progress.update(tick.counts)
 
     def _still_unreachable(self, error: SchedulerUnreachable, since: float | None) -> float:
         """Log a failed submission to be tried again (at WARNING once per outage). With no worker of the
@@ -449,16 +442,16 @@ class Run:
             host = worker.dispatched_to
             if worker.reached:
                 log.warning("worker %s said hello from %s but has asked for no work within %g s (loading the "
-                            "function hung?): it is removed", worker.id, worker.host, self.state.hello_timeout)
+                            "function hung?): it is removed", worker.id, worker.host, self.state.health.hello_timeout)
                 continue
-            if host is not None and host not in self.state.silent_hosts:
+            if host is not None and host not in self.state.health.silent_hosts:
                 log.warning("worker %s has been shown running on %s for %g s but never reached the server; other "
                             "workers there did, so the scheduler's view of this one is stale: it is removed",
-                            worker.id, host, self.state.hello_timeout)
+                            worker.id, host, self.state.health.hello_timeout)
                 continue
             log.warning("worker %s was started on %s but has not reached the server at %s within %g s: that host "
                         "is down or cannot reach this one. The worker is removed%s.", worker.id,
-                        host or "an unknown host", self.url, self.state.hello_timeout,
+                        host or "an unknown host", self.url, self.state.health.hello_timeout,
                         " and no more workers of this sweep are sent there" if host else "")
         self.backend.terminate([worker.id for worker in stuck])
 
@@ -488,9 +481,7 @@ class Run:
                     self._quietly(self._persist_ends, cancelled)
             # Every worker not known to have ended, already asked to go or not: whole arrays then
             # go in one scheduler call each.
-            leftover = [w.id for w in self.state.workers.values() if not w.ended]
-            for worker in self.state.workers.values():
-                worker.terminated = True
+            leftover = self.state.terminate_all()
         self.to_remove = []
         try:
             if leftover:
@@ -509,7 +500,7 @@ class Run:
             except OSError:
                 pass
             if self.state.finished:
-                final = SweepPhase.FAILED if self.state.n_failed else SweepPhase.FINISHED
+                final = SweepPhase.FAILED if self.state.tasks.n_failed else SweepPhase.FINISHED
             else:
                 final = SweepPhase.CANCELLED if isinstance(self.outcome, SweepCancelled) else SweepPhase.INTERRUPTED
             self._quietly(self.store.release_claim, self.sweep_id, self.claim.token, final)

@@ -1,6 +1,7 @@
 """The pure sweep state: leases, batches, reports, deaths, retries, surplus and start failures."""
 from sheepdog_drmaa.model import Cause, ExitInfo, TaskState
-from sheepdog_drmaa.sweep import MAX_BATCH, SweepState
+from sheepdog_drmaa.state import SweepState, WorkerPhase
+from sheepdog_drmaa.state.batches import MAX_BATCH
 
 
 def started(n_tasks, workers=("w1",), **options):
@@ -44,8 +45,8 @@ def test_a_killed_worker_fails_its_attempt_and_the_task_is_retried_until_the_bud
         assert attempt.number == number
         [ended] = state.worker_ended(ExitInfo(worker, signaled=True, signal="SIGKILL"), now=1)
         assert ended.cause is Cause.SIGNAL
-    assert state.states[0] is TaskState.FAILED
-    assert [a.cause for a in state.failed_attempts[0]] == [Cause.SIGNAL, Cause.SIGNAL]
+    assert state.tasks.states[0] is TaskState.FAILED
+    assert [a.cause for a in state.tasks.failed_attempts[0]] == [Cause.SIGNAL, Cause.SIGNAL]
     assert state.finished
 
 
@@ -53,10 +54,10 @@ def test_exceptions_are_final_unless_listed():
     state = started(2, retry_exceptions=("builtins.KeyError",))
     lease_one(state, "w1", 0)
     state.finish("w1", 0, 1, Cause.EXCEPTION, 1, {"exception_types": ["builtins.ValueError"]})
-    assert state.states[0] is TaskState.FAILED
+    assert state.tasks.states[0] is TaskState.FAILED
     lease_one(state, "w1", 1)
     state.finish("w1", 1, 1, Cause.EXCEPTION, 2, {"exception_types": ["builtins.KeyError"]})
-    assert state.states[1] is TaskState.PENDING
+    assert state.tasks.states[1] is TaskState.PENDING
     assert lease_one(state, "w1", 2).number == 2
 
 
@@ -69,7 +70,7 @@ def test_a_late_report_from_a_superseded_attempt_is_dropped():
     assert again.number == 2
     assert state.finish("w1", 0, 1, Cause.RESULT, now=12) is None  # the lost one comes back
     assert state.finish("w2", 0, 2, Cause.RESULT, now=13) is again
-    assert state.n_done == 1 and state.finished
+    assert state.tasks.n_done == 1 and state.finished
 
 
 def test_heartbeats_keep_an_attempt_alive_and_timeouts_are_separate():
@@ -121,7 +122,7 @@ def test_surplus_workers_are_removed_once_all_tasks_are_leased_and_their_endings
     lease_one(state, "a", 0)
     assert sorted(state.surplus_workers()) == ["b", "c"]
     state.worker_ended(ExitInfo("b", aborted=True), now=1)
-    assert state.early_deaths == 0
+    assert state.health.early_deaths == 0
 
 
 def test_workers_are_submitted_only_when_no_spare_worker_exists():
@@ -156,8 +157,8 @@ def test_cancel_ends_running_attempts_and_gives_no_more_work():
     attempt = lease_one(state, "a", 0)
     state.cancel(1)
     assert attempt.cause is Cause.CANCELLED
-    assert state.states[0] is TaskState.PENDING and not state.running
-    assert all(w.terminated for w in state.workers.values()) and lease_one(state, "b", 2) is None
+    assert state.tasks.states[0] is TaskState.PENDING and not state.tasks.running
+    assert all(w.terminated for w in state.workers) and lease_one(state, "b", 2) is None
 
 
 def test_a_worker_near_its_runtime_limit_starts_no_task_it_cannot_finish():
@@ -170,7 +171,7 @@ def test_a_worker_near_its_runtime_limit_starts_no_task_it_cannot_finish():
     assert second is not None
     state.finish("w1", second.task, 1, Cause.RESULT, now=112.0)
     assert lease_one(state, "w1", now=112.0) is None  # 5 s left: it retires
-    assert state.workers["w1"].retiring and state.workers_to_submit() == 2  # fresh workers take its place
+    assert state.workers.all["w1"].retiring and state.workers_to_submit() == 2  # fresh workers take its place
 
 
 def test_the_users_task_time_guides_leasing_until_tasks_have_finished():
@@ -180,7 +181,7 @@ def test_the_users_task_time_guides_leasing_until_tasks_have_finished():
     first = lease_one(state, "w1", now=0.0)
     state.finish("w1", first.task, 1, Cause.RESULT, now=1.0)  # one finished: now the real figure counts
     assert lease_one(state, "w1", now=1.0) is not None
-    assert SweepState(1, walltime=60.0, task_time=50.0).expected_task_seconds() == 62.5
+    assert SweepState(1, walltime=60.0, task_time=50.0).batches.expected_task_seconds() == 62.5
 
 
 def test_a_task_ended_at_its_workers_limit_after_a_late_start_is_retried_without_counting():
@@ -192,8 +193,8 @@ def test_a_task_ended_at_its_workers_limit_after_a_late_start_is_retried_without
     late = lease_one(state, "w1", now=5.0)
     [ended] = state.worker_ended(ExitInfo("w1", signaled=True, signal="SIGKILL"), now=20.1)
     assert ended is late and ended.cause is Cause.WALLTIME and ended.detail["fits_fresh_worker"]
-    assert state.states[late.task] is TaskState.PENDING  # even with retries=0
-    assert state.failure_counts.get(late.task, 0) == 0 and "not counted" in ended.detail["summary"]
+    assert state.tasks.states[late.task] is TaskState.PENDING  # even with retries=0
+    assert state.tasks.failure_counts.get(late.task, 0) == 0 and "not counted" in ended.detail["summary"]
 
 
 def test_a_task_longer_than_the_whole_runtime_limit_fails_at_once_naming_the_option():
@@ -202,7 +203,7 @@ def test_a_task_longer_than_the_whole_runtime_limit_fails_at_once_naming_the_opt
     state.hello("w1", now=0.0)
     lease_one(state, "w1", now=0.5)
     [ended] = state.worker_ended(ExitInfo("w1", exited=True, exit_status=0), now=19.0)  # Slurm's "exit 0"
-    assert ended.cause is Cause.WALLTIME and state.states[0] is TaskState.FAILED
+    assert ended.cause is Cause.WALLTIME and state.tasks.states[0] is TaskState.FAILED
     assert "ran for the whole runtime limit of 20 s" in ended.detail["summary"]
     assert "walltime=" in ended.detail["summary"]
 
@@ -215,7 +216,7 @@ def test_each_lost_task_gets_a_replacement_worker_beyond_the_spare_ones():
         lease_one(state, worker, now=0)
     for worker in ("w1", "w2", "w3"):  # their node died: three tasks are pending again
         state.worker_ended(ExitInfo(worker, aborted=True), now=1)
-    assert state.n_pending == 5 and state.workers_to_submit() == 4  # "queued" may take one, not all
+    assert state.tasks.n_pending == 5 and state.workers_to_submit() == 4  # "queued" may take one, not all
 
 
 def test_a_workers_first_task_ended_at_its_limit_had_the_whole_limit():
@@ -225,7 +226,7 @@ def test_a_workers_first_task_ended_at_its_limit_had_the_whole_limit():
     lease_one(state, "w1", now=10.0)  # its first task, however late (loading f took long, say)
     [ended] = state.worker_ended(ExitInfo("w1", signaled=True, signal="SIGKILL"), now=20.0)
     assert ended.cause is Cause.WALLTIME and not ended.detail["fits_fresh_worker"]
-    assert state.states[0] is TaskState.FAILED
+    assert state.tasks.states[0] is TaskState.FAILED
 
 
 def test_a_walltime_end_is_retried_uncounted_once_at_most():
@@ -234,10 +235,11 @@ def test_a_walltime_end_is_retried_uncounted_once_at_most():
     for round_, worker in enumerate(["a", "b"]):
         state.add_workers([worker])
         state.hello(worker, now=100.0 * round_)
-        state.workers[worker].tasks_leased = 1  # as if it had finished another task first
+        state.workers.all[worker].tasks_leased = 1  # as if it had finished another task first
         attempt = lease_one(state, worker, now=100.0 * round_ + 5)
         [ended] = state.worker_ended(ExitInfo(worker, signaled=True, signal="SIGKILL"), now=100.0 * round_ + 20)
-        outcomes.append((attempt.task, ended.detail["fits_fresh_worker"], state.failure_counts.get(attempt.task, 0)))
+        failures = state.tasks.failure_counts.get(attempt.task, 0)
+        outcomes.append((attempt.task, ended.detail["fits_fresh_worker"], failures))
     assert outcomes == [(0, True, 0), (0, False, 1)]  # the second time it counts, as any failure
 
 
@@ -256,12 +258,12 @@ def test_batches_of_short_tasks_double_from_one_up_to_a_fair_share_of_what_is_le
     sizes = [run_batch(state, "a", now) for now in range(14)]
     assert sizes[:6] == [1, 2, 4, 8, 16, 32]
     assert max(sizes) == MAX_BATCH
-    assert state.n_done == sum(sizes)
+    assert state.tasks.n_done == sum(sizes)
     tail = started(40, workers=("a", "b", "c", "d"))
     run_batch(tail, "a", 0)
     for _ in range(5):
         run_batch(tail, "a", 1)
-    assert tail.n_pending < 40 and all(len(tail.lease(w, 2)) <= max(tail.n_pending // 8, 1) for w in "b")
+    assert tail.tasks.n_pending < 40 and all(len(tail.lease(w, 2)) <= max(tail.tasks.n_pending // 8, 1) for w in "b")
 
 
 def test_tasks_that_take_seconds_come_one_at_a_time():
@@ -294,12 +296,12 @@ def test_a_worker_dying_with_a_batch_charges_only_the_task_it_named_the_rest_go_
     ended = state.worker_ended(ExitInfo("w1", signaled=True, signal="SIGKILL"), now=8)
     charged, returned = ended[0], ended[1:]
     assert charged is running and charged.cause is Cause.SIGNAL and charged.detail["peak_rss_kb"] == 4242
-    assert state.failure_counts == {running.task: 1}
+    assert state.tasks.failure_counts == {running.task: 1}
     assert {a.task for a in returned} == {a.task for a in batch[1:]} - {running.task}
     assert all(a.cause is Cause.RETURNED and "not counted" in a.detail["summary"] for a in returned)
-    assert all(state.states[a.task] is TaskState.PENDING for a in batch[1:])
-    assert running.task not in {a.task for a in state.failed_attempts.get(batch[1].task, [])}
-    assert set(state.failed_attempts) == {running.task} and not state.running
+    assert all(state.tasks.states[a.task] is TaskState.PENDING for a in batch[1:])
+    assert running.task not in {a.task for a in state.tasks.failed_attempts.get(batch[1].task, [])}
+    assert set(state.tasks.failed_attempts) == {running.task} and not state.tasks.running
 
 
 def test_the_task_a_heartbeat_names_is_the_one_charged_and_its_start_is_the_workers_word():
@@ -321,8 +323,8 @@ def test_a_quiet_worker_with_a_batch_is_lost_after_the_heartbeat_timeout():
     assert state.overdue(now=6 + 6) == [("w1", Cause.LOST)]
     ended = state.expire("w1", Cause.LOST, now=12)
     # Nobody named the task it ran: none is charged, each is tried alone next.
-    assert ended == batch and all(a.cause is Cause.RETURNED for a in ended) and not state.failure_counts
-    assert state.n_pending == 1000 - state.n_done and state.suspects == {a.task for a in batch}
+    assert ended == batch and all(a.cause is Cause.RETURNED for a in ended) and not state.tasks.failure_counts
+    assert state.tasks.n_pending == 1000 - state.tasks.n_done and state.tasks.suspects == {a.task for a in batch}
 
 
 def test_an_answer_lost_on_the_way_is_given_again_not_a_second_batch():
@@ -351,11 +353,11 @@ def test_a_worker_started_but_silent_past_the_hello_timeout_is_written_off_with_
     assert state.unresponsive({"a": "node1", "b": "node3"}, now=0) == []
     assert state.unresponsive({"b": "node3", "c": "node3"}, now=9) == []
     [stuck] = state.unresponsive({"b": "node3", "c": "node3"}, now=10.5)
-    assert stuck.id == "b" and state.silent_hosts == {"node3"}
-    assert "b" not in state.unreached and state.workers["b"].terminated
-    assert state.start_failure is None and state.early_deaths == 1
+    assert stuck.id == "b" and state.health.silent_hosts == {"node3"}
+    assert "b" not in state.workers.in_phase(WorkerPhase.SUBMITTED) and state.workers.all["b"].terminated
+    assert state.start_failure is None and state.health.early_deaths == 1
     [stuck] = state.unresponsive({"c": "node3"}, now=19.5)
-    assert stuck.id == "c" and state.early_deaths == 1  # the same dead host counts once
+    assert stuck.id == "c" and state.health.early_deaths == 1  # the same dead host counts once
     assert state.workers_to_submit() == 2
 
 
@@ -365,7 +367,7 @@ def test_a_silent_worker_on_a_host_that_answers_since_is_removed_without_blaming
     state.unresponsive({"stale": "node1"}, now=0)  # shown running since before an outage, say
     state.hello("fresh", host="node1", now=3)
     [stuck] = state.unresponsive({"stale": "node1"}, now=11)
-    assert stuck.id == "stale" and state.silent_hosts == set() and state.early_deaths == 0
+    assert stuck.id == "stale" and state.health.silent_hosts == set() and state.health.early_deaths == 0
 
 
 def test_when_no_worker_ever_reached_the_server_one_silent_worker_ends_the_sweep():
@@ -402,7 +404,7 @@ def test_a_whole_worker_killed_by_an_unnamed_later_task_charges_nobody_until_tha
     batch = grown_batch(state, "a")
     innocent, culprit = batch[0], batch[1]  # the culprit kills the whole job before it could be named
     ended = state.worker_ended(ExitInfo("a", signaled=True, signal="SIGKILL"), now=7)
-    assert {a.cause for a in ended} == {Cause.RETURNED} and not state.failure_counts
+    assert {a.cause for a in ended} == {Cause.RETURNED} and not state.tasks.failure_counts
     for worker in ["b", "c", "d"]:
         state.add_workers([worker])
         state.hello(worker, now=8)
@@ -413,8 +415,8 @@ def test_a_whole_worker_killed_by_an_unnamed_later_task_charges_nobody_until_tha
             assert alone.task == culprit.task
             [charged] = state.worker_ended(ExitInfo(worker, signaled=True, signal="SIGKILL"), now=9)
             assert charged.cause is Cause.SIGNAL
-    assert state.states[innocent.task] is TaskState.DONE and innocent.task not in state.failure_counts
-    assert state.failure_counts[culprit.task] == 2 and state.states[culprit.task] is TaskState.FAILED
+    assert state.tasks.states[innocent.task] is TaskState.DONE and innocent.task not in state.tasks.failure_counts
+    assert state.tasks.failure_counts[culprit.task] == 2 and state.tasks.states[culprit.task] is TaskState.FAILED
 
 
 def test_a_worker_that_never_reached_the_server_and_exited_zero_counts_as_not_starting():
@@ -430,9 +432,9 @@ def test_a_host_written_off_as_silent_is_taken_back_when_its_slow_worker_says_he
     state.add_workers(["slow"])
     state.unresponsive({"slow": "node3"}, now=0)
     state.unresponsive({"slow": "node3"}, now=11)
-    assert state.silent_hosts == {"node3"}
+    assert state.health.silent_hosts == {"node3"}
     assert not state.hello("slow", host="node3", now=12)  # written off: it is told to leave
-    assert state.silent_hosts == set()
+    assert state.health.silent_hosts == set()
 
 
 def test_a_worker_that_said_hello_but_never_asks_for_work_is_written_off():
@@ -442,5 +444,5 @@ def test_a_worker_that_said_hello_but_never_asks_for_work_is_written_off():
     assert state.workers_to_submit() == 0  # it counts as spare, for now
     assert state.unresponsive({}, now=9) == []
     [stuck] = state.unresponsive({}, now=11)
-    assert stuck.id == "hung" and state.workers_to_submit() == 1 and state.early_deaths == 1
-    assert "asked for no work" in state.last_early_death.ending.summary
+    assert stuck.id == "hung" and state.workers_to_submit() == 1 and state.health.early_deaths == 1
+    assert "asked for no work" in state.health.last_early_death.ending.summary

@@ -1,0 +1,139 @@
+"""Every task's state, its attempts and what is pending. Pure.
+
+Tasks are kept in arrays, not as an object each, so that a million-task sweep stays small.
+Pending tasks are those never tried, in order, then (served first) those to be tried again.
+Tasks may be added while the sweep runs; they join the end of the pending queue.
+"""
+from __future__ import annotations
+
+import array
+import collections
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from ..failures import is_retryable
+from ..model import Attempt, Cause, TaskState, counts_by_name
+
+
+class TaskLedger:
+    """The state of each task, the attempts in workers' hands, and the retry budget spent."""
+
+    def __init__(self, n_tasks: int, *, retries: int, retry_exceptions: tuple[str, ...],
+                 done: Iterable[int] = (), attempts_made: Mapping[int, int] | None = None) -> None:
+        self.retries = retries
+        self.retry_exceptions = retry_exceptions
+        self.states: list[TaskState] = [TaskState.PENDING] * n_tasks
+        for index in done:
+            self.states[index] = TaskState.DONE
+        self._fresh = array.array("q", (i for i, s in enumerate(self.states) if s is TaskState.PENDING))
+        self._fresh_next = 0
+        self._returned: collections.deque[int] = collections.deque()
+        # Attempts are numbered on from those an earlier client made, so none is recorded twice.
+        self.attempt_numbers = array.array("l", bytes(n_tasks * array.array("l").itemsize))
+        for index, made in (attempts_made or {}).items():
+            self.attempt_numbers[index] = made
+        self.failure_counts: dict[int, int] = {}
+        self.failed_attempts: dict[int, list[Attempt]] = {}
+        self.running: dict[int, Attempt] = {}   # task -> its attempt in a worker's hands
+        self.suspects: set[int] = set()  # tasks held by a worker that died not saying which it ran
+        self.walltime_retried: set[int] = set()  # tasks already retried once, uncounted, after a walltime end
+        self.n_done = sum(1 for s in self.states if s is TaskState.DONE)
+        self.n_failed = 0
+
+    @property
+    def n_tasks(self) -> int:
+        return len(self.states)
+
+    @property
+    def n_pending(self) -> int:
+        return len(self._fresh) - self._fresh_next + len(self._returned)
+
+    @property
+    def finished(self) -> bool:
+        return self.n_done + self.n_failed == self.n_tasks
+
+    def counts(self) -> dict[str, int]:
+        return counts_by_name({TaskState.DONE.value: self.n_done, TaskState.FAILED.value: self.n_failed,
+                               TaskState.RUNNING.value: len(self.running), TaskState.PENDING.value: self.n_pending})
+
+    def add_tasks(self, n_tasks: int) -> range:
+        """Add ``n_tasks`` pending tasks to a live sweep; returns their indices."""
+        first = self.n_tasks
+        added = range(first, first + n_tasks)
+        self.states.extend([TaskState.PENDING] * n_tasks)
+        self._fresh.extend(added)
+        self.attempt_numbers.extend([0] * n_tasks)
+        return added
+
+    def take_pending(self) -> int:
+        if self._returned:
+            return self._returned.popleft()
+        task = self._fresh[self._fresh_next]
+        self._fresh_next += 1
+        return task
+
+    def put_back(self, task: int) -> None:
+        """A task taken but not leased after all goes back to the head of the queue."""
+        self._returned.appendleft(task)
+
+    def open_attempt(self, task: int, worker: str, host: str | None, now: float) -> Attempt:
+        number = self.attempt_numbers[task] + 1
+        self.attempt_numbers[task] = number
+        attempt = Attempt(task=task, number=number, worker=worker, started=now, host=host)
+        self.states[task] = TaskState.RUNNING
+        self.running[task] = attempt
+        return attempt
+
+    def outcome(self, attempt: Attempt, cause: Cause, detail: Mapping[str, Any]) -> TaskState:
+        """What the attempt's task becomes if the attempt ends so; changes nothing (the runner stores
+        that first, and ends the attempt only once it is stored)."""
+        if cause is Cause.RESULT:
+            return TaskState.DONE
+        if cause is Cause.RETURNED:
+            return TaskState.PENDING
+        if cause is Cause.WALLTIME:
+            return TaskState.PENDING if detail.get("fits_fresh_worker") else TaskState.FAILED
+        exception_types = tuple(detail.get("exception_types", ()))
+        retryable = is_retryable(cause, exception_types, self.retry_exceptions)
+        if retryable and self.failure_counts.get(attempt.task, 0) + 1 <= self.retries:
+            return TaskState.PENDING
+        return TaskState.FAILED
+
+    def close(self, attempt: Attempt, cause: Cause, now: float, detail: dict[str, Any]) -> TaskState:
+        """End the attempt with ``cause``; its task becomes done, failed, or pending again (returned)."""
+        next_state = self.outcome(attempt, cause, detail)
+        attempt.cause, attempt.ended, attempt.detail = cause, now, detail
+        del self.running[attempt.task]
+        task = attempt.task
+        self.states[task] = next_state
+        if cause is not Cause.RETURNED:
+            self.suspects.discard(task)
+        if next_state is TaskState.DONE:
+            self.n_done += 1
+        elif cause is Cause.RETURNED:
+            self._returned.append(task)
+        else:
+            self._count_failure(attempt, cause, detail, next_state)
+        return next_state
+
+    def _count_failure(self, attempt: Attempt, cause: Cause, detail: Mapping[str, Any], next_state: TaskState) -> None:
+        task = attempt.task
+        if cause is Cause.WALLTIME and detail.get("fits_fresh_worker"):
+            self.walltime_retried.add(task)
+        else:
+            self.failure_counts[task] = self.failure_counts.get(task, 0) + 1
+        self.failed_attempts.setdefault(task, []).append(attempt)
+        if next_state is TaskState.PENDING:
+            self._returned.appendleft(task)
+        else:
+            self.n_failed += 1
+
+    def cancel(self, now: float) -> list[Attempt]:
+        """End every attempt in workers' hands as cancelled (the tasks stay unfinished)."""
+        cancelled = list(self.running.values())
+        for attempt in cancelled:
+            attempt.cause, attempt.ended = Cause.CANCELLED, now
+            attempt.detail = {"summary": "the sweep was cancelled"}
+            self.states[attempt.task] = TaskState.PENDING
+        self.running.clear()
+        return cancelled

@@ -1,0 +1,273 @@
+"""One sweep's state: what happens goes in, what to do comes out. Pure: no I/O, no clock, no threads.
+
+The driver feeds it what happens (a worker says hello, asks for tasks, reports, dies, goes
+quiet; the clock ticks) with the current time, and carries out what it answers (the attempts to
+store as ended, the workers to submit, remove or write off, the hosts to avoid). Not
+thread-safe; the driver serialises calls. The parts: :mod:`.ledger` (tasks), :mod:`.workers`
+(worker phases), :mod:`.health` (can workers start at all), :mod:`.batches` (lease sizes),
+:mod:`.endings` (which attempt a worker's end is charged to).
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from ..model import Attempt, Cause, ExitInfo, TaskState
+from . import endings
+from .batches import BatchPolicy
+from .health import StartFailure, StartHealth
+from .ledger import TaskLedger
+from .workers import Worker, WorkerPhase, Workers
+
+
+@dataclass(frozen=True)
+class Tick:
+    """What the driver does after a turn of the clock."""
+
+    ended: list[Attempt]          # attempts ended on our decision (timeout, lost): store them
+    overdue: list[str]            # their workers, to remove from the scheduler now
+    written_off: list[Worker]     # started but never reached the server, or hung: remove them
+    surplus: list[str]            # queued workers no longer needed: remove them
+    avoid_hosts: tuple[str, ...]  # hosts no more workers are sent to
+    counts: dict[str, int]
+
+
+class SweepState:
+    """Every task's state and every live worker's lease for one sweep."""
+
+    def __init__(self, n_tasks: int, *, retries: int = 3, retry_exceptions: tuple[str, ...] = (),
+                 tasks_per_worker: int | None = None, max_workers: int = 1000, timeout: float | None = None,
+                 heartbeat_timeout: float = 60.0, start_failure_limit: int = 5, done: Iterable[int] = (),
+                 attempts_made: Mapping[int, int] | None = None, walltime: float | None = None,
+                 task_time: float | None = None, memory_limit: int | None = None) -> None:
+        self.max_workers = max_workers
+        self.timeout = timeout
+        self.heartbeat_timeout = heartbeat_timeout
+        self.memory_limit = memory_limit  # each worker's memory request in bytes, to tell kills for memory
+        self.tasks = TaskLedger(n_tasks, retries=retries, retry_exceptions=retry_exceptions, done=done,
+                                attempts_made=attempts_made)
+        self.workers = Workers()
+        self.health = StartHealth(start_failure_limit=start_failure_limit, heartbeat_timeout=heartbeat_timeout)
+        self.batches = BatchPolicy(tasks_per_worker=tasks_per_worker, timeout=timeout, walltime=walltime,
+                                   task_time=task_time)
+
+    @property
+    def finished(self) -> bool:
+        return self.tasks.finished
+
+    @property
+    def start_failure(self) -> StartFailure | None:
+        return self.health.start_failure
+
+    def counts(self) -> dict[str, int]:
+        return self.tasks.counts()
+
+    def add_workers(self, ids: Iterable[str]) -> None:
+        self.workers.add(ids)
+
+    def add_tasks(self, n_tasks: int) -> range:
+        """Tasks added to the live sweep, pending; returns their indices."""
+        return self.tasks.add_tasks(n_tasks)
+
+    # -- what workers say -------------------------------------------------------------------
+
+    def hello(self, worker_id: str, host: str | None = None, now: float = 0.0) -> bool:
+        """A worker reached the server. False if it is not one of ours (it is told to exit)."""
+        worker = self.workers.get(worker_id)
+        if worker is None:
+            return False
+        if worker.terminated:
+            self.health.said_hello(worker, host, now)
+            return False
+        if worker.phase is WorkerPhase.SUBMITTED:  # a hello repeated because its answer was lost changes nothing
+            worker.host, worker.started = host, now
+            self.workers.move(worker, WorkerPhase.GREETED)
+            self.health.said_hello(worker, host, now)
+        worker.last_seen = now
+        return True
+
+    def setup_failed(self, worker_id: str, error: str) -> None:
+        """A worker reached the server but could not load the function (a module missing on the node)."""
+        worker = self.workers.get(worker_id)
+        if worker is not None:
+            worker.setup_error = error
+            if worker.phase in (WorkerPhase.GREETED, WorkerPhase.WORKING):
+                self.workers.move(worker, WorkerPhase.RETIRING)
+
+    def lease(self, worker_id: str, now: float) -> list[Attempt]:
+        """The next batch of pending tasks for the worker, in the order it runs them; empty: it should exit."""
+        worker = self.workers.get(worker_id)
+        if worker is None or worker.phase not in (WorkerPhase.GREETED, WorkerPhase.WORKING):
+            return []
+        worker.last_seen = now
+        if worker.phase is WorkerPhase.GREETED:
+            self.workers.move(worker, WorkerPhase.WORKING)
+        if worker.held:  # it reported all it had: what it still holds is a lease whose answer it lost
+            return list(worker.held.values())
+        self.health.got_going()
+        size = self.batches.size(worker, self.tasks.n_pending, len(self.workers), now)
+        if not size:
+            self.workers.move(worker, WorkerPhase.RETIRING)
+            return []
+        batch = self._take_batch(worker, size, now)
+        worker.current = batch[0]  # it starts the first at once
+        worker.tasks_leased += size
+        worker.last_batch = size
+        return batch
+
+    def _take_batch(self, worker: Worker, size: int, now: float) -> list[Attempt]:
+        """Up to ``size`` pending tasks, opened as attempts held by ``worker``; a suspect goes alone."""
+        batch: list[Attempt] = []
+        for _ in range(size):
+            task = self.tasks.take_pending()
+            suspect = task in self.tasks.suspects
+            if suspect and batch:  # put it back for the next lease
+                self.tasks.put_back(task)
+                break
+            attempt = self.tasks.open_attempt(task, worker.id, worker.host, now)
+            self.workers.hold(worker, attempt)
+            batch.append(attempt)
+            if suspect:
+                break
+        return batch
+
+    def heartbeat(self, worker_id: str, running: tuple[int, int, float] | None, now: float) -> bool:
+        """A sign of life from the worker, naming the task it runs (and for how long) if any.
+
+        False if the worker holds nothing the server still counts on (it was written off).
+        """
+        worker = self.workers.get(worker_id)
+        if worker is None or worker.terminated:
+            return False
+        worker.last_seen = now
+        if running is not None:
+            task, number, elapsed = running
+            attempt = worker.held.get(task)
+            if attempt is not None and attempt.number == number:
+                worker.current = attempt
+                attempt.started = now - max(elapsed, 0.0)
+        return bool(worker.held)
+
+    def task_died(self, worker_id: str, task: int, number: int, detail: Mapping[str, Any]) -> None:
+        """The worker's own word, as its task process died, of which task that was (and what it measured)."""
+        attempt = self.current(worker_id, task, number)
+        if attempt is not None:
+            worker = self.workers.all[worker_id]
+            worker.current = attempt
+            worker.death_detail = dict(detail)
+
+    def finish(self, worker_id: str, task: int, number: int, cause: Cause, now: float,
+               detail: dict[str, Any] | None = None) -> Attempt | None:
+        """A worker reported a result or an exception. None if the attempt was superseded."""
+        attempt = self.current(worker_id, task, number)
+        if attempt is None:
+            return None
+        worker = self.workers.all[worker_id]
+        worker.last_seen = now
+        self.end(attempt, cause, now, detail or {})
+        if worker.current is None and worker.held:  # the next in its batch runs now
+            worker.current = next(iter(worker.held.values()))
+            worker.current.started = max(worker.current.started, now)
+        return attempt
+
+    def current(self, worker_id: str, task: int, number: int) -> Attempt | None:
+        """The worker's held attempt of ``task`` if it is attempt ``number``; else None (superseded)."""
+        worker = self.workers.get(worker_id)
+        attempt = worker.held.get(task) if worker is not None else None
+        if attempt is None or attempt.number != number:
+            return None
+        return attempt
+
+    def outcome(self, attempt: Attempt, cause: Cause, detail: Mapping[str, Any]) -> TaskState:
+        """What the attempt's task becomes if it ends so; changes nothing (the ledger stores that first)."""
+        return self.tasks.outcome(attempt, cause, detail)
+
+    def end(self, attempt: Attempt, cause: Cause, now: float, detail: dict[str, Any]) -> None:
+        """End an attempt: its worker lets it go, its task moves on, a success's duration is learnt."""
+        worker = self.workers.get(attempt.worker)
+        if worker is not None:
+            self.workers.release(worker, attempt)
+        if self.tasks.close(attempt, cause, now, detail) is TaskState.DONE:
+            seconds = detail.get("resource_usage", {}).get("seconds")
+            self.batches.task_finished(seconds if isinstance(seconds, (int, float)) else now - attempt.started)
+
+    # -- what the scheduler says, and the clock ----------------------------------------------
+
+    def worker_ended(self, info: ExitInfo, now: float, stderr_tail: str = "") -> list[Attempt]:
+        """The scheduler says a worker is gone; end whatever attempts it still held.
+
+        ``stderr_tail``: the end of the worker's stderr file, where a scheduler may say it killed
+        the worker for memory."""
+        return endings.worker_ended(self, info, now, stderr_tail)
+
+    def overdue(self, now: float) -> list[tuple[str, Cause]]:
+        """Workers whose running attempt ran past the timeout or that went quiet, with the cause to record."""
+        late = []
+        for worker_id, worker in self.workers.holding.items():
+            current = worker.current
+            if self.timeout is not None and current is not None and now - current.started > self.timeout:
+                late.append((worker_id, Cause.TIMEOUT))
+            elif now - worker.last_seen > self.heartbeat_timeout:
+                late.append((worker_id, Cause.LOST))
+        return late
+
+    def expire(self, worker_id: str, cause: Cause, now: float) -> list[Attempt]:
+        """End a worker's attempts on our own decision (lost, timeout); the job is being terminated."""
+        return endings.expire(self, self.workers.all[worker_id], cause, now)
+
+    def unresponsive(self, started: Mapping[str, str | None], now: float) -> list[Worker]:
+        """Workers started (or greeted) too long ago without a word: terminated and returned."""
+        return self.health.unresponsive(self.workers, started, now)
+
+    def surplus_workers(self) -> list[str]:
+        """Once nothing is pending, workers that never started are not needed: mark and return them."""
+        if self.tasks.n_pending:
+            return []
+        surplus = list(self.workers.in_phase(WorkerPhase.SUBMITTED).values())
+        for worker in surplus:
+            self.workers.terminate(worker)
+        return [w.id for w in surplus]
+
+    def workers_to_submit(self) -> int:
+        """How many new workers the pending tasks need now: one for each that no spare worker (idle,
+        or still queued) will take. A spare worker may never come (sent to a dead node, say): it
+        does not hold back the others' replacements. A worker told to leave that holds nothing is
+        not counted, however long the scheduler takes to see it gone."""
+        pending = self.tasks.n_pending
+        if not pending:
+            return 0
+        in_phase = self.workers.in_phase
+        retiring, retiring_holding = WorkerPhase.RETIRING, 0
+        for worker in self.workers.holding.values():
+            if worker.phase is retiring:
+                retiring_holding += 1
+        working = len(in_phase(WorkerPhase.WORKING))
+        not_started = len(in_phase(WorkerPhase.SUBMITTED)) + len(in_phase(WorkerPhase.GREETED))
+        width = not_started + working + retiring_holding
+        spare = not_started + working - (len(self.workers.holding) - retiring_holding)
+        return max(min(pending - spare, self.max_workers - width), 0)
+
+    def tick(self, started: Mapping[str, str | None], now: float) -> Tick:
+        """A turn of the clock: end overdue workers' attempts, write off silent ones, drop surplus ones."""
+        overdue = self.overdue(now)
+        ended = [attempt for worker, cause in overdue for attempt in self.expire(worker, cause, now)]
+        written_off = self.unresponsive(started, now)
+        return Tick(ended, [worker for worker, _ in overdue], written_off, self.surplus_workers(),
+                    tuple(sorted(self.health.silent_hosts)), self.counts())
+
+    def cancel(self, now: float) -> list[Attempt]:
+        """End every held attempt as cancelled (the tasks stay unfinished); no worker gets more work."""
+        cancelled = self.tasks.cancel(now)
+        for worker in self.workers:
+            worker.held.clear()
+            worker.current = None
+        self.workers.holding.clear()
+        self.terminate_all()
+        return cancelled
+
+    def terminate_all(self) -> list[str]:
+        """Every worker not known to have ended, marked ours to remove; returns their ids."""
+        for worker in self.workers:
+            self.workers.terminate(worker)
+        return list(self.workers.all)
