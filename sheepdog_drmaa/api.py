@@ -145,7 +145,8 @@ def _start(f: Callable[..., Any], args: Iterable[Any], given: dict[str, Any]) ->
     with contextlib.suppress(OSError):  # else nothing is remembered; the store says what is wrong when opened
         private_directory(directory)
     with answers.remembered_in(os.path.join(directory, answers.FILE_NAME)):
-        backend = open_backend(options.backend, local_slots=options.workers, outage_wait=options.outage_wait)
+        backend = (open_backend(options.backend, local_slots=options.workers, outage_wait=options.outage_wait)
+                   if isinstance(options.backend, str) else options.backend)
         try:
             host, bind = _check(options, backend)
             store = Store(options.store)
@@ -284,9 +285,10 @@ def _prepare_record(store: Store, options: Options, function: bytes, blobs: list
     """
     function_digest = hashlib.sha256(function).hexdigest()
     args_digest = _digest(blobs)
+    backend_name = options.backend if isinstance(options.backend, str) else "auto"  # a caller's object: not stored
     new = NewSweep(id=uuid.uuid4().hex[:12], name=options.name, function=function, function_digest=function_digest,
                    args_digest=args_digest, n_tasks=len(blobs),
-                   options={"backend": options.backend, "python": options.python, "job_name": options.job_name})
+                   options={"backend": backend_name, "python": options.python, "job_name": options.job_name})
     existing = store.sweep_named(options.name) if options.name else None
     try:
         if existing is None:

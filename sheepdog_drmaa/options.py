@@ -12,9 +12,12 @@ import subprocess
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from .errors import ConfigurationError
+
+if TYPE_CHECKING:  # only for the annotation: options are parsed without loading any backend
+    from .backends import Backend
 
 ENV_PREFIX = "SHEEPDOG_"
 DEFAULT_STORE = os.path.join(".sheepdog", "sweeps.sqlite")
@@ -29,7 +32,7 @@ _SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
 
 @dataclass
 class Options:
-    backend: str = "auto"
+    backend: str | Backend = "auto"  # a name, or a Backend object made by the caller
     workers: int | None = None
     max_workers: int = 1000
     tasks_per_worker: int | None = None
@@ -261,8 +264,14 @@ def _one_of(*choices: str) -> Callable[[Any], Any]:
 
 
 def _backend(value: Any) -> Any:
+    """A backend's name, or a Backend object made by the caller (a site's own, or a test's)."""
     from .backends import BACKEND_NAMES
+    if not isinstance(value, str) and all(callable(getattr(value, call, None)) for call in _BACKEND_CALLS):
+        return value
     return _one_of(*BACKEND_NAMES)(value)
+
+
+_BACKEND_CALLS = ("submit", "wait_any", "terminate", "running_hosts", "check_request", "close")
 
 
 def _port(value: Any) -> Any:

@@ -11,47 +11,32 @@ import array
 import contextlib
 import dataclasses
 import logging
-import os
-import re
 import threading
 import time
 from collections.abc import Iterable, Iterator
-from typing import Any, Callable
+from typing import Any
 
 from . import claims, protocol
-from .backends import Backend, WorkerSpec, log_paths
-from .claims import CLAIM_REFRESH_SECONDS
+from .backends import Backend, WorkerSpec
+from .driver import Driver, current_timing
 from .errors import (
     ResultTooLarge,
-    SchedulerOutage,
-    SchedulerUnreachable,
     StoreError,
     StoreTooLarge,
-    SubmissionRefused,
-    SweepCancelled,
-    SweepLocked,
-    WorkersCannotStart,
 )
 from .failures import format_size
-from .model import Attempt, AttemptEnd, Cause, Claim, ExitInfo, Lease, SweepPhase, TaskState
+from .ledger import Ledger
+from .model import Attempt, AttemptEnd, Cause, Claim, Lease
 from .options import Options
 from .progress import Progress
 from .records import with_source_file
 from .server import TaskServer, make_app
-from .state import StartFailure, SweepState, Worker
+from .state import SweepState
 from .store import Store
 
 log = logging.getLogger(__name__)
 
-POLL_SECONDS = 0.1
 OUT_OF_BAND_BYTES = 64 * 1024  # arguments larger than this travel beside the lease's pickle
-REMOVAL_BATCH = 50
-SUBMIT_RETRY_SECONDS = 3.0
-REFUSED_RETRY_SECONDS = 30.0
-REAP_SECONDS = 15.0
-LOG_TAIL_BYTES = 1500
-# The verdict the job's shell writes last when a set-up line fails (backends.setup_script).
-_SETUP_LINE_FAILED = re.compile(r"sheepdog: set-up line (\d+) ")  # mid-line when the output had no newline
 
 
 class Completions:
@@ -107,6 +92,8 @@ class Run:
             walltime=options.runtime_limit(),
             task_time=options.task_time, memory_limit=self._memory_limit(options))
         self.completed = Completions(done)
+        self.ledger = Ledger(store, sweep_id, self.state, self.completed.add)
+        self.timing = current_timing()  # read in the caller's context: tests set it there
         handlers = {protocol.ROUTE_HELLO: self._hello, protocol.ROUTE_LEASE: self._lease,
                     protocol.ROUTE_REPORT: self._report, protocol.ROUTE_HEARTBEAT: self._heartbeat,
                     protocol.ROUTE_SETUP_FAILED: self._setup_failed, protocol.ROUTE_TASK_DIED: self._task_died}
@@ -122,7 +109,6 @@ class Run:
         environment[protocol.ENV_KEY_FILE] = key_path
         self.spec = dataclasses.replace(spec_without_url, environment=environment)
         self.progress = Progress(n_tasks, options.progress, label)
-        self.to_remove: list[str] = []  # surplus workers not yet removed from the scheduler
         self.submitting = False  # a submission is under way, outside the lock
         self.cancel_requested = threading.Event()
         self.cancel_reason: str | None = None
@@ -210,7 +196,7 @@ class Run:
                     self._store_ends([end], now)
         for attempt, cause, detail, _, _, _ in ends:
             self.state.finish(worker, attempt.task, attempt.number, cause, now, detail)
-            self._announce_end(attempt)
+            self.ledger.announce(attempt)
 
     def _reported_ending(self, report: dict[str, Any]
                          ) -> tuple[Cause, dict[str, Any], bytes | None, bytes | None, dict[str, str]]:
@@ -272,28 +258,6 @@ class Run:
             self.state.task_died(message["worker"], message["task"], message["number"], detail)
         return {}
 
-    def _persist_ends(self, attempts: list[Attempt], worker_ended: str | None = None) -> None:
-        """Store attempts the state has already ended (by the scheduler's word or our own decision),
-        in one transaction with their worker's ending when that is what ended them."""
-        ends = []
-        for attempt in attempts:
-            assert attempt.cause is not None and attempt.ended is not None
-            ends.append(AttemptEnd(attempt.task, attempt.number, attempt.cause.value, attempt.ended, attempt.detail,
-                                   self.state.tasks.states[attempt.task].value))
-        self.store.record_ends(self.sweep_id, ends, worker_ended=worker_ended)
-        for attempt in attempts:
-            self._announce_end(attempt)
-
-    def _announce_end(self, attempt: Attempt) -> None:
-        assert attempt.cause is not None
-        task_state = self.state.tasks.states[attempt.task].value
-        if task_state in (TaskState.DONE, TaskState.FAILED):
-            self.completed.add(attempt.task)
-        if attempt.cause not in (Cause.RESULT, Cause.RETURNED, Cause.CANCELLED):
-            log.log(logging.INFO if task_state == TaskState.PENDING else logging.WARNING,
-                    "task %d attempt %d: %s (%s); task is now %s", attempt.task, attempt.number,
-                    attempt.cause.value, attempt.detail.get("summary", ""), task_state)
-
     # -- the interface of the user's Sweep handle ----------------------------------------------
 
     def start_in_background(self) -> None:
@@ -339,215 +303,12 @@ class Run:
 
     def drive(self) -> None:
         """Run the sweep to its end; always leaves no worker behind. Raises what ended it early."""
-        try:
-            self._loop()
-        except BaseException as error:
-            self.outcome = error
-            raise
-        finally:
-            self._shut_down()
+        Driver(self, self.timing).drive()
 
-    def _loop(self) -> None:
-        claimed = submit_after = 0.0
-        unreachable_since: float | None = None  # when submitting first failed for an unreachable scheduler
-        while True:
-            if time.monotonic() - claimed > CLAIM_REFRESH_SECONDS:
-                if not self.store.refresh_claim(self.sweep_id, self.claim.token or ""):
-                    raise SweepLocked(f"sweep {self.label} is no longer claimed by this client (cancelled with "
-                                      "`sheepdog-drmaa cancel`, or taken over by a client that judged this one "
-                                      "dead); stopping here so that only one client runs it")
-                claimed = time.monotonic()
-            with self.lock:
-                if self.fatal is not None:
-                    raise self.fatal
-                if self.state.finished:
-                    return
-                if self.cancel_requested.is_set():
-                    raise SweepCancelled(self.cancel_reason or f"sweep {self.label} was cancelled")
-                if self.state.start_failure is not None:
-                    raise WorkersCannotStart(self._start_failure_message(self.state.start_failure))
-                wanted = self.state.workers_to_submit() if time.monotonic() >= submit_after else 0
-                self.submitting = bool(wanted)
-            if wanted:  # outside the lock: a scheduler slow to answer must not hold up the workers' requests
-                ids: list[str] = []
-                try:
-                    ids = self.backend.submit(wanted, self.spec)
-                    unreachable_since = None
-                except SchedulerUnreachable as error:
-                    unreachable_since = self._still_unreachable(error, unreachable_since)
-                    submit_after = time.monotonic() + SUBMIT_RETRY_SECONDS
-                except SubmissionRefused as error:
-                    unreachable_since = None  # it answered
-                    # With workers of this sweep still alive, a refusal is most often a limit of the site
-                    # (jobs per user, say) that their ending lifts; without any, nothing would ever run.
-                    with self.lock:
-                        alive = bool(self.state.workers)
-                    if not alive:
-                        raise
-                    log.warning("%s; %d workers of this sweep are still alive, so trying again in %g s",
-                                error, len(self.state.workers), REFUSED_RETRY_SECONDS)
-                    submit_after = time.monotonic() + REFUSED_RETRY_SECONDS
-                finally:
-                    with self.lock:
-                        if ids:
-                            self.state.add_workers(ids)
-                            self.store.record_workers(self.sweep_id, ids)
-                            log.info("submitted %d workers (%s..%s)", len(ids), ids[0], ids[-1])
-                        self.submitting = False
-            info = self.backend.wait_any(POLL_SECONDS)
-            while info is not None:
-                self._worker_ended(info)
-                info = self.backend.wait_any(0)
-            started = self.backend.running_hosts()
-            with self.lock:
-                tick = self.state.tick(started, time.time())
-                if tick.ended:
-                    self._persist_ends(tick.ended)
-            if tick.avoid_hosts != self.spec.avoid_hosts:  # a host written off, or taken back (only slow)
-                log.info("workers of this sweep are not sent to: %s", ", ".join(tick.avoid_hosts) or "(any host again)")
-                self.spec = dataclasses.replace(self.spec, avoid_hosts=tick.avoid_hosts)
-            if tick.written_off:
-                self._write_off(tick.written_off)
-            # Outside the lock: a scheduler that hangs must not stall the workers' requests.
-            if tick.overdue:
-                self.backend.terminate(tick.overdue)
-            if tick.surplus:
-                log.info("removing %d queued workers that are no longer needed", len(tick.surplus))
-                self.to_remove.extend(tick.surplus)
-            if self.to_remove:  # a batch per turn, so that removing many never holds up the loop
-                batch, self.to_remove = self.to_remove[:REMOVAL_BATCH], self.to_remove[REMOVAL_BATCH:]
-                self.backend.terminate(batch)
-            self.progress.update(tick.counts)
-
-    def _still_unreachable(self, error: SchedulerUnreachable, since: float | None) -> float:
-        """Log a failed submission to be tried again (at WARNING once per outage). With no worker of the
-        sweep alive to carry on, an outage longer than ``outage_wait`` ends the sweep (a named sweep
-        resumes). Returns since when the outage has been waited out with no worker alive."""
-        now = time.monotonic()
-        log.log(logging.WARNING if since is None else logging.INFO, "%s; trying again every %g s", error,
-                SUBMIT_RETRY_SECONDS)
-        with self.lock:
-            alive = bool(self.state.workers)
-        if alive or since is None:
-            return now  # the bound counts from when no worker was left to carry on
-        if now - since >= self.options.outage_wait:
-            raise SchedulerOutage(f"{error}; it has not answered for {now - since:.0f} s while no worker of this "
-                                  f"sweep was alive (outage_wait={self.options.outage_wait:g}). Run the sweep again "
-                                  "once the scheduler answers (a named sweep resumes)")
-        return since
-
-    def _write_off(self, stuck: list[Worker]) -> None:
-        """Remove workers that started but never reached the server, and send no more to silent hosts."""
-        for worker in stuck:
-            host = worker.dispatched_to
-            if worker.reached:
-                log.warning("worker %s said hello from %s but has asked for no work within %g s (loading the "
-                            "function hung?): it is removed", worker.id, worker.host, self.state.health.hello_timeout)
-                continue
-            if host is not None and host not in self.state.health.silent_hosts:
-                log.warning("worker %s has been shown running on %s for %g s but never reached the server; other "
-                            "workers there did, so the scheduler's view of this one is stale: it is removed",
-                            worker.id, host, self.state.health.hello_timeout)
-                continue
-            log.warning("worker %s was started on %s but has not reached the server at %s within %g s: that host "
-                        "is down or cannot reach this one. The worker is removed%s.", worker.id,
-                        host or "an unknown host", self.url, self.state.health.hello_timeout,
-                        " and no more workers of this sweep are sent there" if host else "")
-        self.backend.terminate([worker.id for worker in stuck])
+    def let_go_of_claim(self) -> None:
+        claims.let_go(self.claim)
 
     @staticmethod
     def _memory_limit(options: Options) -> int | None:
         assert options.memory is None or isinstance(options.memory, int)  # bytes, once validated
         return options.memory
-
-    def _worker_ended(self, info: ExitInfo) -> None:
-        # A scheduler may say in the worker's stderr that it killed it for memory (slurmstepd does).
-        tail = _tail(log_paths(self.spec, info.worker)["stderr"]) if info.signaled or info.aborted else ""
-        with self.lock:
-            ended = self.state.worker_ended(info, time.time(), tail)
-            if ended:
-                self._persist_ends(ended, worker_ended=info.worker)
-            else:
-                self.store.record_workers_ended(self.sweep_id, [info.worker])
-
-    def _shut_down(self) -> None:
-        """Terminate every worker still alive, wait (bounded) until the scheduler let them go, stop serving."""
-        with self.lock:
-            if not self.state.finished:
-                self.cancel_requested.set()
-                cancelled = self.state.cancel(time.time())
-                # A client that lost its claim leaves the store to the one that took it over.
-                if cancelled and not isinstance(self.outcome, SweepLocked):
-                    self._quietly(self._persist_ends, cancelled)
-            # Every worker not known to have ended, already asked to go or not: whole arrays then
-            # go in one scheduler call each.
-            leftover = self.state.terminate_all()
-        self.to_remove = []
-        try:
-            if leftover:
-                self.backend.terminate(leftover)
-            if self.state.finished:  # idle or queued workers, asked to go: nothing to wait for
-                self._quietly(self.store.record_workers_ended, self.sweep_id, leftover)
-            else:
-                self._reap_all()
-        finally:
-            self.server.stop()
-            self.backend.close()
-            self.progress.update(self.state.counts())
-            self.progress.close()
-            try:
-                os.unlink(self.key_path)
-            except OSError:
-                pass
-            if self.state.finished:
-                final = SweepPhase.FAILED if self.state.tasks.n_failed else SweepPhase.FINISHED
-            else:
-                final = SweepPhase.CANCELLED if isinstance(self.outcome, SweepCancelled) else SweepPhase.INTERRUPTED
-            self._quietly(self.store.release_claim, self.sweep_id, self.claim.token, final)
-            claims.let_go(self.claim)
-            self.completed.close()
-            self.finished.set()
-
-    def _reap_all(self) -> None:
-        deadline = time.monotonic() + REAP_SECONDS
-        while time.monotonic() < deadline:
-            if not self.state.workers:
-                return
-            info = self.backend.wait_any(POLL_SECONDS)
-            if info is not None:
-                self._quietly(self._worker_ended, info)
-
-    def _quietly(self, call: Callable[..., Any], *args: Any) -> None:
-        """While shutting down, a store error is logged, not raised: the jobs must still go, and the
-        error that ended the sweep (often that very store error) is what the caller sees."""
-        try:
-            call(*args)
-        except StoreError as error:
-            log.error("while shutting down sweep %s: %s", self.label, error)
-
-    def _start_failure_message(self, failure: StartFailure) -> str:
-        if failure.setup_error:
-            tails = f"It reached the server but could not load the function:\n{failure.setup_error.rstrip()}"
-        else:
-            tails = "\n".join(f"--- {name} of worker {failure.worker} ({path}):\n{_tail(path)}"
-                              for name, path in log_paths(self.spec, failure.worker).items())
-        failed_line = _SETUP_LINE_FAILED.search(tails)
-        if failed_line:
-            advice = (f"Fix set-up line {failed_line[1]} of setup= for the execution nodes: its text, status and "
-                      "output are above.")
-        else:
-            advice = (f"Check that python={self.spec.python!r} exists on the execution nodes with sheepdog_drmaa and "
-                      f"cloudpickle importable, and that the nodes can reach {self.url} (see host=).")
-        return (f"{failure.count} workers in a row ended before they could run a task from {self.url}; the last, "
-                f"{failure.worker}: {failure.ending.summary}.\n{tails}\n{advice}")
-
-
-def _tail(path: str) -> str:
-    try:
-        with open(path, "rb") as handle:
-            handle.seek(0, os.SEEK_END)
-            handle.seek(max(0, handle.tell() - LOG_TAIL_BYTES))
-            text = handle.read().decode(errors="replace").strip()
-    except OSError as error:
-        return f"(not readable: {error.strerror})"
-    return text or "(empty)"

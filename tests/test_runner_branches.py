@@ -11,8 +11,8 @@ import time
 import pytest
 
 import sheepdog_drmaa
-from sheepdog_drmaa import api, runner
 from sheepdog_drmaa.backends.local import LocalBackend
+from sheepdog_drmaa.driver import Timing, use_timing
 from sheepdog_drmaa.errors import SchedulerUnreachable, SubmissionRefused
 from sheepdog_drmaa.store import SCHEMA_VERSION, Store
 
@@ -53,22 +53,15 @@ class BentBackend(LocalBackend):
 
 
 @pytest.fixture
-def bent(monkeypatch):
-    """Make map() use a BentBackend built with the given settings; returns it."""
-    made = {}
-
-    def install(**settings):
-        backend = BentBackend(**settings)
-        made["backend"] = backend
-        monkeypatch.setattr(api, "open_backend", lambda name, **settings: backend)
-        return backend
-    return install
+def bent():
+    """A BentBackend built with the given settings, for map(backend=...)."""
+    return BentBackend
 
 
-def test_a_submission_the_scheduler_could_not_take_is_tried_again(bent, store, monkeypatch):
-    monkeypatch.setattr(runner, "SUBMIT_RETRY_SECONDS", 0.2)
+def test_a_submission_the_scheduler_could_not_take_is_tried_again(bent, store):
     backend = bent(unreachable_submissions=2)
-    assert sheepdog_drmaa.map(abs, [-1, -2, -3], store=store, progress=False) == [1, 2, 3]
+    with use_timing(Timing(submit_retry=0.2)):
+        assert sheepdog_drmaa.map(abs, [-1, -2, -3], backend=backend, store=store, progress=False) == [1, 2, 3]
     assert backend.submissions[:3] == [3, 3, 3]  # refused twice, then taken
 
 
@@ -78,10 +71,11 @@ def slow_at_the_end(x):
     return x
 
 
-def test_surplus_queued_workers_are_removed_in_batches_while_the_sweep_runs(bent, store, monkeypatch):
-    monkeypatch.setattr(runner, "REMOVAL_BATCH", 7)
+def test_surplus_queued_workers_are_removed_in_batches_while_the_sweep_runs(bent, store):
     backend = bent(slots=2)
-    assert sheepdog_drmaa.map(slow_at_the_end, range(40), store=store, progress=False) == list(range(40))
+    with use_timing(Timing(removal_batch=7)):
+        assert sheepdog_drmaa.map(slow_at_the_end, range(40), backend=backend, store=store,
+                                  progress=False) == list(range(40))
     sizes = [len(batch) for batch in backend.terminations]
     # 38 workers queued beyond the 2 slots: removed 7 at a time, one batch per turn of the loop.
     assert sizes[:6] == [7, 7, 7, 7, 7, 3], sizes
@@ -93,10 +87,10 @@ def sleep_long(x):
     time.sleep(60)
 
 
-def test_shutting_down_does_not_wait_past_the_reap_deadline_for_a_silent_scheduler(bent, store, monkeypatch):
-    monkeypatch.setattr(runner, "REAP_SECONDS", 1.0)
+def test_shutting_down_does_not_wait_past_the_reap_deadline_for_a_silent_scheduler(bent, store):
     backend = bent(swallow_exits=True)
-    sweep = sheepdog_drmaa.map_async(sleep_long, [1, 2], store=store, progress=False, workers=2)
+    with use_timing(Timing(reap=1.0)):
+        sweep = sheepdog_drmaa.map_async(sleep_long, [1, 2], backend=backend, store=store, progress=False, workers=2)
     deadline = time.monotonic() + 30
     while sweep.status()["running"] < 2:
         assert time.monotonic() < deadline, "the tasks never started"
@@ -150,20 +144,20 @@ def test_workers_that_start_before_their_submission_returns_are_asked_to_say_hel
     outside its lock): their hellos come from ids it does not know yet, and must not send them away."""
     backend = bent(slots=4, slow_submission=3.0)
     started = time.monotonic()
-    assert sheepdog_drmaa.map(abs, range(-20, 0), backend="local", store=store, progress=False,
+    assert sheepdog_drmaa.map(abs, range(-20, 0), backend=backend, store=store, progress=False,
                               workers=4) == list(range(20, 0, -1))
     assert backend.submissions == [4]  # the first workers were kept, none replaced
     assert time.monotonic() - started >= 3.0
 
 
 def test_a_refusal_while_workers_are_alive_is_tried_again_and_one_with_none_alive_ends_the_sweep(
-        bent, store, monkeypatch, caplog):
-    monkeypatch.setattr(runner, "REFUSED_RETRY_SECONDS", 0.5)
+        bent, store, caplog):
     # The second submission hits a per-user limit while two workers of the first wait for a slot.
     backend = bent(slots=2, refused_submissions={2})
-    assert sheepdog_drmaa.map(abs, range(-8, 0), backend="local", store=store, progress=False, workers=4,
-                              tasks_per_worker=1) == list(range(8, 0, -1))
+    with use_timing(Timing(refused_retry=0.5)):
+        assert sheepdog_drmaa.map(abs, range(-8, 0), backend=backend, store=store, progress=False, workers=4,
+                                  tasks_per_worker=1) == list(range(8, 0, -1))
     assert len(backend.submissions) > 2 and "still alive, so trying again" in caplog.text
-    bent(slots=2, refused_submissions={1})  # refused with no worker alive: nothing could ever run
+    refusing = bent(slots=2, refused_submissions={1})  # refused with no worker alive: nothing could ever run
     with pytest.raises(SubmissionRefused, match="too many jobs"):
-        sheepdog_drmaa.map(abs, range(-6, 0), backend="local", store=store, progress=False, workers=2)
+        sheepdog_drmaa.map(abs, range(-6, 0), backend=refusing, store=store, progress=False, workers=2)

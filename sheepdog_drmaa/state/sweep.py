@@ -3,7 +3,7 @@
 The driver feeds it what happens (a worker says hello, asks for tasks, reports, dies, goes
 quiet; the clock ticks) with the current time, and carries out what it answers (the attempts to
 store as ended, the workers to submit, remove or write off, the hosts to avoid). Not
-thread-safe; the driver serialises calls. The parts: :mod:`.ledger` (tasks), :mod:`.workers`
+thread-safe; the driver serialises calls. The parts: :mod:`.tasks` (the task ledger), :mod:`.workers`
 (worker phases), :mod:`.health` (can workers start at all), :mod:`.batches` (lease sizes),
 :mod:`.endings` (which attempt a worker's end is charged to).
 """
@@ -17,7 +17,7 @@ from ..model import Attempt, Cause, ExitInfo, TaskState
 from . import endings
 from .batches import BatchPolicy
 from .health import StartFailure, StartHealth
-from .ledger import TaskLedger
+from .tasks import TaskLedger
 from .workers import Worker, WorkerPhase, Workers
 
 
