@@ -13,7 +13,7 @@ from dask.distributed import Client
 from dask_jobqueue import SGECluster
 
 
-def identity(x):
+def identity(x: int) -> int:
     return x
 
 

@@ -8,6 +8,7 @@ so that anything that grows with the number of tasks, or with the square of the 
 """
 import sys
 import time
+from collections.abc import Callable
 
 from sheepdog_drmaa.model import Cause
 from sheepdog_drmaa.state import SweepState
@@ -15,7 +16,7 @@ from sheepdog_drmaa.state import SweepState
 QUICK = {"resource_usage": {"seconds": 0.0001}}  # the report of a task that took 0.1 ms
 
 
-def per_call(call, repeats=200):
+def per_call(call: Callable[[], object], repeats: int = 200) -> float:
     started = time.perf_counter()
     for _ in range(repeats):
         call()
@@ -47,7 +48,7 @@ def main() -> None:
     print(f"  unresponsive       {per_call(lambda: state.unresponsive({}, 11.0)):9.1f} us")
     worker = workers[0]
 
-    def lease_and_finish():
+    def lease_and_finish() -> None:
         for attempt in list(state.workers.all[worker].held.values()):
             state.finish(worker, attempt.task, attempt.number, Cause.RESULT, 12.0, QUICK)
         state.lease(worker, 12.0)

@@ -17,6 +17,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LIBRARIES = {
@@ -27,7 +28,7 @@ LIBRARIES = {
 REPEATS = 5
 
 
-def seconds(call):
+def seconds(call: Callable[[], object]) -> float:
     """Median wall time of ``call`` over a few runs."""
     times = []
     for _ in range(REPEATS):
@@ -37,7 +38,7 @@ def seconds(call):
     return statistics.median(times)
 
 
-def measure(size):
+def measure(size: int) -> None:
     """In the child: submit ``size`` sleeping workers, time the polls, remove the workers."""
     sys.path.insert(0, ROOT)
     from sheepdog_drmaa.backends.drmaa import DrmaaBackend
@@ -47,14 +48,14 @@ def measure(size):
     template = session.createJobTemplate()
     template.remoteCommand, template.args = "/bin/sleep", ["600"]
     template.workingDirectory, template.outputPath, template.errorPath = "/tmp", ":/dev/null", ":/dev/null"
-    ids = []
+    ids: list[str] = []
     while len(ids) < size:
         ids.extend(session.runBulkJobs(template, 1, min(size - len(ids), backend.max_array_size), 1))
     session.deleteJobTemplate(template)
     for worker_id in ids:
         backend._unreaped.setdefault(backend.scheduler.array_of(worker_id), set()).add(worker_id)
 
-    def wait_any():
+    def wait_any() -> None:
         try:
             session.wait(drmaa.Session.JOB_IDS_SESSION_ANY, drmaa.Session.TIMEOUT_NO_WAIT)
         except drmaa.errors.ExitTimeoutException:
@@ -71,7 +72,7 @@ def measure(size):
     print(json.dumps(figures))
 
 
-def no_jobs_left(scheduler):
+def no_jobs_left(scheduler: str) -> None:
     command = ["qstat", "-u", "*"] if scheduler == "gridengine" else ["squeue", "--noheader"]
     deadline = time.monotonic() + 120
     while subprocess.run(command, capture_output=True, text=True).stdout.strip():
@@ -80,7 +81,7 @@ def no_jobs_left(scheduler):
         time.sleep(0.5)
 
 
-def main():
+def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[10, 100, 1000])
     parser.add_argument("--schedulers", nargs="+", default=list(LIBRARIES), choices=list(LIBRARIES))

@@ -15,6 +15,7 @@ import sqlite3
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 
 import cloudpickle
 
@@ -22,7 +23,7 @@ import sheepdog_drmaa
 from sheepdog_drmaa.store import SCHEMA
 
 
-def arguments(n: int):
+def arguments(n: int) -> Iterator[tuple[int]]:
     return ((-i,) for i in range(n))
 
 

@@ -68,7 +68,8 @@ def sheepdog(n: int, store: str) -> dict[str, float]:
                             env=environment, cwd=os.path.dirname(store), check=False)
     if result.returncode != 0:
         raise SystemExit(f"the sweep of {n} tasks failed:\n{result.stderr}")
-    return json.loads(result.stdout.splitlines()[-1])
+    figures: dict[str, float] = json.loads(result.stdout.splitlines()[-1])
+    return figures
 
 
 def raw_array_job(n: int, log_dir: str) -> float:

@@ -28,7 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Callable
+from typing import Any, Callable
 
 import sheepdog_drmaa
 
@@ -37,11 +37,11 @@ WORKERS = 8
 SHORT_TASK_SECONDS = 0.01
 
 
-def identity(x):
+def identity(x: int) -> int:
     return x
 
 
-def ten_milliseconds(x):
+def ten_milliseconds(x: int) -> int:
     time.sleep(SHORT_TASK_SECONDS)
     return x
 
@@ -53,7 +53,7 @@ def raw_array_job(n: int, log_dir: str) -> float:
     return time.perf_counter() - started
 
 
-def sweep(f: Callable, n: int, store: str, **options) -> tuple[float, float, float]:
+def sweep(f: Callable[..., Any], n: int, store: str, **options: Any) -> tuple[float, float, float]:
     """(seconds end to end, tasks/s from the first lease to the last result, tasks/s while every
     worker was running: from the last worker's first lease to the first worker's last result)."""
     started = time.perf_counter()

@@ -4,7 +4,7 @@ import logging
 import sheepdog_drmaa
 
 
-def add(a, b):
+def add(a: int, b: int) -> int:
     return a + b
 
 

@@ -4,7 +4,10 @@ drmaa-python loads one libdrmaa per process, chosen by DRMAA_LIBRARY_PATH, so on
 tests local and one scheduler: ci/test.sh runs Grid Engine's (``-m "not slurm"``) and then Slurm's
 (``-m slurm``) in a process of its own.
 """
+from __future__ import annotations
+
 import os
+import pathlib
 import shutil
 import subprocess
 
@@ -16,11 +19,11 @@ CLUSTERS = [pytest.param("gridengine", marks=pytest.mark.gridengine),
             pytest.param("slurm", marks=pytest.mark.slurm)]
 
 
-def usable_cluster(name):
+def usable_cluster(name: str) -> Cluster:
     """The real scheduler ``name`` through libdrmaa; a failure (not a skip) in CI when it is missing."""
     cluster = Cluster(name)
     setup = {"gridengine": "ci/gridengine.sh", "slurm": "ci/slurm.sh"}[name]
-    problem = None
+    problem: str | None = None
     if shutil.which(cluster.command) is None:
         problem = f"{cluster.command} is not on PATH (run `bash {setup}` and eval its output)"
     else:
@@ -47,31 +50,31 @@ def usable_cluster(name):
 
 
 @pytest.fixture(scope="session")
-def gridengine():
+def gridengine() -> Cluster:
     return usable_cluster("gridengine")
 
 
 @pytest.fixture(scope="session")
-def slurm():
+def slurm() -> Cluster:
     return usable_cluster("slurm")
 
 
-def checked_clean(request, name):
+def checked_clean(request: pytest.FixtureRequest, name: str) -> Cluster:
     """The session's cluster ``name``, with a check after the test that it left no job behind."""
-    cluster = request.getfixturevalue(name)
+    cluster: Cluster = request.getfixturevalue(name)
     request.addfinalizer(lambda: wait_until(lambda: not cluster.jobs(), 30,
                                             f"{cluster.command} to be empty after the test"))
     return cluster
 
 
 @pytest.fixture(params=CLUSTERS)
-def cluster(request):
+def cluster(request: pytest.FixtureRequest) -> Cluster:
     """Each real scheduler in turn, checked to leave no job behind."""
     return checked_clean(request, request.param)
 
 
 @pytest.fixture(params=["local", *CLUSTERS])
-def backend(request):
+def backend(request: pytest.FixtureRequest) -> BackendName:
     """Each backend in turn: local processes, then DRMAA on each real scheduler, checked to leave no job."""
     if request.param == "local":
         return BackendName("local", "local")
@@ -80,5 +83,5 @@ def backend(request):
 
 
 @pytest.fixture
-def store(tmp_path):
+def store(tmp_path: pathlib.Path) -> str:
     return str(tmp_path / "store" / "sweeps.sqlite")

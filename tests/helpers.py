@@ -1,5 +1,7 @@
 """Test helpers: waiting on a condition with a deadline, the real schedulers as the tests see them, and the
 multi-host Grid Engine of ci/multihost.sh (its nodes, its queue, a sweep whose tasks block until released)."""
+from __future__ import annotations
+
 import contextlib
 import os
 import pathlib
@@ -8,13 +10,20 @@ import socket
 import sqlite3
 import subprocess
 import time
+from collections.abc import Callable, Collection
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pytest
 
 import sheepdog_drmaa
 
+if TYPE_CHECKING:  # not at run time: a worker imports this module for report_where_then_wait
+    from sheepdog_drmaa.handle import Sweep
 
-def wait_until(predicate, timeout, what):
+T = TypeVar("T")
+
+
+def wait_until(predicate: Callable[[], T | None], timeout: float, what: str) -> T:
     """Poll ``predicate`` until it is true; fail the test with ``what`` after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     while True:
@@ -26,13 +35,13 @@ def wait_until(predicate, timeout, what):
         time.sleep(0.1)
 
 
-def qstat_jobs():
+def qstat_jobs() -> list[str]:
     """Lines of `qstat -u '*'` that name a job (empty when the cluster has no job)."""
     out = subprocess.run(["qstat", "-u", "*"], capture_output=True, text=True, check=True).stdout
     return [line for line in out.splitlines()[2:] if line.strip()]
 
 
-def grid_engine_queues_known():
+def grid_engine_queues_known() -> bool:
     """Whether every queue instance has heard from its execd: after a qmaster restart they are in state
     u (unknown) until their execd reports again (up to a load report interval, 40 s), and jobs sent
     meanwhile can stay in state t for good."""
@@ -42,7 +51,7 @@ def grid_engine_queues_known():
         len(fields) > 5 and "u" in fields[5] for fields in instances)
 
 
-def clear_removed_jobs(jobs=None):
+def clear_removed_jobs(jobs: Collection[str] | None = None) -> list[str]:
     """What an administrator does after a qmaster restart: ``qdel -f`` the jobs a sweep asked to remove
     (state d) that Son of Grid Engine goes on showing; returns the qstat lines cleared."""
     stale = [line for line in qstat_jobs() if "d" in line.split()[4] and (jobs is None or line.split()[0] in jobs)]
@@ -51,7 +60,7 @@ def clear_removed_jobs(jobs=None):
     return stale
 
 
-def squeue_jobs():
+def squeue_jobs() -> list[str]:
     """Lines of `squeue` that name a job of any user (empty when the cluster has no job)."""
     out = subprocess.run(["squeue", "--noheader", "--array", "--format=%i %t"], capture_output=True, text=True,
                          check=True).stdout
@@ -61,22 +70,22 @@ def squeue_jobs():
 class Cluster:
     """One real scheduler: its jobs, its queued workers, and deleting a worker from outside (qdel, scancel)."""
 
-    def __init__(self, name):
+    def __init__(self, name: str) -> None:
         self.name = name  # "gridengine" or "slurm", as the backend's scheduler calls itself
         self.command = {"gridengine": "qstat", "slurm": "squeue"}[name]
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"Cluster({self.name!r})"
 
-    def jobs(self):
+    def jobs(self) -> list[str]:
         """Lines naming a job still in the scheduler (empty when no job is left)."""
         return qstat_jobs() if self.name == "gridengine" else squeue_jobs()
 
-    def array_of(self, worker_id):
+    def array_of(self, worker_id: str) -> str:
         """The array job of a worker id ('49.3' -> '49', '238_4' -> '238')."""
         return re.split(r"[._]", worker_id, maxsplit=1)[0]
 
-    def queued_workers(self):
+    def queued_workers(self) -> list[str]:
         """Worker ids of the tasks still waiting to start, in task order."""
         if self.name == "slurm":
             out = subprocess.run(["squeue", "--noheader", "--array", "--states=PENDING", "--format=%i"],
@@ -92,7 +101,7 @@ class Cluster:
                                                                         int(step or 1)))
         return sorted(ids, key=lambda worker: [int(part) for part in re.split(r"[._]", worker)])
 
-    def delete(self, worker_id):
+    def delete(self, worker_id: str) -> None:
         """Remove one worker (array task) from outside, as a user or an admin would."""
         if self.name == "slurm":
             command = ["scancel", worker_id]
@@ -101,7 +110,7 @@ class Cluster:
             command = ["qdel", job, "-t", task]
         subprocess.run(command, check=True, capture_output=True)
 
-    def delete_array(self, worker_id):
+    def delete_array(self, worker_id: str) -> None:
         """Remove the whole array job a worker belongs to, from outside."""
         command = "scancel" if self.name == "slurm" else "qdel"
         subprocess.run([command, self.array_of(worker_id)], check=True, capture_output=True)
@@ -110,7 +119,9 @@ class Cluster:
 class BackendName(str):
     """A backend= value ("local" or "drmaa") that also says which scheduler answers it."""
 
-    def __new__(cls, name, scheduler):
+    scheduler: str
+
+    def __new__(cls, name: str, scheduler: str) -> BackendName:
         value = super().__new__(cls, name)
         value.scheduler = scheduler
         return value
@@ -134,7 +145,7 @@ RELEASE_BOUND = 90  # a task never blocks longer than this, whatever happens to 
 # -------------------------------------------------------------------------------- on the nodes
 
 
-def report_where_then_wait(directory, index):
+def report_where_then_wait(directory: str, index: int) -> tuple[int, str, str]:
     """Record where this execution runs, block until the test releases the tasks, return where it ran."""
     host = os.uname().nodename
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:  # no packet: just the route's source
@@ -149,7 +160,7 @@ def report_where_then_wait(directory, index):
     return index, host, address
 
 
-def runs(directory, index):
+def runs(directory: str | pathlib.Path, index: int) -> list[str]:
     """The hosts of every execution of task ``index`` so far, in order."""
     path = pathlib.Path(directory) / f"{index}.runs"
     return [line.split()[0] for line in path.read_text().splitlines()] if path.exists() else []
@@ -158,7 +169,7 @@ def runs(directory, index):
 # ----------------------------------------------------------------------------- the cluster
 
 
-def execd_answers(node):
+def execd_answers(node: str) -> bool:
     try:
         return subprocess.run(["qping", "-info", node, "6445", "execd", "1"], capture_output=True,
                               timeout=5).returncode == 0
@@ -166,7 +177,7 @@ def execd_answers(node):
         return False
 
 
-def multihost_problem():
+def multihost_problem() -> str | None:
     if not NODES or not SUBMIT_ADDRESS or not QUEUE or not FREEZER:
         return ('SHEEPDOG_TEST_NODES and the other SHEEPDOG_TEST_NODE* variables are not set: run '
                 '`eval "$(bash ci/multihost.sh)"` after ci/gridengine.sh')
@@ -178,7 +189,7 @@ def multihost_problem():
     return None
 
 
-def multihost_nodes():
+def multihost_nodes() -> list[str]:
     """The multi-host cluster's node names; a failure in CI (CI=true) when it is missing, a skip otherwise."""
     problem = multihost_problem()
     if problem is not None:
@@ -188,20 +199,20 @@ def multihost_nodes():
     return list(NODES)
 
 
-def restore(node):
+def restore(node: str) -> None:
     """What an admin does when a node comes back: link up, thawed, a dead or unheard execd restarted."""
     subprocess.run(["bash", str(MULTIHOST), "restore", node], check=True, capture_output=True, text=True,
                    timeout=120)
 
 
-def sweep_jobs(store, sweep_id):
+def sweep_jobs(store: str, sweep_id: str) -> set[str]:
     """The array jobs of every worker the sweep ever submitted."""
     with contextlib.closing(sqlite3.connect(f"file:{store}?mode=ro", uri=True)) as db:
         ids = [row[0] for row in db.execute("SELECT id FROM workers WHERE sweep_id = ?", (sweep_id,))]
     return {worker.split(".")[0] for worker in ids}
 
 
-def brief(lines):
+def brief(lines: list[str]) -> str:
     """job.task state queue, from qstat lines."""
     shown = []
     for fields in (line.split() for line in lines):
@@ -210,7 +221,7 @@ def brief(lines):
     return "; ".join(shown) or "none"
 
 
-def poll(predicate, timeout):
+def poll(predicate: Callable[[], object], timeout: float) -> bool:
     """Whether ``predicate`` becomes true within ``timeout`` seconds (no failure)."""
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -220,7 +231,7 @@ def poll(predicate, timeout):
     return True
 
 
-def left_in_qstat(jobs, queue=None):
+def left_in_qstat(jobs: Collection[str], queue: str | None = None) -> list[str]:
     """The lines of `qstat` (of one queue, or all) that name one of ``jobs``."""
     out = subprocess.run(["qstat", "-u", "*", *(["-q", queue] if queue else [])], capture_output=True, text=True,
                          check=True).stdout
@@ -230,11 +241,11 @@ def left_in_qstat(jobs, queue=None):
 class MultihostSweep:
     """One sweep on the nodes' queue, its workers reaching the server only across the bridge."""
 
-    def __init__(self, directory, store, name):
+    def __init__(self, directory: pathlib.Path, store: str, name: str) -> None:
         self.directory, self.store, self.name = directory, store, name
-        self.handle = None
+        self.handle: Sweep | None = None
 
-    def start(self, n_tasks, **options):
+    def start(self, n_tasks: int, **options: Any) -> Sweep:
         """Start the sweep (map_async); ``options`` add to or override the ones here."""
         options = {"backend": "drmaa", "store": self.store, "name": self.name, "host": SUBMIT_ADDRESS,
                    "bind": SUBMIT_ADDRESS, "queue": QUEUE, "native_spec": RESOURCE,
@@ -246,23 +257,23 @@ class MultihostSweep:
             **{name: value for name, value in options.items() if value is not None})
         return self.handle
 
-    def all_started(self, n_tasks):
+    def all_started(self, n_tasks: int) -> bool:
         return all(runs(self.directory, index) for index in range(n_tasks))
 
-    def release(self):
+    def release(self) -> None:
         (self.directory / "release").touch()
 
-    def jobs(self):
+    def jobs(self) -> set[str]:
         return sweep_jobs(self.store, self.handle.id) if self.handle is not None else set()
 
-    def close(self):
+    def close(self) -> None:
         """Release the tasks; cancel a sweep that has not ended (only after a failed test)."""
         self.release()
         if self.handle is not None and not self.handle.wait(30):
             self.handle.cancel(60)
 
 
-def check_results(results, n_tasks, nodes):
+def check_results(results: list[tuple[int, str, str]], n_tasks: int, nodes: Collection[str]) -> None:
     assert [result[0] for result in results] == list(range(n_tasks))
     for index, host, address in results:
         assert host in nodes, (index, host)

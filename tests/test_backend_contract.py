@@ -4,15 +4,24 @@ The workers here are not sheepdog workers but a stand-in interpreter that exits 
 it is told, or sleeps: submission, exit information, termination and leftovers are the backend's
 alone, whatever the workers do.
 """
+from __future__ import annotations
+
 import os
+import pathlib
 import stat
 import time
+from collections.abc import Collection, Iterator
+from typing import Optional
 
 import pytest
-from helpers import wait_until
+from helpers import Cluster, wait_until
 
-from sheepdog_drmaa.backends import WorkerSpec, open_backend
+from sheepdog_drmaa.backends import Backend, WorkerSpec, open_backend
 from sheepdog_drmaa.failures import classify
+from sheepdog_drmaa.model import ExitInfo
+
+# The contract_backend fixture: the backend, and the real scheduler behind it (None for local processes).
+Contract = tuple[Backend, Optional[Cluster]]
 
 STAND_IN = """#!/bin/sh
 # Called as: stand-in -m sheepdog_drmaa.worker. Behaves as $CONTRACT_BEHAVIOUR says.
@@ -25,19 +34,19 @@ esac
 
 @pytest.fixture(params=["local", pytest.param("gridengine", marks=pytest.mark.gridengine),
                         pytest.param("slurm", marks=pytest.mark.slurm)])
-def contract_backend(request):
+def contract_backend(request: pytest.FixtureRequest) -> Iterator[Contract]:
     """A backend opened as the runner opens it: local, or DRMAA on each real scheduler."""
     if request.param == "local":
         backend = open_backend("local")
         yield backend, None
     else:
-        cluster = request.getfixturevalue(request.param)  # fails in CI if the scheduler is not usable
+        cluster: Cluster = request.getfixturevalue(request.param)  # fails in CI if the scheduler is not usable
         backend = open_backend("drmaa")
         yield backend, cluster
     backend.close()
 
 
-def spec_for(tmp_path, behaviour):
+def spec_for(tmp_path: pathlib.Path, behaviour: str) -> WorkerSpec:
     interpreter = tmp_path / "stand-in"
     interpreter.write_text(STAND_IN)
     interpreter.chmod(interpreter.stat().st_mode | stat.S_IXUSR)
@@ -48,9 +57,9 @@ def spec_for(tmp_path, behaviour):
                       working_directory=str(tmp_path), log_dir=str(logs), job_name="contract")
 
 
-def collect(backend, ids, timeout=120):
+def collect(backend: Backend, ids: Collection[str], timeout: float = 120) -> dict[str, ExitInfo]:
     """The exit information of every worker in ``ids``, waiting for each with a deadline."""
-    endings = {}
+    endings: dict[str, ExitInfo] = {}
     deadline = time.monotonic() + timeout
     while set(endings) != set(ids):
         assert time.monotonic() < deadline, f"no exit information for {sorted(set(ids) - set(endings))}"
@@ -61,7 +70,8 @@ def collect(backend, ids, timeout=120):
     return endings
 
 
-def test_a_bulk_submission_gives_distinct_ids_and_each_workers_exit_status(contract_backend, tmp_path):
+def test_a_bulk_submission_gives_distinct_ids_and_each_workers_exit_status(contract_backend: Contract,
+                                                                           tmp_path: pathlib.Path) -> None:
     backend, _ = contract_backend
     ids = backend.submit(3, spec_for(tmp_path, "3"))
     assert len(ids) == len(set(ids)) == 3
@@ -70,13 +80,13 @@ def test_a_bulk_submission_gives_distinct_ids_and_each_workers_exit_status(contr
     assert backend.wait_any(0) is None  # every ending is given once
 
 
-def test_a_clean_exit_is_reported_clean(contract_backend, tmp_path):
+def test_a_clean_exit_is_reported_clean(contract_backend: Contract, tmp_path: pathlib.Path) -> None:
     backend, _ = contract_backend
     ids = backend.submit(2, spec_for(tmp_path, "0"))
     assert all(classify(info).clean for info in collect(backend, ids).values())
 
 
-def test_terminated_workers_end_and_are_reported_not_clean(contract_backend, tmp_path):
+def test_terminated_workers_end_and_are_reported_not_clean(contract_backend: Contract, tmp_path: pathlib.Path) -> None:
     backend, cluster = contract_backend
     ids = backend.submit(2, spec_for(tmp_path, "sleep"))
     if cluster is not None:
@@ -88,7 +98,8 @@ def test_terminated_workers_end_and_are_reported_not_clean(contract_backend, tmp
         assert not classify(info).clean, info
 
 
-def test_started_workers_are_shown_with_their_host_until_they_end(contract_backend, tmp_path):
+def test_started_workers_are_shown_with_their_host_until_they_end(contract_backend: Contract,
+                                                                  tmp_path: pathlib.Path) -> None:
     backend, cluster = contract_backend
     ids = backend.submit(2, spec_for(tmp_path, "sleep"))
     shown = wait_until(lambda: (lambda hosts: hosts if set(hosts) == set(ids) else None)(backend.running_hosts()),
@@ -102,7 +113,7 @@ def test_started_workers_are_shown_with_their_host_until_they_end(contract_backe
     assert backend.running_hosts() == {}  # an ended worker is never shown started
 
 
-def test_execution_hosts_are_listed(contract_backend):
+def test_execution_hosts_are_listed(contract_backend: Contract) -> None:
     backend, cluster = contract_backend
     hosts = backend.execution_hosts()
     if cluster is None:
@@ -111,7 +122,7 @@ def test_execution_hosts_are_listed(contract_backend):
         assert hosts and all(isinstance(host, str) for host in hosts), hosts
 
 
-def test_queued_workers_can_be_terminated_before_they_start(contract_backend, tmp_path):
+def test_queued_workers_can_be_terminated_before_they_start(contract_backend: Contract, tmp_path: pathlib.Path) -> None:
     backend, cluster = contract_backend
     slots = 8 if cluster is not None else getattr(backend, "slots", 2)
     ids = backend.submit(slots + 3, spec_for(tmp_path, "sleep"))
@@ -119,7 +130,7 @@ def test_queued_workers_can_be_terminated_before_they_start(contract_backend, tm
     assert set(collect(backend, ids)) == set(ids)
 
 
-def test_leftovers_of_an_earlier_client_are_removed(contract_backend, tmp_path):
+def test_leftovers_of_an_earlier_client_are_removed(contract_backend: Contract, tmp_path: pathlib.Path) -> None:
     backend, cluster = contract_backend
     earlier = open_backend("local" if cluster is None else "drmaa")  # a client that died, say
     try:
@@ -135,7 +146,7 @@ def test_leftovers_of_an_earlier_client_are_removed(contract_backend, tmp_path):
         earlier.close()
 
 
-def test_close_leaves_no_worker_behind(contract_backend, tmp_path):
+def test_close_leaves_no_worker_behind(contract_backend: Contract, tmp_path: pathlib.Path) -> None:
     backend, cluster = contract_backend
     ids = backend.submit(3, spec_for(tmp_path, "sleep"))
     backend.close()
@@ -145,13 +156,13 @@ def test_close_leaves_no_worker_behind(contract_backend, tmp_path):
         wait_until(lambda: not stand_ins(tmp_path), 10, "the local workers to be gone")
 
 
-def jobs_of(cluster, ids):
+def jobs_of(cluster: Cluster, ids: Collection[str]) -> list[str]:
     """The scheduler's lines about the array jobs of ``ids`` (other tests' jobs are not ours to judge)."""
     arrays = {cluster.array_of(worker) for worker in ids}
     return [line for line in cluster.jobs() if cluster.array_of(line.split()[0]) in arrays]
 
 
-def stand_ins(tmp_path):
+def stand_ins(tmp_path: pathlib.Path) -> list[str]:
     """Live processes started as sleeping stand-in workers by the test of ``tmp_path`` (zombies are gone
     already; other tests' and other runs' stand-ins are not counted)."""
     tag = f"CONTRACT_RUN={tmp_path}\0".encode()

@@ -1,13 +1,18 @@
 """Batched leases on every backend: short tasks travel many to a lease, and a worker that dies
 holding a batch is charged only for the task it was running; the rest go back uncounted."""
+from __future__ import annotations
+
 import os
+import pathlib
 import signal
 import time
+
+from helpers import BackendName
 
 import sheepdog_drmaa
 
 
-def kill_worker_at(directory, x, victim):
+def kill_worker_at(directory: str, x: int, victim: int) -> int:
     """Task ``victim`` kills its own worker process the first time it runs (a real SIGKILL)."""
     if x == victim:
         marker = os.path.join(directory, "killed")
@@ -17,7 +22,8 @@ def kill_worker_at(directory, x, victim):
     return x
 
 
-def test_a_worker_killed_mid_batch_charges_only_the_task_it_ran(backend, store, tmp_path):
+def test_a_worker_killed_mid_batch_charges_only_the_task_it_ran(backend: BackendName, store: str,
+                                                                tmp_path: pathlib.Path) -> None:
     n, victim = 300, 150
     handle = sheepdog_drmaa.map_async(kill_worker_at, [(str(tmp_path), x, victim) for x in range(n)],
                                       backend=backend, store=store, progress=False, workers=1, retries=1)
@@ -34,13 +40,13 @@ def test_a_worker_killed_mid_batch_charges_only_the_task_it_ran(backend, store, 
     assert len(workers_used) == 2  # the killed worker and its replacement: many tasks to each lease
 
 
-def hang_at(x, victim):
+def hang_at(x: int, victim: int) -> int:
     if x == victim:
         time.sleep(120)
     return x
 
 
-def test_a_task_that_hangs_mid_batch_is_the_one_timed_out(backend, store):
+def test_a_task_that_hangs_mid_batch_is_the_one_timed_out(backend: BackendName, store: str) -> None:
     """The worker names a later task of its batch once it has run a second, so the timeout is
     judged on that task's own start and charged to it alone."""
     n, victim = 300, 150

@@ -8,15 +8,18 @@ open must not leave libdrmaa refusing every later one).
 These tests stop the controller for every user of the test cluster: it is started again in a
 ``finally``, whatever happens.
 """
+from __future__ import annotations
+
 import os
 import pathlib
 import signal
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
 
 import pytest
-from helpers import brief, clear_removed_jobs, grid_engine_queues_known, wait_until
+from helpers import Cluster, brief, clear_removed_jobs, grid_engine_queues_known, wait_until
 
 import sheepdog_drmaa
 from sheepdog_drmaa.errors import SchedulerOutage
@@ -24,11 +27,11 @@ from sheepdog_drmaa.errors import SchedulerOutage
 OUTAGE = 20  # seconds the controller stays down in the test that rides it out
 
 
-def square(x):
+def square(x: int) -> int:
     return x * x
 
 
-def answers(cluster):
+def answers(cluster: Cluster) -> bool:
     command = ["qstat"] if cluster.name == "gridengine" else ["scontrol", "ping"]
     try:
         result = subprocess.run(command, capture_output=True, text=True, timeout=10)
@@ -37,7 +40,7 @@ def answers(cluster):
     return result.returncode == 0 and (cluster.name == "gridengine" or "is UP" in result.stdout)
 
 
-def controller_pid(cluster):
+def controller_pid(cluster: Cluster) -> int:
     if cluster.name == "gridengine":
         bootstrap = pathlib.Path(os.environ.get("SGE_ROOT", "/var/lib/gridengine"),
                                  os.environ.get("SGE_CELL", "default"), "common", "bootstrap").read_text()
@@ -50,10 +53,10 @@ def controller_pid(cluster):
 class Controller:
     """Stops the scheduler's controller, and starts it the way ci/ starts it."""
 
-    def __init__(self, cluster):
+    def __init__(self, cluster: Cluster) -> None:
         self.cluster = cluster
 
-    def stop(self):
+    def stop(self) -> None:
         """Shut the controller down as an administrator does (qconf -km; SIGTERM to slurmctld), its state saved."""
         pid = controller_pid(self.cluster)
         if self.cluster.name == "gridengine":
@@ -64,7 +67,7 @@ class Controller:
         assert not answers(self.cluster)
         self.stopped = time.monotonic()
 
-    def start(self):
+    def start(self) -> None:
         if self.cluster.name == "gridengine":
             subprocess.run(["/etc/init.d/gridengine-master", "start"], check=True, capture_output=True, timeout=60)
         else:
@@ -73,7 +76,7 @@ class Controller:
         self.started = time.monotonic()
 
 
-def nodes_known(cluster):
+def nodes_known(cluster: Cluster) -> bool:
     """Whether every execution host has reported to the restarted controller (before the next test)."""
     if cluster.name == "gridengine":
         return grid_engine_queues_known()
@@ -82,7 +85,7 @@ def nodes_known(cluster):
 
 
 @pytest.fixture
-def controller(cluster):
+def controller(cluster: Cluster) -> Iterator[Controller]:
     """Stops and starts the controller on request; up again when the test ends, whatever happens, with the
     jobs its sweeps asked to remove and Grid Engine goes on showing cleared as an administrator would."""
     assert answers(cluster), "the controller does not answer at the start of the test"
@@ -99,7 +102,8 @@ def controller(cluster):
                 print(f"\n[{cluster.name}] left in qstat after the restart, cleared with qdel -f: {brief(stale)}")
 
 
-def test_a_map_called_while_the_controller_is_down_finishes_once_it_is_back(controller, store):
+def test_a_map_called_while_the_controller_is_down_finishes_once_it_is_back(controller: Controller,
+                                                                            store: str) -> None:
     controller.stop()
     starter = threading.Timer(OUTAGE, controller.start)
     starter.start()
@@ -113,7 +117,8 @@ def test_a_map_called_while_the_controller_is_down_finishes_once_it_is_back(cont
           f"controller answered again ({OUTAGE} s outage)")
 
 
-def test_a_controller_down_longer_than_the_bound_fails_the_map_and_the_next_one_works(controller, store):
+def test_a_controller_down_longer_than_the_bound_fails_the_map_and_the_next_one_works(controller: Controller,
+                                                                                      store: str) -> None:
     controller.stop()
     began = time.monotonic()
     # backend="auto" too: a cluster whose scheduler is down is an error, never a reason to run here instead.

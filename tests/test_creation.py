@@ -1,5 +1,7 @@
 """Creating a sweep: arguments stored as cloudpickle would write them, whatever the fast path takes,
 and every task stored whole across the insert statements (large arguments among them)."""
+from __future__ import annotations
+
 import dataclasses
 import decimal
 import enum
@@ -36,11 +38,11 @@ NOT_PLAIN = [[1, 2], {"a": 1}, {1}, frozenset({1}), ((1, 2), 3), (1, [2]), 1j, d
 
 
 @pytest.mark.parametrize("value", PLAIN + NOT_PLAIN, ids=repr)
-def test_an_argument_is_pickled_to_the_bytes_cloudpickle_writes(value):
+def test_an_argument_is_pickled_to_the_bytes_cloudpickle_writes(value: object) -> None:
     assert api._pickle_argument(value, 0) == cloudpickle.dumps(value, protocol=5)
 
 
-def test_a_stored_arguments_digest_is_the_one_of_cloudpickle_bytes(store):
+def test_a_stored_arguments_digest_is_the_one_of_cloudpickle_bytes(store: str) -> None:
     """A named sweep stored by an earlier version (cloudpickle for every argument) still resumes."""
     args = [value for value in PLAIN + NOT_PLAIN if not callable(value)]
     results = sheepdog_drmaa.map(lambda *given: len(given), args, backend="local", store=store, progress=False,
@@ -55,7 +57,7 @@ def test_a_stored_arguments_digest_is_the_one_of_cloudpickle_bytes(store):
 
 
 @pytest.mark.parametrize("n", [1, INSERT_ROWS - 1, INSERT_ROWS, 2 * INSERT_ROWS + 7])
-def test_every_task_is_stored_whole_across_insert_statements(store, n):
+def test_every_task_is_stored_whole_across_insert_statements(store: str, n: int) -> None:
     database = Store(store)
     large = b"L" * (LARGE_VALUE_BYTES + 1)
     args = [large if index % 50 == 3 else f"argument {index}".encode() for index in range(n)]

@@ -1,14 +1,17 @@
 """A whole array deleted from outside (qdel JOB, scancel JOB): each running task's attempt is recorded
 as aborted, never as a clean exit, and retried by a new worker."""
+from __future__ import annotations
+
 import os
+import pathlib
 import time
 
-from helpers import wait_until
+from helpers import Cluster, wait_until
 
 import sheepdog_drmaa
 
 
-def announce_and_sleep_first_time(directory, x):
+def announce_and_sleep_first_time(directory: str, x: int) -> int:
     path = os.path.join(directory, f"{x}.runs")
     first = not os.path.exists(path)
     with open(path, "a") as handle:
@@ -21,7 +24,8 @@ def announce_and_sleep_first_time(directory, x):
     return x
 
 
-def test_a_whole_array_deleted_from_outside_is_recorded_aborted_and_retried(store, tmp_path, cluster):
+def test_a_whole_array_deleted_from_outside_is_recorded_aborted_and_retried(store: str, tmp_path: pathlib.Path,
+                                                                            cluster: Cluster) -> None:
     handle = sheepdog_drmaa.map_async(announce_and_sleep_first_time, [(str(tmp_path), x) for x in range(2)],
                                       backend="drmaa", store=store, progress=False, workers=2)
     files = [tmp_path / f"{x}.worker" for x in range(2)]

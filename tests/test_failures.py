@@ -1,4 +1,6 @@
 """The classification table, row by row."""
+from __future__ import annotations
+
 import pytest
 
 from sheepdog_drmaa.failures import classify, is_retryable
@@ -17,7 +19,7 @@ from sheepdog_drmaa.model import Cause, ExitInfo
     (ExitInfo("1.1", aborted=True, exited=True, exit_status=137), Cause.ABORTED, False, "aborted"),
     (ExitInfo("1.1"), Cause.ABORTED, False, "without an exit status"),
 ])
-def test_classify(info, cause, clean, words):
+def test_classify(info: ExitInfo, cause: Cause, clean: bool, words: str) -> None:
     ending = classify(info)
     assert ending.cause is cause
     assert ending.clean is clean
@@ -25,11 +27,11 @@ def test_classify(info, cause, clean, words):
 
 
 @pytest.mark.parametrize("cause", [Cause.EXIT, Cause.SIGNAL, Cause.ABORTED, Cause.LOST, Cause.TIMEOUT])
-def test_infrastructure_causes_are_retried(cause):
+def test_infrastructure_causes_are_retried(cause: Cause) -> None:
     assert is_retryable(cause)
 
 
-def test_exceptions_are_final_unless_asked():
+def test_exceptions_are_final_unless_asked() -> None:
     types = ("builtins.ValueError", "builtins.Exception", "builtins.BaseException", "builtins.object")
     assert not is_retryable(Cause.EXCEPTION, types)
     assert is_retryable(Cause.EXCEPTION, types, ("builtins.Exception",))
@@ -48,7 +50,8 @@ def test_exceptions_are_final_unless_asked():
     # Slurm with cgroups: the job's state says so; slurm-drmaa reports no usage.
     (ExitInfo("7_1", aborted=True, state="OUT_OF_MEMORY"), 2 << 30, "", "killed for memory: asked 2G"),
 ])
-def test_a_worker_killed_for_memory_says_so_with_the_limit_and_the_peak(info, limit, tail, summary):
+def test_a_worker_killed_for_memory_says_so_with_the_limit_and_the_peak(info: ExitInfo, limit: int, tail: str,
+                                                                        summary: str) -> None:
     ending = classify(info, memory_limit=limit, stderr_tail=tail)
     assert ending.cause is Cause.MEMORY and summary in ending.summary and "memory=" in ending.summary
     assert is_retryable(Cause.MEMORY)
@@ -62,9 +65,9 @@ def test_a_worker_killed_for_memory_says_so_with_the_limit_and_the_peak(info, li
     # No memory= and no words from the scheduler: nothing to compare with.
     (ExitInfo("1.1", signaled=True, signal="SIGKILL", resource_usage={"maxvmem": "2000000000"}), None),
 ])
-def test_other_endings_are_not_taken_for_memory(info, limit):
+def test_other_endings_are_not_taken_for_memory(info: ExitInfo, limit: int | None) -> None:
     assert classify(info, memory_limit=limit).cause is not Cause.MEMORY
 
 
-def test_a_failed_setup_line_is_named_in_the_exit_summary():
+def test_a_failed_setup_line_is_named_in_the_exit_summary() -> None:
     assert "set-up line failed" in classify(ExitInfo("1.1", exited=True, exit_status=72)).summary

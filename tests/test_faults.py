@@ -2,6 +2,8 @@
 
 Executions are counted through files, so a retry is seen, not assumed.
 """
+from __future__ import annotations
+
 import os
 import pathlib
 import signal
@@ -9,16 +11,21 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import pytest
-from helpers import wait_until
+from helpers import BackendName, Cluster, wait_until
 
 import sheepdog_drmaa
 from sheepdog_drmaa import SweepFailed, WorkersCannotStart
 from sheepdog_drmaa.store import Store
 
+if TYPE_CHECKING:
+    from sheepdog_drmaa.handle import Sweep
 
-def note_execution(directory, key):
+
+def note_execution(directory: str, key: int | str) -> int:
     """Append one line per execution of ``key``; return how many executions there have been."""
     path = os.path.join(directory, f"{key}.runs")
     with open(path, "a") as handle:
@@ -27,7 +34,7 @@ def note_execution(directory, key):
         return len(handle.readlines())
 
 
-def executions(directory, key):
+def executions(directory: str | pathlib.Path, key: int | str) -> int:
     path = os.path.join(directory, f"{key}.runs")
     if not os.path.exists(path):
         return 0
@@ -35,29 +42,29 @@ def executions(directory, key):
         return len(handle.readlines())
 
 
-def kill_self_first_time(directory, x):
+def kill_self_first_time(directory: str, x: int) -> int:
     if note_execution(directory, x) == 1:
         os.kill(os.getpid(), signal.SIGKILL)
     return x * 2
 
 
-def exit_three(directory, x):
+def exit_three(directory: str, x: int) -> NoReturn:
     note_execution(directory, x)
     os._exit(3)
 
 
-def always_raises(directory, x):
+def always_raises(directory: str, x: int) -> NoReturn:
     note_execution(directory, x)
     raise ArithmeticError(f"bad point {x}")
 
 
-def raises_key_error_first_time(directory, x):
+def raises_key_error_first_time(directory: str, x: int) -> int:
     if note_execution(directory, x) == 1:
         raise KeyError("transient")
     return x
 
 
-def exits_with(directory, how):
+def exits_with(directory: str, how: str) -> NoReturn:
     note_execution(directory, how)
     kind, status = how.split(":")
     if kind == "sys":
@@ -65,19 +72,19 @@ def exits_with(directory, how):
     os._exit(int(status))
 
 
-def stop_self_first_time(directory, x):
+def stop_self_first_time(directory: str, x: int) -> int:
     if note_execution(directory, x) == 1:
         os.kill(os.getpid(), signal.SIGSTOP)
     return x
 
 
-def sleep_first_time(directory, x):
+def sleep_first_time(directory: str, x: int) -> int:
     if note_execution(directory, x) == 1:
         time.sleep(120)
     return x
 
 
-def announce_and_sleep_first_time(directory, x):
+def announce_and_sleep_first_time(directory: str, x: int) -> int:
     if note_execution(directory, x) == 1:
         from sheepdog_drmaa.worker import worker_id_from_environment
         with open(os.path.join(directory, "job"), "w") as handle:
@@ -87,22 +94,23 @@ def announce_and_sleep_first_time(directory, x):
 
 
 @pytest.fixture
-def sweep(backend, store, tmp_path):
+def sweep(backend: BackendName, store: str, tmp_path: pathlib.Path) -> Callable[..., Sweep]:
     """map_async with the test's backend and store; returns the handle after it ends."""
-    def run(f, items, **options):
+    def run(f: Callable[..., Any], items: Iterable[Any], **options: Any) -> Sweep:
         options.setdefault("progress", False)
-        handle = sheepdog_drmaa.map_async(f, [(str(tmp_path), item) for item in items], backend=backend,
+        handle: Sweep = sheepdog_drmaa.map_async(f, [(str(tmp_path), item) for item in items], backend=backend,
                                           store=store, **options)
         assert handle.wait(180), "the sweep did not end within 180 s"
         return handle
     return run
 
 
-def causes(handle, index):
+def causes(handle: Sweep, index: int) -> list[str | None]:
     return [attempt.cause for attempt in handle.attempts(index)]
 
 
-def test_sigkill_on_the_first_attempt_is_retried_and_succeeds(sweep, tmp_path, backend):
+def test_sigkill_on_the_first_attempt_is_retried_and_succeeds(sweep: Callable[..., Sweep], tmp_path: pathlib.Path,
+                                                              backend: BackendName) -> None:
     handle = sweep(kill_self_first_time, [1, 2])
     assert handle.results() == [2, 4]
     assert causes(handle, 0) == ["signal", "result"]
@@ -112,7 +120,8 @@ def test_sigkill_on_the_first_attempt_is_retried_and_succeeds(sweep, tmp_path, b
     assert executions(tmp_path, 1) == 2 and executions(tmp_path, 2) == 2
 
 
-def test_an_exit_status_is_recorded_and_retried_until_the_budget_is_spent(sweep, tmp_path):
+def test_an_exit_status_is_recorded_and_retried_until_the_budget_is_spent(sweep: Callable[..., Sweep],
+                                                                          tmp_path: pathlib.Path) -> None:
     handle = sweep(exit_three, [7], retries=2)
     with pytest.raises(SweepFailed, match="status 3") as caught:
         handle.results()
@@ -122,14 +131,15 @@ def test_an_exit_status_is_recorded_and_retried_until_the_budget_is_spent(sweep,
     assert executions(tmp_path, 7) == 3
 
 
-def test_an_exception_is_reported_once_and_not_retried(sweep, tmp_path):
+def test_an_exception_is_reported_once_and_not_retried(sweep: Callable[..., Sweep], tmp_path: pathlib.Path) -> None:
     handle = sweep(always_raises, [5])
     with pytest.raises(SweepFailed, match="ArithmeticError: bad point 5"):
         handle.results()
     assert executions(tmp_path, 5) == 1
 
 
-def test_an_exception_listed_in_retry_exceptions_is_retried(sweep, tmp_path):
+def test_an_exception_listed_in_retry_exceptions_is_retried(sweep: Callable[..., Sweep],
+                                                            tmp_path: pathlib.Path) -> None:
     handle = sweep(raises_key_error_first_time, [3], retry_exceptions=(LookupError,))
     assert handle.results() == [3]
     assert causes(handle, 0) == ["exception", "result"]
@@ -137,7 +147,8 @@ def test_an_exception_listed_in_retry_exceptions_is_retried(sweep, tmp_path):
 
 
 @pytest.mark.parametrize("how", ["sys:99", "sys:100"])
-def test_sys_exit_99_and_100_are_task_failures_not_requeues(sweep, tmp_path, how):
+def test_sys_exit_99_and_100_are_task_failures_not_requeues(sweep: Callable[..., Sweep], tmp_path: pathlib.Path,
+                                                            how: str) -> None:
     handle = sweep(exits_with, [how])
     with pytest.raises(SweepFailed, match="SystemExit") as caught:
         handle.results()
@@ -146,7 +157,8 @@ def test_sys_exit_99_and_100_are_task_failures_not_requeues(sweep, tmp_path, how
 
 
 @pytest.mark.parametrize("how", ["os:99", "os:100"])
-def test_os_exit_99_and_100_never_reach_grid_engine(sweep, tmp_path, how):
+def test_os_exit_99_and_100_never_reach_grid_engine(sweep: Callable[..., Sweep], tmp_path: pathlib.Path,
+                                                    how: str) -> None:
     handle = sweep(exits_with, [how], retries=1)
     with pytest.raises(SweepFailed) as caught:
         handle.results()
@@ -155,7 +167,8 @@ def test_os_exit_99_and_100_never_reach_grid_engine(sweep, tmp_path, how):
     assert executions(tmp_path, how) == 2  # retried once by us, never requeued by the scheduler
 
 
-def test_a_stopped_worker_is_detected_as_lost_terminated_and_retried(sweep, tmp_path):
+def test_a_stopped_worker_is_detected_as_lost_terminated_and_retried(sweep: Callable[..., Sweep],
+                                                                     tmp_path: pathlib.Path) -> None:
     started = time.monotonic()
     handle = sweep(stop_self_first_time, [4], heartbeat_interval=0.3, heartbeat_timeout=2)
     assert handle.results() == [4]
@@ -164,14 +177,15 @@ def test_a_stopped_worker_is_detected_as_lost_terminated_and_retried(sweep, tmp_
     assert executions(tmp_path, 4) == 2
 
 
-def test_a_task_over_the_timeout_is_terminated_and_retried(sweep, tmp_path):
+def test_a_task_over_the_timeout_is_terminated_and_retried(sweep: Callable[..., Sweep],
+                                                           tmp_path: pathlib.Path) -> None:
     handle = sweep(sleep_first_time, [6], timeout=3)
     assert handle.results() == [6]
     assert causes(handle, 0) == ["timeout", "result"]
     assert executions(tmp_path, 6) == 2
 
 
-def test_a_job_deleted_with_qdel_is_retried(store, tmp_path, cluster):
+def test_a_job_deleted_with_qdel_is_retried(store: str, tmp_path: pathlib.Path, cluster: Cluster) -> None:
     handle = sheepdog_drmaa.map_async(announce_and_sleep_first_time, [(str(tmp_path), 8)], backend="drmaa",
                                       store=store, progress=False)
     job_file = tmp_path / "job"
@@ -186,7 +200,7 @@ def test_a_job_deleted_with_qdel_is_retried(store, tmp_path, cluster):
 
 
 @pytest.mark.parametrize("python", ["/nonexistent/bin/python", "/bin/false"])
-def test_workers_that_cannot_start_stop_the_sweep_quickly(backend, store, python):
+def test_workers_that_cannot_start_stop_the_sweep_quickly(backend: BackendName, store: str, python: str) -> None:
     started = time.monotonic()
     with pytest.raises(WorkersCannotStart) as caught:
         sheepdog_drmaa.map(abs, [1, 2, 3], backend=backend, store=store, python=python, progress=False)
@@ -198,10 +212,11 @@ def test_workers_that_cannot_start_stop_the_sweep_quickly(backend, store, python
 
 
 def test_a_function_whose_module_the_nodes_cannot_import_stops_the_sweep_with_the_import_error(
-        backend, store, tmp_path, monkeypatch):
+        backend: BackendName, store: str, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "only_on_the_submit_host.py").write_text("def double(x):\n    return 2 * x\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    from only_on_the_submit_host import double
+    # A module this test writes and puts on sys.path just above: there is nothing for mypy to find.
+    from only_on_the_submit_host import double  # type: ignore[import-not-found]
     with pytest.raises(WorkersCannotStart) as caught:
         sheepdog_drmaa.map(double, [1, 2, 3], backend=backend, store=store, progress=False,
                            env={"PYTHONPATH": "/nonexistent"})  # what the nodes would see
@@ -230,7 +245,8 @@ CTRL_C_SCRIPT = textwrap.dedent("""
 
 
 @pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP], ids=["ctrl-c", "sigterm", "sighup"])
-def test_stopping_the_client_terminates_every_job_before_it_exits(backend, store, tmp_path, stop):
+def test_stopping_the_client_terminates_every_job_before_it_exits(backend: BackendName, store: str,
+                                                                  tmp_path: pathlib.Path, stop: signal.Signals) -> None:
     root = os.path.dirname(os.path.dirname(os.path.abspath(sheepdog_drmaa.__file__)))
     script = tmp_path / "sweep.py"
     script.write_text(CTRL_C_SCRIPT.format(root=root, directory=str(tmp_path), backend=backend, store=store))
@@ -250,7 +266,8 @@ def test_stopping_the_client_terminates_every_job_before_it_exits(backend, store
         assert not os.path.exists(f"/proc/{pid}") or pathlib.Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
 
 
-def test_cancel_removes_running_and_queued_workers_of_a_large_array(store, tmp_path, cluster):
+def test_cancel_removes_running_and_queued_workers_of_a_large_array(store: str, tmp_path: pathlib.Path,
+                                                                    cluster: Cluster) -> None:
     handle = sheepdog_drmaa.map_async(sleep_first_time, [(str(tmp_path), x) for x in range(300)], backend="drmaa",
                                       store=store, progress=False)
     wait_until(lambda: handle.status()["running"] >= 4, 60, "several tasks to run")
@@ -263,13 +280,13 @@ def test_cancel_removes_running_and_queued_workers_of_a_large_array(store, tmp_p
     assert counts.get("done", 0) == 0 and counts.get("running", 0) == 0
 
 
-def sleep_two_seconds(directory, x):
+def sleep_two_seconds(directory: str, x: int) -> int:
     note_execution(directory, x)
     time.sleep(2)
     return x
 
 
-def test_a_queued_worker_deleted_with_qdel_is_replaced(store, tmp_path, cluster):
+def test_a_queued_worker_deleted_with_qdel_is_replaced(store: str, tmp_path: pathlib.Path, cluster: Cluster) -> None:
     handle = sheepdog_drmaa.map_async(sleep_two_seconds, [(str(tmp_path), x) for x in range(10)], backend="drmaa",
                                       store=store, progress=False, tasks_per_worker=1)
     queued = wait_until(cluster.queued_workers, 60, "queued workers")

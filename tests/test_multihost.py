@@ -9,6 +9,8 @@ then checks that the test's jobs leave ``qstat``, so the next test starts on thr
 The tasks block until the test releases them (a file), so the test decides when they end instead
 of guessing how long a task must last; executions are recorded in files, so a retry is seen.
 """
+from __future__ import annotations
+
 import logging
 import os
 import pathlib
@@ -16,6 +18,8 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import pytest
 from helpers import (
@@ -24,6 +28,7 @@ from helpers import (
     HEARTBEAT_TIMEOUT,
     QUEUE,
     SUBMIT_ADDRESS,
+    Cluster,
     MultihostSweep,
     brief,
     check_results,
@@ -39,34 +44,37 @@ from helpers import (
 import sheepdog_drmaa
 from sheepdog_drmaa import address
 
+if TYPE_CHECKING:
+    from sheepdog_drmaa.model import AttemptRecord
+
 pytestmark = pytest.mark.multihost
 ON_THEIR_OWN = 20  # seconds the dead node's jobs get to leave qstat by themselves once it is back
 
 
 @pytest.fixture(scope="module")
-def nodes(gridengine):
+def nodes(gridengine: Cluster) -> list[str]:
     """The multi-host cluster; a failure in CI (CI=true) when it is missing, a skip otherwise."""
     return multihost_nodes()
 
 
-def freezer(node, name):
+def freezer(node: str, name: str) -> pathlib.Path:
     return pathlib.Path(FREEZER + node) / name
 
 
-def node_pids(node):
+def node_pids(node: str) -> list[int]:
     return [int(pid) for pid in freezer(node, "cgroup.procs").read_text().split()]
 
 
-def cut_link(node):
+def cut_link(node: str) -> None:
     subprocess.run(["ip", "link", "set", f"veth-{node}", "down"], check=True)
 
 
-def freeze(node):
+def freeze(node: str) -> None:
     freezer(node, "freezer.state").write_text("FROZEN")
     wait_until(lambda: freezer(node, "freezer.state").read_text().strip() == "FROZEN", 10, f"{node} to freeze")
 
 
-def kill_all(node):
+def kill_all(node: str) -> None:
     # Frozen first, so that no process forks past the kill; SIGKILL is delivered on thawing.
     freeze(node)
     for pid in node_pids(node):
@@ -75,17 +83,24 @@ def kill_all(node):
     wait_until(lambda: not node_pids(node), 10, f"every process of {node} to die")
 
 
-def kill_execd(node):
+def kill_execd(node: str) -> None:
     [execd] = [pid for pid in node_pids(node) if pathlib.Path(f"/proc/{pid}/comm").read_text().strip() == "sge_execd"]
     os.kill(execd, signal.SIGKILL)
     wait_until(lambda: execd not in node_pids(node), 10, f"the execd of {node} to die")
+
+
+def ended(attempt: AttemptRecord) -> float:
+    """When an attempt the test knows to have ended did."""
+    assert attempt.ended is not None, attempt
+    return attempt.ended
 
 
 FAULTS = {"link_down": cut_link, "frozen": freeze, "all_killed": kill_all, "execd_killed": kill_execd}
 
 
 @pytest.fixture
-def multihost_sweep(nodes, store, tmp_path, request):
+def multihost_sweep(nodes: list[str], store: str, tmp_path: pathlib.Path,
+                    request: pytest.FixtureRequest) -> Iterator[MultihostSweep]:
     for node in nodes:  # the previous test restored its node
         assert execd_answers(node), f"{node} is not healthy at the start of the test"
     directory = tmp_path / "runs"
@@ -98,7 +113,8 @@ def multihost_sweep(nodes, store, tmp_path, request):
 # ---------------------------------------------------------------------------------------- tests
 
 
-def test_a_sweep_spreads_over_the_hosts_and_records_each_attempts_host(nodes, multihost_sweep):
+def test_a_sweep_spreads_over_the_hosts_and_records_each_attempts_host(nodes: list[str],
+                                                                       multihost_sweep: MultihostSweep) -> None:
     n_tasks = 9
     handle = multihost_sweep.start(n_tasks)
     try:
@@ -120,12 +136,13 @@ def test_a_sweep_spreads_over_the_hosts_and_records_each_attempts_host(nodes, mu
 
 
 @pytest.mark.parametrize("fault", list(FAULTS))
-def test_a_node_cut_off_mid_task_loses_its_tasks_and_they_are_retried_elsewhere(nodes, multihost_sweep, fault):
+def test_a_node_cut_off_mid_task_loses_its_tasks_and_they_are_retried_elsewhere(
+        nodes: list[str], multihost_sweep: MultihostSweep, fault: str) -> None:
     n_tasks = 6
     directory = multihost_sweep.directory
     handle = multihost_sweep.start(n_tasks)
-    dead = None
-    timings = {}
+    dead: str | None = None
+    timings: dict[str, float] = {}
     try:
         wait_until(lambda: multihost_sweep.all_started(n_tasks), 60, "every task to start")
         dead = runs(directory, 0)[0]
@@ -144,11 +161,11 @@ def test_a_node_cut_off_mid_task_loses_its_tasks_and_they_are_retried_elsewhere(
                 assert not [a for a in handle.attempts() if a.cause == "lost"], handle.attempts()
                 time.sleep(0.2)
         else:
-            def lost():
+            def lost() -> list[AttemptRecord]:
                 return [a for a in handle.attempts() if a.cause == "lost"]
             wait_until(lambda: len(lost()) >= len(on_dead), 4 * HEARTBEAT_TIMEOUT + 10,
                        f"the tasks {on_dead} of {dead} to be declared lost")
-            timings["detection"] = max(a.ended for a in lost()) - killed
+            timings["detection"] = max(ended(a) for a in lost()) - killed
             assert timings["detection"] >= HEARTBEAT_TIMEOUT - 2 * HEARTBEAT_INTERVAL, timings
         multihost_sweep.release()
         assert handle.wait(90), "the sweep did not end within 90 s of its release"
@@ -158,7 +175,7 @@ def test_a_node_cut_off_mid_task_loses_its_tasks_and_they_are_retried_elsewhere(
             assert timings["sweep ended"] < 4 * HEARTBEAT_TIMEOUT, timings
             assert left_in_qstat(multihost_sweep.jobs(), queue=f"{QUEUE}@{dead}"), f"no job left on {dead}"
         results = handle.results()
-        timings["recovery"] = max(a.ended for a in handle.attempts()) - killed
+        timings["recovery"] = max(ended(a) for a in handle.attempts()) - killed
 
         check_results(results, n_tasks, nodes)
         for index in range(n_tasks):
@@ -197,8 +214,9 @@ def test_a_node_cut_off_mid_task_loses_its_tasks_and_they_are_retried_elsewhere(
             wait_until(lambda: not left_in_qstat(jobs), 60, f"the sweep's jobs {sorted(jobs)} to leave qstat")
 
 
-def test_without_host_a_loopback_machine_name_gives_way_to_the_address_the_nodes_reach(nodes, multihost_sweep,
-                                                                                       monkeypatch, caplog):
+def test_without_host_a_loopback_machine_name_gives_way_to_the_address_the_nodes_reach(
+        nodes: list[str], multihost_sweep: MultihostSweep, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
     own = address.addresses_of(socket.getfqdn())
     if not own or not all(address.is_loopback(a) for a in own):
         # This machine's name is routable: give it the name that resolves to loopback alone instead.
@@ -214,7 +232,8 @@ def test_without_host_a_loopback_machine_name_gives_way_to_the_address_the_nodes
     assert f"workers will reach the server at {SUBMIT_ADDRESS}" in caplog.text, caplog.text
 
 
-def test_workers_sent_to_a_dead_node_are_written_off_and_replaced_elsewhere(nodes, multihost_sweep, caplog):
+def test_workers_sent_to_a_dead_node_are_written_off_and_replaced_elsewhere(
+        nodes: list[str], multihost_sweep: MultihostSweep, caplog: pytest.LogCaptureFixture) -> None:
     """A node whose link is down before the sweep starts: Grid Engine still sees its free slots and
     sends workers there, which never reach the server. After the hello timeout they are removed,
     the node is named, and no more workers go there; the sweep finishes on the others."""

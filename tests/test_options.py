@@ -1,4 +1,8 @@
 """Option values checked before anything is submitted; runtime limits read from native_spec."""
+from __future__ import annotations
+
+from typing import Any
+
 import pytest
 
 from sheepdog_drmaa import ConfigurationError
@@ -17,33 +21,33 @@ from sheepdog_drmaa.options import parse_slurm_time, resolve
     ("--mem=100", None),
     (None, None),
 ])
-def test_the_runtime_limit_is_read_from_native_spec(native_spec, seconds):
+def test_the_runtime_limit_is_read_from_native_spec(native_spec: str | None, seconds: int | None) -> None:
     assert resolve({"native_spec": native_spec}, environ={}).runtime_limit() == seconds
 
 
-def test_walltime_wins_over_native_spec():
+def test_walltime_wins_over_native_spec() -> None:
     assert resolve({"native_spec": "-t 1:30", "walltime": "0:01:00"}, environ={}).runtime_limit() == 60
 
 
 @pytest.mark.parametrize("text", ["90", "1-2:30", "1-", "a", "1:2:3:4"])
-def test_slurm_times_slurm_drmaa_would_refuse_are_refused(text):
+def test_slurm_times_slurm_drmaa_would_refuse_are_refused(text: str) -> None:
     with pytest.raises(ValueError, match="only as H:MM or H:MM:SS"):
         parse_slurm_time(text)
 
 
-def test_a_runtime_request_in_native_spec_that_cannot_be_read_is_refused_before_the_sweep():
+def test_a_runtime_request_in_native_spec_that_cannot_be_read_is_refused_before_the_sweep() -> None:
     with pytest.raises(ConfigurationError, match="native_spec='-t 90'.*H:MM"):
         resolve({"native_spec": "-t 90"}, environ={})
 
 
-def test_resources_are_parsed_and_kept():
+def test_resources_are_parsed_and_kept() -> None:
     options = resolve({"memory": "1.5G", "cores": 4, "gpus": 1, "project": "lab-1", "memory_resource": "mem_free"},
                       environ={})
     assert (options.memory, options.cores, options.gpus, options.project) == (3 << 29, 4, 1, "lab-1")
     assert (options.parallel_env, options.memory_resource) == ("smp", "mem_free")
 
 
-def test_resources_come_from_the_environment_too():
+def test_resources_come_from_the_environment_too() -> None:
     options = resolve({}, environ={"SHEEPDOG_MEMORY": "2G", "SHEEPDOG_CORES": "2", "SHEEPDOG_SETUP": "a=1\nb=2"})
     assert (options.memory, options.cores, options.setup) == (2 << 30, 2, ("a=1", "b=2"))
 
@@ -60,13 +64,13 @@ def test_resources_come_from_the_environment_too():
     ({"setup": [1]}, "expected a list of shell lines"),
     ({"setup": ["echo it's"]}, "line 1 is not valid /bin/sh: \"echo it's\""),
 ])
-def test_bad_resource_values_are_refused_saying_what_was_wrong(given, words):
+def test_bad_resource_values_are_refused_saying_what_was_wrong(given: dict[str, Any], words: str) -> None:
     with pytest.raises(ConfigurationError) as caught:
         resolve(given, environ={})
     assert words in str(caught.value)
 
 
-def test_setup_lines_may_be_one_string_of_lines():
+def test_setup_lines_may_be_one_string_of_lines() -> None:
     assert resolve({"setup": "module load python\n\n. venv/bin/activate\n"}, environ={}).setup == (
         "module load python", ". venv/bin/activate")
 
@@ -85,12 +89,12 @@ INVALID_FROM_ENV = {
 ANY_TEXT = {"host", "bind", "python", "queue", "log_dir", "store"}
 
 
-def test_every_option_read_from_the_environment_has_an_invalid_value_below():
+def test_every_option_read_from_the_environment_has_an_invalid_value_below() -> None:
     assert set(INVALID_FROM_ENV) | ANY_TEXT == set(options_module._FROM_ENV)
 
 
 @pytest.mark.parametrize("name, text", sorted(INVALID_FROM_ENV.items()))
-def test_an_invalid_value_from_the_environment_names_its_variable(name, text):
+def test_an_invalid_value_from_the_environment_names_its_variable(name: str, text: str) -> None:
     variable = f"SHEEPDOG_{name.upper()}"
     with pytest.raises(ConfigurationError) as caught:
         resolve({}, environ={variable: text})
@@ -98,8 +102,8 @@ def test_an_invalid_value_from_the_environment_names_its_variable(name, text):
 
 
 @pytest.mark.parametrize("name, text", [("memory", "lots"), ("workers", "0"), ("heartbeat_timeout", "5")])
-def test_the_same_value_given_as_an_argument_names_the_option(name, text):
-    value = int(text) if text.isdigit() else text
+def test_the_same_value_given_as_an_argument_names_the_option(name: str, text: str) -> None:
+    value: int | str = int(text) if text.isdigit() else text
     with pytest.raises(ConfigurationError) as caught:
         resolve({name: value}, environ={})
     assert str(caught.value).startswith(f"{name}={value!r}") and "SHEEPDOG_" not in str(caught.value)

@@ -1,24 +1,28 @@
 """Each attempt's stdout and stderr, kept with the attempt: prints, C-level writes and subprocesses."""
+from __future__ import annotations
+
 import ast
 import ctypes
 import json
 import os
+import pathlib
 import subprocess
 import sys
 
 import pytest
+from helpers import BackendName
 
 import sheepdog_drmaa
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(sheepdog_drmaa.__file__)))
 
 
-def run_cli(store, *args):
+def run_cli(store: str, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "sheepdog_drmaa", *args, "--store", store], capture_output=True,
                           text=True, timeout=120, cwd=ROOT)
 
 
-def noisy(x):
+def noisy(x: int) -> int:
     print(f"python print {x}")
     os.write(1, f"raw write {x}\n".encode())
     subprocess.run(["sh", "-c", f"echo subprocess {x}; echo 'to stderr {x}' >&2"], check=True)
@@ -29,7 +33,7 @@ def noisy(x):
     return x
 
 
-def test_each_attempt_keeps_what_its_task_printed(backend, store):
+def test_each_attempt_keeps_what_its_task_printed(backend: BackendName, store: str) -> None:
     results = sheepdog_drmaa.map(noisy, range(3), backend=backend, store=store, progress=False, errors="return",
                                  name="noisy")
     assert results[:2] == [0, 1]
@@ -43,13 +47,13 @@ def test_each_attempt_keeps_what_its_task_printed(backend, store):
     assert "its stderr ended with" in results[2].describe() and "python stderr 2" in results[2].describe()
 
 
-def chatty(n):
+def chatty(n: int) -> int:
     for line in range(n):
         print(f"line {line:06d}")
     return n
 
 
-def test_long_output_keeps_its_head_and_tail(store):
+def test_long_output_keeps_its_head_and_tail(store: str) -> None:
     sheepdog_drmaa.map(chatty, [50_000], backend="local", store=store, progress=False, name="chatty",
                        output_limit="4K")
     stdout = sheepdog_drmaa.Sweep.open("chatty", store=store).attempts(0)[0].stdout
@@ -57,7 +61,7 @@ def test_long_output_keeps_its_head_and_tail(store):
     assert "bytes left out" in stdout and len(stdout) < 4096 + 100
 
 
-def test_the_logs_command_shows_an_attempts_output(store):
+def test_the_logs_command_shows_an_attempts_output(store: str) -> None:
     with pytest.raises(sheepdog_drmaa.SweepFailed):
         sheepdog_drmaa.map(noisy, [2], backend="local", store=store, progress=False, name="logs")
     shown = run_cli(store, "logs", "logs", "0")
@@ -70,7 +74,7 @@ def test_the_logs_command_shows_an_attempts_output(store):
     assert missing.returncode == 2 and "its attempts are 1" in missing.stderr
 
 
-def test_frames_of_code_that_travelled_by_value_get_their_file_and_lines_back(tmp_path):
+def test_frames_of_code_that_travelled_by_value_get_their_file_and_lines_back(tmp_path: pathlib.Path) -> None:
     from sheepdog_drmaa.records import with_source_file
     script = tmp_path / "sweep.py"
     script.write_text("import math\n\ndef f(x):\n    return math.sqrt(x) / 0\n")
@@ -98,14 +102,14 @@ except sheepdog_drmaa.SweepFailed as failed:
 """
 
 
-def test_a_failure_in_a_script_names_the_script_and_its_line(tmp_path, store):
+def test_a_failure_in_a_script_names_the_script_and_its_line(tmp_path: pathlib.Path, store: str) -> None:
     script = tmp_path / "my_sweep.py"
     script.write_text(SCRIPT.format(root=ROOT, store=store))
     shown = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120).stdout
     assert f'File "{script}", line 8, in f\n    raise ValueError(f"bad {{y}}")' in shown
 
 
-def daemonising(x):
+def daemonising(x: int) -> int:
     """Prints; task 1 then closes its standard descriptors, as daemonising code does, and returns."""
     print(f"task {x} says hello", flush=True)
     if x == 1:
@@ -114,7 +118,7 @@ def daemonising(x):
     return x * 10
 
 
-def test_a_task_that_closes_its_standard_descriptors_reports_and_the_next_tasks_print(store):
+def test_a_task_that_closes_its_standard_descriptors_reports_and_the_next_tasks_print(store: str) -> None:
     results = sheepdog_drmaa.map(daemonising, range(4), backend="local", store=store, progress=False, workers=1,
                                  tasks_per_worker=4, retries=0, name="daemon")
     assert results == [0, 10, 20, 30]
@@ -147,7 +151,7 @@ os.write(report, repr((connection.sock.fileno(), connection.sock.gettimeout(), r
 """
 
 
-def test_the_workers_connections_stay_off_the_standard_descriptors_a_task_closed(tmp_path):
+def test_the_workers_connections_stay_off_the_standard_descriptors_a_task_closed(tmp_path: pathlib.Path) -> None:
     report = tmp_path / "report"
     subprocess.run([sys.executable, "-c", CONNECT_WITHOUT_STANDARD_DESCRIPTORS.format(root=ROOT, report=str(report))],
                    check=True, timeout=60)

@@ -3,21 +3,26 @@
 Real processes: f leaves processes behind that left its session, and the test checks they are
 gone once map() returns; workers end in ways the local backend once could not reap.
 """
+from __future__ import annotations
+
 import contextlib
 import os
+import pathlib
 import resource
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
+from typing import NoReturn
 
 import pytest
-from helpers import wait_until
+from helpers import BackendName, wait_until
 
 import sheepdog_drmaa
 from sheepdog_drmaa import SweepFailed, WorkersCannotStart
 
 
-def leave_processes_behind(directory):
+def leave_processes_behind(directory: str) -> None:
     """Start two processes that escape f's process group: a setsid'd child and an orphaned daemon."""
     child = subprocess.Popen(["sleep", "300"], start_new_session=True)
     daemon = subprocess.run(["sh", "-c", "sleep 300 >/dev/null 2>&1 & echo $!"], start_new_session=True,
@@ -26,7 +31,7 @@ def leave_processes_behind(directory):
         handle.write(f"{child.pid}\n{daemon.stdout.strip()}\n")
 
 
-def escape_then_overrun_the_first_time(directory, x):
+def escape_then_overrun_the_first_time(directory: str, x: int) -> int:
     marker = os.path.join(directory, "ran")
     if not os.path.exists(marker):
         open(marker, "w").close()
@@ -35,7 +40,7 @@ def escape_then_overrun_the_first_time(directory, x):
     return x
 
 
-def escape_or_wait(directory, what):
+def escape_or_wait(directory: str, what: str) -> str:
     if what == "escape":
         leave_processes_behind(directory)
     else:
@@ -43,7 +48,7 @@ def escape_or_wait(directory, what):
     return what
 
 
-def alive(pid):
+def alive(pid: int) -> bool:
     """Whether ``pid`` runs (a zombie, which the test process does not own, is as good as gone)."""
     try:
         with open(f"/proc/{pid}/stat") as handle:
@@ -52,7 +57,7 @@ def alive(pid):
         return False
 
 
-def assert_all_gone(directory):
+def assert_all_gone(directory: str | pathlib.Path) -> None:
     with open(os.path.join(directory, "pids")) as handle:
         pids = [int(line) for line in handle.read().split()]
     assert len(pids) == 2
@@ -64,31 +69,33 @@ def assert_all_gone(directory):
         raise
 
 
-def native_spec(backend):
+def native_spec(backend: BackendName) -> str | None:
     """Grid Engine's qdel is a SIGKILL of the job's process group; -notify sends SIGUSR2 first, which
     gives the worker the moment it needs to end the processes that left that group."""
     return "-notify" if backend.scheduler == "gridengine" else None
 
 
-def test_processes_that_left_the_session_go_when_the_attempt_times_out(backend, store, tmp_path):
+def test_processes_that_left_the_session_go_when_the_attempt_times_out(backend: BackendName, store: str,
+                                                                       tmp_path: pathlib.Path) -> None:
     result = sheepdog_drmaa.map(escape_then_overrun_the_first_time, [(str(tmp_path), 5)], backend=backend,
                                 store=store, progress=False, timeout=3, native_spec=native_spec(backend))
     assert result == [5]
     assert_all_gone(tmp_path)
 
 
-def test_processes_that_left_the_session_go_when_the_worker_ends_on_its_own(backend, store, tmp_path):
+def test_processes_that_left_the_session_go_when_the_worker_ends_on_its_own(backend: BackendName, store: str,
+                                                                            tmp_path: pathlib.Path) -> None:
     items = [(str(tmp_path), "escape"), (str(tmp_path), "wait")]
     assert sheepdog_drmaa.map(escape_or_wait, items, backend=backend, store=store, progress=False,
                               tasks_per_worker=1) == ["escape", "wait"]
     assert_all_gone(tmp_path)
 
 
-def kill_self_with_a_real_time_signal(x):
+def kill_self_with_a_real_time_signal(x: int) -> None:
     os.kill(os.getpid(), signal.SIGRTMIN + 6)
 
 
-def test_a_local_worker_killed_by_a_signal_without_a_name_is_reaped(store):
+def test_a_local_worker_killed_by_a_signal_without_a_name_is_reaped(store: str) -> None:
     handle = sheepdog_drmaa.map_async(kill_self_with_a_real_time_signal, [1], backend="local", store=store,
                                       progress=False, retries=0)
     assert handle.wait(30), "the sweep hung: the worker's ending was never recorded"
@@ -98,7 +105,7 @@ def test_a_local_worker_killed_by_a_signal_without_a_name_is_reaped(store):
     assert "Real-time signal 6" in caught.value.failures[0].summary
 
 
-def exit_on_go(go, x):
+def exit_on_go(go: str, x: int) -> NoReturn:
     """Run until ``go`` exists, then end the worker without a report (so that no connection is needed)."""
     open(f"{go}.{x}", "w").close()
     while not os.path.exists(go):
@@ -107,11 +114,11 @@ def exit_on_go(go, x):
 
 
 @contextlib.contextmanager
-def no_descriptors_left():
+def no_descriptors_left() -> Iterator[None]:
     """Use up this process's file descriptors (under a lowered soft limit); give them back afterwards."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")) + 32, hard))
-    held = []
+    held: list[int] = []
     try:
         with contextlib.suppress(OSError):
             while True:
@@ -123,7 +130,8 @@ def no_descriptors_left():
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
-def test_local_workers_that_cannot_start_for_want_of_descriptors_end_the_sweep(store, tmp_path, caplog):
+def test_local_workers_that_cannot_start_for_want_of_descriptors_end_the_sweep(
+        store: str, tmp_path: pathlib.Path, caplog: pytest.LogCaptureFixture) -> None:
     go = tmp_path / "go"
     handle = sheepdog_drmaa.map_async(exit_on_go, [(str(go), x) for x in range(3)], backend="local", store=store,
                                       progress=False, workers=1)

@@ -12,17 +12,21 @@ process is alive on any node. The stale jobs are then cleared as an administrato
 These tests disturb every user of the cluster for the outage: qmaster is started again in a
 ``finally``, whatever happens.
 """
+from __future__ import annotations
+
 import logging
 import os
 import pathlib
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
 
 import pytest
 from helpers import (
     FREEZER,
     NODES,
+    Cluster,
     MultihostSweep,
     brief,
     check_results,
@@ -39,7 +43,7 @@ QMASTER_START = ["/etc/init.d/gridengine-master", "start"]  # as ci/gridengine.s
 BACKEND_LOG = "sheepdog_drmaa.backends"  # drmaa.py and removals.py
 
 
-def qmaster_pid():
+def qmaster_pid() -> int:
     """sge_qmaster's pid, from the pid file in its spool directory (named in the cell's bootstrap file)."""
     bootstrap = pathlib.Path(os.environ.get("SGE_ROOT", "/var/lib/gridengine"), os.environ.get("SGE_CELL", "default"),
                              "common", "bootstrap").read_text()
@@ -49,7 +53,7 @@ def qmaster_pid():
     return pid
 
 
-def qmaster_answers():
+def qmaster_answers() -> bool:
     try:
         return subprocess.run(["qstat"], capture_output=True, timeout=10).returncode == 0
     except subprocess.TimeoutExpired:
@@ -57,20 +61,20 @@ def qmaster_answers():
 
 
 class Qmaster:
-    def kill(self):
+    def kill(self) -> None:
         pid = qmaster_pid()
         os.kill(pid, signal.SIGKILL)
         wait_until(lambda: not os.path.exists(f"/proc/{pid}"), 10, "sge_qmaster to die")
         self.killed = time.time()
 
-    def start(self):
+    def start(self) -> None:
         subprocess.run(QMASTER_START, check=True, capture_output=True, timeout=60)
         wait_until(qmaster_answers, 60, "qmaster to answer after its start")
         self.started = time.time()
 
 
 @pytest.fixture
-def qmaster(gridengine):
+def qmaster(gridengine: Cluster) -> Iterator[Qmaster]:
     """Kills and starts qmaster on request; it is running again when the test ends, whatever happens,
     and every queue instance has heard from its execd again before the next test begins."""
     assert qmaster_answers(), "qmaster does not answer at the start of the test"
@@ -84,7 +88,8 @@ def qmaster(gridengine):
 
 
 @pytest.fixture
-def restart_sweep(qmaster, store, tmp_path, request):
+def restart_sweep(qmaster: Qmaster, store: str, tmp_path: pathlib.Path,
+                  request: pytest.FixtureRequest) -> Iterator[MultihostSweep]:
     multihost_nodes()
     directory = tmp_path / "runs"
     directory.mkdir()
@@ -101,9 +106,9 @@ def restart_sweep(qmaster, store, tmp_path, request):
     wait_until(lambda: not left_in_qstat(jobs), 60, f"the sweep's jobs {sorted(jobs)} to leave qstat")
 
 
-def worker_processes():
+def worker_processes() -> list[tuple[str, int]]:
     """Live sheepdog worker processes on the nodes (in their freezer groups)."""
-    found = []
+    found: list[tuple[str, int]] = []
     for node in NODES:
         for pid in pathlib.Path(FREEZER + node, "cgroup.procs").read_text().split():
             try:
@@ -114,11 +119,11 @@ def worker_processes():
     return found
 
 
-def started(directory, n_tasks):
+def started(directory: pathlib.Path, n_tasks: int) -> list[int]:
     return [index for index in range(n_tasks) if runs(directory, index)]
 
 
-def check_nothing_can_start(sweep):
+def check_nothing_can_start(sweep: MultihostSweep) -> None:
     """No job of the sweep queued, each one left asked to go (d), and no worker process left on a node."""
     lines = left_in_qstat(sweep.jobs())
     assert not [line for line in lines if "q" in line.split()[4]], f"queued jobs left: {brief(lines)}"
@@ -127,7 +132,7 @@ def check_nothing_can_start(sweep):
 
 
 def test_leasing_workers_carry_on_while_qmaster_is_down_and_the_queued_ones_are_removed_once_it_is_back(
-        restart_sweep, qmaster, caplog):
+        restart_sweep: MultihostSweep, qmaster: Qmaster, caplog: pytest.LogCaptureFixture) -> None:
     n_tasks = 20  # 12 slots on the nodes: 8 workers stay queued
     began = time.time()
     with caplog.at_level(logging.INFO, logger="sheepdog_drmaa"):
@@ -156,7 +161,8 @@ def test_leasing_workers_carry_on_while_qmaster_is_down_and_the_queued_ones_are_
           f"after qmaster answered again, {returned - began:.1f} s after it began")
 
 
-def test_one_task_per_worker_a_retry_is_submitted_once_qmaster_is_back(restart_sweep, qmaster, caplog):
+def test_one_task_per_worker_a_retry_is_submitted_once_qmaster_is_back(
+        restart_sweep: MultihostSweep, qmaster: Qmaster, caplog: pytest.LogCaptureFixture) -> None:
     n_tasks = 6
     directory = restart_sweep.directory
     began = time.time()
@@ -189,7 +195,7 @@ def test_one_task_per_worker_a_retry_is_submitted_once_qmaster_is_back(restart_s
 
 
 def test_a_sweep_whose_every_task_is_done_returns_within_outage_wait_while_qmaster_stays_down(
-        restart_sweep, qmaster, caplog):
+        restart_sweep: MultihostSweep, qmaster: Qmaster, caplog: pytest.LogCaptureFixture) -> None:
     n_tasks, outage_wait = 20, 10  # 12 slots on the nodes: 8 workers stay queued, and cannot be removed
     with caplog.at_level(logging.INFO, logger="sheepdog_drmaa"):
         handle = restart_sweep.start(n_tasks, outage_wait=outage_wait)

@@ -1,7 +1,12 @@
 """Removals kept while the scheduler is unreachable: tried again with its own command in the background,
 never blocking the sweep, and done once it answers (backends/removals.py)."""
+from __future__ import annotations
+
 import logging
+import pathlib
 import time
+from collections.abc import Sequence
+from typing import NoReturn
 
 import pytest
 from helpers import wait_until
@@ -10,7 +15,7 @@ from sheepdog_drmaa.backends.removals import KeptRemovals
 from sheepdog_drmaa.backends.schedulers import GridEngine, Slurm
 
 
-def test_grid_engine_qdel_answers_count_as_removed_only_when_every_line_says_so():
+def test_grid_engine_qdel_answers_count_as_removed_only_when_every_line_says_so() -> None:
     grid_engine = GridEngine()
     # Measured on Son of Grid Engine 8.1.9: one id gone, the others registered for deletion (exit 1).
     assert grid_engine.removed(1, 'root has registered the job-array task 117.2 for deletion\n'
@@ -25,12 +30,12 @@ def test_grid_engine_qdel_answers_count_as_removed_only_when_every_line_says_so(
 class Scripted(GridEngine):
     """Grid Engine whose removal command is a script of the test's."""
 
-    def __init__(self, script):
+    def __init__(self, script: pathlib.Path) -> None:
         self.remove_command = str(script)
 
 
 @pytest.fixture
-def remover(tmp_path):
+def remover(tmp_path: pathlib.Path) -> pathlib.Path:
     """A removal command that fails as qdel does while qmaster is down until the file 'up' exists,
     and records the ids it was given."""
     script = tmp_path / "remove"
@@ -44,35 +49,48 @@ for id in "$@"; do echo "root has registered the job-array task $id for deletion
     return tmp_path
 
 
-def unused_send(targets):
+def unused_send(targets: Sequence[str]) -> NoReturn:
     raise AssertionError("a scheduler with a removal command is not asked through DRMAA")
 
 
-def test_kept_removals_wait_for_the_scheduler_and_go_in_one_command_once_it_answers(remover, caplog):
+def test_kept_removals_wait_for_the_scheduler_and_go_in_one_command_once_it_answers(
+        remover: pathlib.Path, caplog: pytest.LogCaptureFixture) -> None:
     kept = KeptRemovals(Scripted(remover / "remove"), unused_send)
+
+    def retried_then_idle() -> bool:
+        kept.retry(float("-inf"))
+        return not kept.command.busy
+
+    def retried_then_empty() -> bool:
+        kept.retry(float("-inf"))
+        return not kept
     with caplog.at_level(logging.INFO, logger="sheepdog_drmaa"):
         kept.keep(["12.3", "13"], "got send error")
         kept.keep(["14"], "unreachable")
         assert kept.outage and list(kept) == ["12.3", "13", "14"]
         kept.retry(answered_at=time.monotonic())  # a listing answered after the failure: try at once
-        wait_until(lambda: (kept.retry(float("-inf")), not kept.command.busy)[1], 10, "the first try to end")
+        wait_until(retried_then_idle, 10, "the first try to end")
         assert kept and kept.outage, "kept removals were dropped while the scheduler did not answer"
         (remover / "up").touch()
         kept.retry(answered_at=time.monotonic())
-        wait_until(lambda: (kept.retry(float("-inf")), not kept)[1], 10, "the kept removals to be done")
+        wait_until(retried_then_empty, 10, "the kept removals to be done")
     assert not kept.outage
     assert (remover / "removed").read_text().split() == ["12.3", "13", "14"]
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 2 and "cannot reach" in warnings[0] and "answers again" in warnings[1], warnings
 
 
-def test_a_removal_command_that_hangs_never_blocks_and_is_given_up_after_its_timeout(remover):
+def test_a_removal_command_that_hangs_never_blocks_and_is_given_up_after_its_timeout(remover: pathlib.Path) -> None:
     (remover / "hang").touch()
     kept = KeptRemovals(Scripted(remover / "remove"), unused_send, command_timeout=1.0)
     kept.keep(["21"], "unreachable")
     began = time.monotonic()
     kept.retry(answered_at=time.monotonic())
     assert kept.command.busy and time.monotonic() - began < 0.5
-    wait_until(lambda: (kept.retry(float("-inf")), not kept.command.busy)[1], 10, "the hung command to be killed")
+
+    def retried_then_idle() -> bool:
+        kept.retry(float("-inf"))
+        return not kept.command.busy
+    wait_until(retried_then_idle, 10, "the hung command to be killed")
     assert list(kept) == ["21"] and kept.outage
     kept.stop()

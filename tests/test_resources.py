@@ -6,14 +6,18 @@ The test clusters of ci/ offer what a site does: on Grid Engine a parallel envir
 h_vmem consumable (64G on the host, 4G for a job that asks for none), a consumable gpu (2) and a
 project sheepdog; on Slurm a node of 8 CPUs, 8000 MB and gres gpu:2.
 """
+from __future__ import annotations
+
 import os
+import pathlib
 import re
 import subprocess
 import time
 import uuid
+from typing import Any
 
 import pytest
-from helpers import wait_until
+from helpers import Cluster, wait_until
 
 import sheepdog_drmaa
 from sheepdog_drmaa import ConfigurationError
@@ -21,21 +25,22 @@ from sheepdog_drmaa import ConfigurationError
 THREADS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS")
 
 
-def threads_once_released(directory):
+def threads_once_released(directory: str) -> dict[str, str | None]:
     """Wait until the test has looked at the job, then say what thread counts the job was given."""
     while not os.path.exists(os.path.join(directory, "go")):
         time.sleep(0.05)
     return {name: os.environ.get(name) for name in THREADS}
 
 
-def job_record(cluster, worker):
+def job_record(cluster: Cluster, worker: str) -> str:
     """What the scheduler shows about the worker's job (qstat -j / scontrol show job)."""
     job = cluster.array_of(worker)
     command = ["qstat", "-j", job] if cluster.name == "gridengine" else ["scontrol", "show", "job", job]
     return subprocess.run(command, capture_output=True, text=True, check=True).stdout
 
 
-def test_resources_by_name_reach_the_scheduler_and_cores_set_the_thread_counts(cluster, store, tmp_path):
+def test_resources_by_name_reach_the_scheduler_and_cores_set_the_thread_counts(cluster: Cluster, store: str,
+                                                                               tmp_path: pathlib.Path) -> None:
     sweep = sheepdog_drmaa.map_async(threads_once_released, [str(tmp_path)], backend="drmaa", store=store,
                                      progress=False, memory="1G", cores=2, gpus=1, project="sheepdog",
                                      env={"OMP_NUM_THREADS": "1"})
@@ -58,7 +63,7 @@ def test_resources_by_name_reach_the_scheduler_and_cores_set_the_thread_counts(c
                                 "NUMEXPR_NUM_THREADS": "2"}]
 
 
-def refused(cluster, store, **options):
+def refused(cluster: Cluster, store: str, **options: Any) -> str:
     """The ConfigurationError that map raises for these options, having stored and submitted nothing."""
     name = "rf" + uuid.uuid4().hex[:6]  # others run jobs on these clusters too: ours are found by name
     with pytest.raises(ConfigurationError) as caught:
@@ -69,7 +74,7 @@ def refused(cluster, store, **options):
     return str(caught.value)
 
 
-def test_names_the_scheduler_does_not_know_are_refused_listing_the_valid_ones(cluster, store):
+def test_names_the_scheduler_does_not_know_are_refused_listing_the_valid_ones(cluster: Cluster, store: str) -> None:
     if cluster.name == "gridengine":
         assert "its queues are all.q" in refused(cluster, store, queue="nowhere.q")
         assert "its parallel environments are smp" in refused(cluster, store, cores=2, parallel_env="mpi")
@@ -80,7 +85,7 @@ def test_names_the_scheduler_does_not_know_are_refused_listing_the_valid_ones(cl
         assert "its partitions are debug" in refused(cluster, store, queue="nowhere")
 
 
-def test_requests_that_could_never_be_scheduled_are_refused(cluster, store):
+def test_requests_that_could_never_be_scheduled_are_refused(cluster: Cluster, store: str) -> None:
     host = "host" if cluster.name == "gridengine" else "node"
     assert re.search(rf"cores=9: no {host} of .* (slots|CPUs) \(the most is 8\)", refused(cluster, store, cores=9))
     assert re.search(r"memory=1000G: no .* \(the most is [0-9.]+G", refused(cluster, store, memory="1000G"))
@@ -88,12 +93,12 @@ def test_requests_that_could_never_be_scheduled_are_refused(cluster, store):
 
 
 @pytest.mark.gridengine
-def test_a_job_variable_that_grid_engine_would_cut_is_refused(gridengine, store):
+def test_a_job_variable_that_grid_engine_would_cut_is_refused(gridengine: Cluster, store: str) -> None:
     message = refused(gridengine, store, env={"JAVA_OPTS": "-Dlevel=debug"})
     assert "JAVA_OPTS" in message and "setup=" in message
 
 
-def children_over_memory(n_children, megabytes):
+def children_over_memory(n_children: int, megabytes: int) -> str:
     """Start processes that together hold more memory than the worker asked for, and wait for them."""
     import subprocess
     import sys
@@ -104,7 +109,7 @@ def children_over_memory(n_children, megabytes):
     return "not killed"
 
 
-def test_a_worker_killed_for_memory_says_so_with_the_limit_and_the_peak(cluster, store):
+def test_a_worker_killed_for_memory_says_so_with_the_limit_and_the_peak(cluster: Cluster, store: str) -> None:
     sweep = sheepdog_drmaa.map_async(children_over_memory, [(3, 150)], backend="drmaa", store=store,
                                      progress=False, memory="400M", retries=0, errors="return")
     [failure] = sweep.results()

@@ -1,4 +1,6 @@
 """Durable sweeps: a client killed midway, the same line run again, and the command line on the store."""
+from __future__ import annotations
+
 import json
 import os
 import pathlib
@@ -9,7 +11,7 @@ import textwrap
 import time
 
 import pytest
-from helpers import Cluster, wait_until
+from helpers import BackendName, Cluster, wait_until
 
 import sheepdog_drmaa
 from sheepdog_drmaa import SweepLocked, SweepMismatch
@@ -36,7 +38,7 @@ CLIENT = textwrap.dedent("""
 """)
 
 
-def gone(pid):
+def gone(pid: int) -> bool:
     """The process has ended (a zombie not yet reaped counts as ended)."""
     try:
         return pathlib.Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
@@ -44,12 +46,13 @@ def gone(pid):
         return True
 
 
-def runs(directory, x):
+def runs(directory: str | pathlib.Path, x: int) -> int:
     path = os.path.join(directory, f"{x}.runs")
     return len(pathlib.Path(path).read_text().splitlines()) if os.path.exists(path) else 0
 
 
-def test_a_killed_client_resumes_without_rerunning_finished_tasks(backend, store, tmp_path):
+def test_a_killed_client_resumes_without_rerunning_finished_tasks(backend: BackendName, store: str,
+                                                                  tmp_path: pathlib.Path) -> None:
     directory = tmp_path / "runs"
     directory.mkdir()
     script = tmp_path / "client.py"
@@ -79,7 +82,7 @@ def test_a_killed_client_resumes_without_rerunning_finished_tasks(backend, store
         wait_until(lambda: not Cluster(backend.scheduler).jobs(), 30, "no job to be left")
 
 
-def test_mismatched_arguments_on_resume_are_refused(store):
+def test_mismatched_arguments_on_resume_are_refused(store: str) -> None:
     sheepdog_drmaa.map(abs, [-1, -2], backend="local", store=store, name="grid", progress=False)
     with pytest.raises(SweepMismatch, match="different arguments.*resume=False"):
         sheepdog_drmaa.map(abs, [-1, -3], backend="local", store=store, name="grid", progress=False)
@@ -89,10 +92,10 @@ def test_mismatched_arguments_on_resume_are_refused(store):
                               progress=False) == [1, 3]
 
 
-def test_a_finished_named_sweep_returns_its_stored_results_without_running(store, tmp_path):
+def test_a_finished_named_sweep_returns_its_stored_results_without_running(store: str, tmp_path: pathlib.Path) -> None:
     marker = tmp_path / "ran"
 
-    def touch(x):
+    def touch(x: int) -> int:
         with open(marker, "a") as handle:
             handle.write("x")
         return x
@@ -101,7 +104,7 @@ def test_a_finished_named_sweep_returns_its_stored_results_without_running(store
     assert marker.read_text() == "xx"
 
 
-def test_a_live_sweep_of_the_same_name_is_locked(store):
+def test_a_live_sweep_of_the_same_name_is_locked(store: str) -> None:
     sweep = sheepdog_drmaa.map_async(lambda x: __import__("time").sleep(x), [5], backend="local", store=store,
                                      name="busy", progress=False)
     try:
@@ -113,7 +116,7 @@ def test_a_live_sweep_of_the_same_name_is_locked(store):
     assert sweep.wait(30)
 
 
-def test_a_store_written_by_a_killed_client_opens_cleanly(store, tmp_path):
+def test_a_store_written_by_a_killed_client_opens_cleanly(store: str, tmp_path: pathlib.Path) -> None:
     script = tmp_path / "killed.py"
     script.write_text(textwrap.dedent(f"""
         import sys, time
@@ -131,7 +134,7 @@ def test_a_store_written_by_a_killed_client_opens_cleanly(store, tmp_path):
     assert len(list(sweep.as_completed())) == 30
 
 
-def _done(store, name):
+def _done(store: str, name: str) -> int:
     try:
         database = Store(store, readonly=True)
         record = database.sweep_named(name)
@@ -140,14 +143,14 @@ def _done(store, name):
         return 0
 
 
-def cli(store, *args):
+def cli(store: str, *args: str) -> str:
     result = subprocess.run([sys.executable, "-m", "sheepdog_drmaa", *args, "--store", store],
                             capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert result.returncode == 0, result.stderr
     return result.stdout
 
 
-def flaky(directory, x):
+def flaky(directory: str, x: int) -> int:
     path = os.path.join(directory, f"{x}.runs")
     with open(path, "a") as handle:
         handle.write("run\n")
@@ -158,7 +161,8 @@ def flaky(directory, x):
     return x
 
 
-def test_the_command_line_on_finished_failed_and_retried_tasks(backend, store, tmp_path):
+def test_the_command_line_on_finished_failed_and_retried_tasks(backend: BackendName, store: str,
+                                                               tmp_path: pathlib.Path) -> None:
     with pytest.raises(sheepdog_drmaa.SweepFailed):
         sheepdog_drmaa.map(flaky, [(str(tmp_path), x) for x in range(4)], backend=backend, store=store,
                            name="mixed", progress=False)
@@ -181,10 +185,11 @@ def test_the_command_line_on_finished_failed_and_retried_tasks(backend, store, t
     assert "cancelled" in cli(store, "cancel", "mixed")
 
 
-def test_a_stale_claim_from_another_host_does_not_lock_the_sweep(store):
+def test_a_stale_claim_from_another_host_does_not_lock_the_sweep(store: str) -> None:
     sheepdog_drmaa.map(abs, [-1], backend="local", store=store, name="moved", progress=False)
     database = Store(store)
     record = database.sweep_named("moved")
+    assert record is not None
     database.take_claim(record, Claim(pid=12345, host="another-host", started=None, token="t", seen=time.time()))
     with pytest.raises(SweepLocked, match="another-host"):
         sheepdog_drmaa.map(abs, [-1], backend="local", store=store, name="moved", progress=False)

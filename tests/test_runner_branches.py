@@ -4,33 +4,39 @@ The workers are real local processes; only the scheduler's answers are bent: a s
 cannot reach the scheduler, workers queued far beyond the free slots, a scheduler that never
 reports the end of the jobs it was asked to remove. And a store written by version 0.1.0.
 """
+from __future__ import annotations
+
 import contextlib
+import pathlib
 import sqlite3
 import time
+from collections.abc import Iterable, Sequence
 
 import pytest
 
 import sheepdog_drmaa
+from sheepdog_drmaa.backends import WorkerSpec
 from sheepdog_drmaa.backends.local import LocalBackend
 from sheepdog_drmaa.driver import Timing, use_timing
 from sheepdog_drmaa.errors import SchedulerUnreachable, SubmissionRefused
+from sheepdog_drmaa.model import ExitInfo
 from sheepdog_drmaa.store import SCHEMA_VERSION, Store
 
 
 class BentBackend(LocalBackend):
     """The local backend, recording every call, with the scheduler's rare answers on request."""
 
-    def __init__(self, slots=2, unreachable_submissions=0, swallow_exits=False, slow_submission=0.0,
-                 refused_submissions=()):
+    def __init__(self, slots: int = 2, unreachable_submissions: int = 0, swallow_exits: bool = False,
+                 slow_submission: float = 0.0, refused_submissions: Iterable[int] = ()) -> None:
         super().__init__(slots=slots)
         self.refused_submissions = set(refused_submissions)  # which submissions (1, 2, ...) are refused
         self.unreachable_submissions = unreachable_submissions
         self.swallow_exits = swallow_exits
         self.slow_submission = slow_submission  # seconds the scheduler takes to answer, its workers already started
-        self.submissions = []
-        self.terminations = []
+        self.submissions: list[int] = []
+        self.terminations: list[list[str]] = []
 
-    def submit(self, count, spec):
+    def submit(self, count: int, spec: WorkerSpec) -> list[str]:
         self.submissions.append(count)
         if self.unreachable_submissions:
             self.unreachable_submissions -= 1
@@ -41,37 +47,38 @@ class BentBackend(LocalBackend):
         time.sleep(self.slow_submission)
         return ids
 
-    def wait_any(self, timeout):
+    def wait_any(self, timeout: float) -> ExitInfo | None:
         if self.swallow_exits and self.terminations:
             time.sleep(timeout)  # the scheduler never says that the removed workers are gone
             return None
         return super().wait_any(timeout)
 
-    def terminate(self, worker_ids):
+    def terminate(self, worker_ids: Sequence[str]) -> None:
         self.terminations.append(list(worker_ids))
         super().terminate(worker_ids)
 
 
 @pytest.fixture
-def bent():
+def bent() -> type[BentBackend]:
     """A BentBackend built with the given settings, for map(backend=...)."""
     return BentBackend
 
 
-def test_a_submission_the_scheduler_could_not_take_is_tried_again(bent, store):
+def test_a_submission_the_scheduler_could_not_take_is_tried_again(bent: type[BentBackend], store: str) -> None:
     backend = bent(unreachable_submissions=2)
     with use_timing(Timing(submit_retry=0.2)):
         assert sheepdog_drmaa.map(abs, [-1, -2, -3], backend=backend, store=store, progress=False) == [1, 2, 3]
     assert backend.submissions[:3] == [3, 3, 3]  # refused twice, then taken
 
 
-def slow_at_the_end(x):
+def slow_at_the_end(x: int) -> int:
     if x >= 38:  # the last two tasks keep the sweep running while the surplus goes
         time.sleep(1.5)
     return x
 
 
-def test_surplus_queued_workers_are_removed_in_batches_while_the_sweep_runs(bent, store):
+def test_surplus_queued_workers_are_removed_in_batches_while_the_sweep_runs(
+        bent: type[BentBackend], store: str) -> None:
     backend = bent(slots=2)
     with use_timing(Timing(removal_batch=7)):
         assert sheepdog_drmaa.map(slow_at_the_end, range(40), backend=backend, store=store,
@@ -83,11 +90,12 @@ def test_surplus_queued_workers_are_removed_in_batches_while_the_sweep_runs(bent
     assert len(set(removed)) == 38
 
 
-def sleep_long(x):
+def sleep_long(x: int) -> None:
     time.sleep(60)
 
 
-def test_shutting_down_does_not_wait_past_the_reap_deadline_for_a_silent_scheduler(bent, store):
+def test_shutting_down_does_not_wait_past_the_reap_deadline_for_a_silent_scheduler(
+        bent: type[BentBackend], store: str) -> None:
     backend = bent(swallow_exits=True)
     with use_timing(Timing(reap=1.0)):
         sweep = sheepdog_drmaa.map_async(sleep_long, [1, 2], backend=backend, store=store, progress=False, workers=2)
@@ -115,7 +123,7 @@ CREATE TABLE workers (sweep_id TEXT NOT NULL, id TEXT NOT NULL, submitted REAL N
 """
 
 
-def test_a_store_written_by_version_0_1_is_upgraded_and_its_sweep_resumes(store, tmp_path):
+def test_a_store_written_by_version_0_1_is_upgraded_and_its_sweep_resumes(store: str, tmp_path: pathlib.Path) -> None:
     import os
     os.makedirs(os.path.dirname(store))
     first = sheepdog_drmaa.map(abs, [-1, -2, -3], backend="local", store=str(tmp_path / "new.sqlite"), name="old",
@@ -139,7 +147,8 @@ def test_a_store_written_by_version_0_1_is_upgraded_and_its_sweep_resumes(store,
     assert Store(store, readonly=True).counts(sweep[0]) == {"done": 3}
 
 
-def test_workers_that_start_before_their_submission_returns_are_asked_to_say_hello_again(bent, store):
+def test_workers_that_start_before_their_submission_returns_are_asked_to_say_hello_again(
+        bent: type[BentBackend], store: str) -> None:
     """The scheduler starts the workers and answers the submission only later (the client submits
     outside its lock): their hellos come from ids it does not know yet, and must not send them away."""
     backend = bent(slots=4, slow_submission=3.0)
@@ -151,7 +160,7 @@ def test_workers_that_start_before_their_submission_returns_are_asked_to_say_hel
 
 
 def test_a_refusal_while_workers_are_alive_is_tried_again_and_one_with_none_alive_ends_the_sweep(
-        bent, store, caplog):
+        bent: type[BentBackend], store: str, caplog: pytest.LogCaptureFixture) -> None:
     # The second submission hits a per-user limit while two workers of the first wait for a slot.
     backend = bent(slots=2, refused_submissions={2})
     with use_timing(Timing(refused_retry=0.5)):

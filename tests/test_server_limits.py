@@ -3,6 +3,8 @@
 Attacks run against a server in a child process, so that its memory and threads are measured
 from /proc apart from the test's own; signed requests go through the worker's real Channel.
 """
+from __future__ import annotations
+
 import http.client
 import json
 import logging
@@ -13,12 +15,14 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, NoReturn
 
 import pytest
 from helpers import wait_until
 
 from sheepdog_drmaa import protocol
-from sheepdog_drmaa.server import MAX_BODY, TaskServer, Warnings, make_app
+from sheepdog_drmaa.server import MAX_BODY, Handler, TaskServer, Warnings, make_app
 from sheepdog_drmaa.worker import CONNECT_BACKOFF, Channel, ChannelError
 
 KEY = b"k" * 32
@@ -62,12 +66,13 @@ sys.stdin.read()
 class Child:
     """A task server in a child process, and what /proc says about it."""
 
-    def __init__(self, **config):
+    def __init__(self, **config: Any) -> None:
         self.process = subprocess.Popen([sys.executable, "-c", SERVER_SCRIPT, json.dumps(config)],
                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert self.process.stdout is not None
         self.port = int(self.process.stdout.readline())
 
-    def status(self, field):
+    def status(self, field: str) -> float:
         """A number from /proc/PID/status: Threads, or VmRSS / VmHWM in MB."""
         with open(f"/proc/{self.process.pid}/status") as handle:
             for line in handle:
@@ -76,12 +81,13 @@ class Child:
                     return value if field == "Threads" else value / 1024
         raise KeyError(field)
 
-    def cpu_seconds(self):
+    def cpu_seconds(self) -> float:
         with open(f"/proc/{self.process.pid}/stat") as handle:
             fields = handle.read().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
-    def stop(self):
+    def stop(self) -> None:
+        assert self.process.stdin is not None and self.process.stdout is not None
         self.process.stdin.close()
         try:
             self.process.wait(timeout=5)
@@ -92,10 +98,10 @@ class Child:
 
 
 @pytest.fixture
-def child():
-    children = []
+def child() -> Iterator[Callable[..., Child]]:
+    children: list[Child] = []
 
-    def start(**config):
+    def start(**config: Any) -> Child:
         children.append(Child(**config))
         return children[-1]
 
@@ -105,10 +111,10 @@ def child():
 
 
 @pytest.fixture
-def served():
-    servers = []
+def served() -> Iterator[Callable[..., TaskServer]]:
+    servers: list[TaskServer] = []
 
-    def serve(handlers=None, **options):
+    def serve(handlers: Mapping[str, Handler] | None = None, **options: Any) -> TaskServer:
         handlers = handlers or {protocol.ROUTE_HELLO: lambda message: {"echo": message.get("value")}}
         app = make_app(KEY, handlers, max_body=options.pop("max_body", MAX_BODY))
         servers.append(TaskServer(app, "127.0.0.1", 0, **options))
@@ -119,17 +125,18 @@ def served():
         server.stop()
 
 
-def channel(port, timeout=5.0):
+def channel(port: int, timeout: float = 5.0) -> Channel:
     """The worker's Channel, with a short timeout instead of its 60 s."""
     result = Channel(f"http://127.0.0.1:{port}", KEY, "w1")
-    result.connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    # A plain HTTPConnection where the channel keeps its own _Connection (the type it declares).
+    result.connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)  # type: ignore[assignment]
     return result
 
 
-def open_idle(port, count):
+def open_idle(port: int, count: int) -> list[socket.socket]:
     """``count`` connections that send nothing, opened no faster than the server accepts them (a
     connection that finds the listen backlog full waits a second for its SYN to be sent again)."""
-    sockets = []
+    sockets: list[socket.socket] = []
     for number in range(count):
         if number % 64 == 0:
             wait_until(lambda: accept_queue(port) < 32, 10, "the server to accept connections")
@@ -137,7 +144,7 @@ def open_idle(port, count):
     return sockets
 
 
-def accept_queue(port):
+def accept_queue(port: int) -> int:
     """How many connections wait in the backlog of the listening socket on ``port``."""
     with open("/proc/net/tcp") as handle:
         for line in handle.readlines()[1:]:
@@ -147,7 +154,7 @@ def accept_queue(port):
     raise LookupError(f"nothing listens on port {port}")
 
 
-def raw_request(port, head, body=b"", timeout=5.0):
+def raw_request(port: int, head: str, body: bytes = b"", timeout: float = 5.0) -> int | None:
     """Send ``head`` (request line and headers) and ``body``; the status of the answer, or None if the
     server closed the connection without one."""
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
@@ -163,7 +170,8 @@ def raw_request(port, head, body=b"", timeout=5.0):
         return response.status
 
 
-def signed_head(route, body, key=KEY, nonce=None, timestamp=None, length=None):
+def signed_head(route: str, body: bytes, key: bytes = KEY, nonce: str | None = None, timestamp: str | None = None,
+                length: int | None = None) -> str:
     nonce, timestamp = nonce or protocol.new_nonce(), timestamp or repr(time.time())
     length = len(body) if length is None else length
     return (f"POST {route} HTTP/1.1\r\nContent-Length: {length}\r\n"
@@ -172,7 +180,7 @@ def signed_head(route, body, key=KEY, nonce=None, timestamp=None, length=None):
             f"{protocol.HEADER_SIGNATURE}: {protocol.request_signature(key, route, nonce, timestamp, body)}\r\n")
 
 
-def send_unsigned_body(port, size, chunked=False):
+def send_unsigned_body(port: int, size: int, chunked: bool = False) -> None:
     """What an attacker without the key does: post a large body, 1 MB at a time, until refused."""
     chunk = b"x" * MB
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
@@ -191,7 +199,7 @@ def send_unsigned_body(port, size, chunked=False):
 # -- item 5: nobody without the key makes the server read a body ------------------------------
 
 
-def peak_growth(server, senders):
+def peak_growth(server: Child, senders: list[Callable[[], None]]) -> float:
     """How much the server's peak RSS grew, in MB, while ``senders`` ran at once (each in a thread)."""
     before = server.status("VmHWM")
     threads = [threading.Thread(target=send) for send in senders]
@@ -206,14 +214,15 @@ def peak_growth(server, senders):
 
 @pytest.mark.parametrize("clients, size, chunked", [(5, 100 * MB, False), (1, 300 * MB, True)],
                          ids=["five-100MB-bodies", "chunked-300MB-body"])
-def test_unsigned_bodies_do_not_raise_the_servers_memory(child, clients, size, chunked):
+def test_unsigned_bodies_do_not_raise_the_servers_memory(child: Callable[..., Child], clients: int, size: int,
+                                                         chunked: bool) -> None:
     server = child()
     growth = peak_growth(server, [lambda: send_unsigned_body(server.port, size, chunked)] * clients)
     assert growth < 30, f"{clients} unsigned {size // MB} MB bodies raised the server's peak RSS by {growth:.0f} MB"
 
 
-def test_unsigned_headers_do_not_raise_the_servers_memory(child):
-    def send_long_headers():
+def test_unsigned_headers_do_not_raise_the_servers_memory(child: Callable[..., Child]) -> None:
+    def send_long_headers() -> None:
         with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
             try:
                 sock.sendall(b"POST /hello HTTP/1.1\r\n")
@@ -228,7 +237,7 @@ def test_unsigned_headers_do_not_raise_the_servers_memory(child):
     assert growth < 30, f"50 requests with 6.5 MB of headers raised the server's peak RSS by {growth:.0f} MB"
 
 
-def test_an_unsigned_request_is_refused_before_its_body_arrives(served):
+def test_an_unsigned_request_is_refused_before_its_body_arrives(served: Callable[..., TaskServer]) -> None:
     server = served()
     # The body never comes: the answer must not wait for it.
     status = raw_request(server.port, "POST /hello HTTP/1.1\r\nContent-Length: 1000\r\n", timeout=3)
@@ -247,14 +256,19 @@ def test_an_unsigned_request_is_refused_before_its_body_arrives(served):
     (lambda: signed_head("/hello", b"body", nonce="not-hex-" * 4), b"body", 409),
 ], ids=["chunked", "no-length", "bad-length", "too-large", "wrong-key", "other-body", "other-length",
         "nan-time", "bad-nonce"])
-def test_refused_before_the_handler(served, head, body, status):
-    calls = []
-    server = served({"/hello": lambda message: calls.append(message) or {}}, max_body=1000)
+def test_refused_before_the_handler(served: Callable[..., TaskServer], head: Callable[[], str], body: bytes,
+                                    status: int) -> None:
+    calls: list[dict[str, Any]] = []
+
+    def record(message: dict[str, Any]) -> dict[str, Any]:
+        calls.append(message)
+        return {}
+    server = served({"/hello": record}, max_body=1000)
     assert raw_request(server.port, head(), body) == status
     assert calls == []
 
 
-def test_a_worker_with_too_large_a_body_is_told_so(served):
+def test_a_worker_with_too_large_a_body_is_told_so(served: Callable[..., TaskServer]) -> None:
     server = served(max_body=1000)
     with pytest.raises(ChannelError, match="HTTP 413"):
         channel(server.port).call(protocol.ROUTE_HELLO, {"value": b"x" * 5000}, attempts=1)
@@ -263,7 +277,7 @@ def test_a_worker_with_too_large_a_body_is_told_so(served):
 # -- item 6: connections cannot pin threads or use up descriptors -----------------------------
 
 
-def test_idle_connections_do_not_pin_threads_and_workers_still_get_in(child):
+def test_idle_connections_do_not_pin_threads_and_workers_still_get_in(child: Callable[..., Child]) -> None:
     server = child()
     threads_before, rss_before = server.status("Threads"), server.status("VmRSS")
     idle = open_idle(server.port, 1500)
@@ -281,7 +295,7 @@ def test_idle_connections_do_not_pin_threads_and_workers_still_get_in(child):
     assert answered < 2
 
 
-def test_idle_connections_cannot_use_up_the_descriptors(child):
+def test_idle_connections_cannot_use_up_the_descriptors(child: Callable[..., Child]) -> None:
     server = child(open_files=1024)  # the usual limit, and no higher hard limit to raise it to
     idle = open_idle(server.port, 1100)
     try:
@@ -291,7 +305,7 @@ def test_idle_connections_cannot_use_up_the_descriptors(child):
             sock.close()
 
 
-def test_out_of_descriptors_the_server_neither_dies_nor_spins(child):
+def test_out_of_descriptors_the_server_neither_dies_nor_spins(child: Callable[..., Child]) -> None:
     server = child(open_files=256)
     channel(server.port).call("/hog", {}, attempts=1)
     wait_until(lambda: len(os.listdir(f"/proc/{server.process.pid}/fd")) >= 250, 5, "the descriptors held")
@@ -304,7 +318,7 @@ def test_out_of_descriptors_the_server_neither_dies_nor_spins(child):
     assert cpu < 0.3 * waited
 
 
-def test_a_connection_without_signed_headers_is_closed_at_its_deadline(served):
+def test_a_connection_without_signed_headers_is_closed_at_its_deadline(served: Callable[..., TaskServer]) -> None:
     server = served(header_timeout=0.5)
     with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
         started = time.monotonic()
@@ -319,16 +333,17 @@ def test_a_connection_without_signed_headers_is_closed_at_its_deadline(served):
         assert time.monotonic() - started < 2
 
 
-def test_strangers_are_dropped_oldest_first_and_workers_keep_their_connections(served):
+def test_strangers_are_dropped_oldest_first_and_workers_keep_their_connections(
+        served: Callable[..., TaskServer]) -> None:
     gate, entered = threading.Event(), threading.Event()
 
-    def slow(message):
+    def slow(message: dict[str, Any]) -> dict[str, Any]:
         entered.set()
         gate.wait(10)
         return {"done": True}
 
     server = served({"/slow": slow, protocol.ROUTE_HELLO: lambda message: {}}, max_connections=8)
-    result = {}
+    result: dict[str, Any] = {}
     worker = threading.Thread(target=lambda: result.update(channel(server.port).call("/slow", {}, attempts=1)))
     worker.start()
     assert entered.wait(5)
@@ -345,10 +360,11 @@ def test_strangers_are_dropped_oldest_first_and_workers_keep_their_connections(s
     assert result == {"done": True}
 
 
-def test_when_workers_hold_every_connection_newcomers_are_turned_away_at_once(served):
+def test_when_workers_hold_every_connection_newcomers_are_turned_away_at_once(
+        served: Callable[..., TaskServer]) -> None:
     gate, entered = threading.Event(), threading.Semaphore(0)
 
-    def slow(message):
+    def slow(message: dict[str, Any]) -> dict[str, Any]:
         entered.release()
         gate.wait(10)
         return {}
@@ -369,7 +385,7 @@ def test_when_workers_hold_every_connection_newcomers_are_turned_away_at_once(se
     assert channel(server.port).call(protocol.ROUTE_HELLO, {}, attempts=1) == {}
 
 
-def _closed_by_server(sock):
+def _closed_by_server(sock: socket.socket) -> bool:
     sock.setblocking(False)
     try:
         return sock.recv(1) == b""
@@ -379,7 +395,7 @@ def _closed_by_server(sock):
         return True
 
 
-def test_a_worker_idle_past_the_header_timeout_calls_again_at_once(served):
+def test_a_worker_idle_past_the_header_timeout_calls_again_at_once(served: Callable[..., TaskServer]) -> None:
     server = served(header_timeout=0.3)
     worker = channel(server.port)
     worker.call(protocol.ROUTE_HELLO, {}, attempts=1)
@@ -389,7 +405,7 @@ def test_a_worker_idle_past_the_header_timeout_calls_again_at_once(served):
     assert time.monotonic() - started < CONNECT_BACKOFF  # the call did not fail and wait to retry
 
 
-def test_the_open_files_limit_is_raised_to_the_hard_limit(served):
+def test_the_open_files_limit_is_raised_to_the_hard_limit(served: Callable[..., TaskServer]) -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard == resource.RLIM_INFINITY or hard <= 1024:
         pytest.skip(f"the hard limit ({hard}) leaves nothing to raise")
@@ -404,7 +420,8 @@ def test_the_open_files_limit_is_raised_to_the_hard_limit(served):
 # -- item 7: quiet logs, finite timestamps, well-formed messages ------------------------------
 
 
-def test_refusals_are_logged_once_then_counted(served, caplog):
+def test_refusals_are_logged_once_then_counted(served: Callable[..., TaskServer],
+                                               caplog: pytest.LogCaptureFixture) -> None:
     server = served()
     caplog.set_level(logging.DEBUG, logger="sheepdog_drmaa.server")
     for _ in range(500):
@@ -414,7 +431,7 @@ def test_refusals_are_logged_once_then_counted(served, caplog):
     assert len(refusals) == 500
 
 
-def test_repeated_warnings_are_summarised(caplog):
+def test_repeated_warnings_are_summarised(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.WARNING, logger="sheepdog_drmaa.server")
     warnings = Warnings("pokes", interval=0.2)
     for number in range(3):
@@ -424,11 +441,11 @@ def test_repeated_warnings_are_summarised(caplog):
 
 
 @pytest.mark.parametrize("timestamp", ["nan", "-nan", "inf", "NaN"])
-def test_non_finite_timestamps_are_refused(timestamp):
+def test_non_finite_timestamps_are_refused(timestamp: str) -> None:
     assert not protocol.ReplayGuard().accept("0" * 32, timestamp)
 
 
-def test_a_replayed_nonce_is_refused_after_a_pruning():
+def test_a_replayed_nonce_is_refused_after_a_pruning() -> None:
     guard, nonce = protocol.ReplayGuard(window=10), protocol.new_nonce()
     assert guard.accept(nonce, "1000.0", now=1000.0)
     assert not guard.accept(nonce, "1000.0", now=1005.0)
@@ -448,8 +465,10 @@ def test_a_replayed_nonce_is_refused_after_a_pruning():
     (protocol.ROUTE_TASK_DIED, {"task": 0}),
 ], ids=["task-str", "result-str", "types-int", "second-task-bool", "reports-dict", "reports-missing",
         "heartbeat-no-elapsed", "error-str", "host-int", "died-no-number"])
-def test_a_signed_message_of_the_wrong_shape_gets_400_and_no_traceback(served, capfd, route, message):
-    def like_the_runner(message):
+def test_a_signed_message_of_the_wrong_shape_gets_400_and_no_traceback(
+        served: Callable[..., TaskServer], capfd: pytest.CaptureFixture[str], route: str,
+        message: dict[str, Any]) -> None:
+    def like_the_runner(message: dict[str, Any]) -> dict[str, Any]:
         reports = message.get("reports") or [{}]
         running = message.get("running") or {}
         return {"next": sum(r.get("task", 0) + 1 for r in reports),
@@ -464,26 +483,29 @@ def test_a_signed_message_of_the_wrong_shape_gets_400_and_no_traceback(served, c
     assert "Traceback" not in capfd.readouterr().err
 
 
-def test_well_formed_messages_pass_the_shape_check():
+def test_well_formed_messages_pass_the_shape_check() -> None:
     report = {"task": 3, "number": 1, "result": b"r", "usage": {"seconds": 1.0}}
     failure = {"types": ["builtins.ValueError"], "type": "ValueError", "message": "m", "traceback": "t", "pickle": None}
-    for route, message in [(protocol.ROUTE_HELLO, {"host": "node1", "process_group": 12}),
-                           (protocol.ROUTE_LEASE, {"reports": []}),
-                           (protocol.ROUTE_LEASE, {"reports": [report, report]}),
-                           (protocol.ROUTE_REPORT, {"reports": [{"task": 3, "number": 1, "exception": failure}]}),
-                           (protocol.ROUTE_HEARTBEAT, {"running": None}),
-                           (protocol.ROUTE_HEARTBEAT, {"running": {"task": 3, "number": 1, "elapsed": 0.5}}),
-                           (protocol.ROUTE_TASK_DIED, {"task": 3, "number": 1, "max_rss_kb": 2048}),
-                           (protocol.ROUTE_SETUP_FAILED, {"error": failure})]:
+    messages: list[tuple[str, dict[str, Any]]] = [
+        (protocol.ROUTE_HELLO, {"host": "node1", "process_group": 12}),
+        (protocol.ROUTE_LEASE, {"reports": []}),
+        (protocol.ROUTE_LEASE, {"reports": [report, report]}),
+        (protocol.ROUTE_REPORT, {"reports": [{"task": 3, "number": 1, "exception": failure}]}),
+        (protocol.ROUTE_HEARTBEAT, {"running": None}),
+        (protocol.ROUTE_HEARTBEAT, {"running": {"task": 3, "number": 1, "elapsed": 0.5}}),
+        (protocol.ROUTE_TASK_DIED, {"task": 3, "number": 1, "max_rss_kb": 2048}),
+        (protocol.ROUTE_SETUP_FAILED, {"error": failure})]
+    for route, message in messages:
         assert protocol.shape_problem(dict(message, worker="w1"), protocol.MESSAGE_SHAPES[route]) is None
 
 
-def test_a_handler_bug_is_a_500_and_a_logged_error(served, caplog):
-    def broken(message):
+def test_a_handler_bug_is_a_500_and_a_logged_error(served: Callable[..., TaskServer],
+                                                   caplog: pytest.LogCaptureFixture) -> None:
+    def broken(message: dict[str, Any]) -> NoReturn:
         raise KeyError("bug")
 
     server = served({protocol.ROUTE_HELLO: broken})
     with pytest.raises(ChannelError, match="HTTP 500"):
         channel(server.port).call(protocol.ROUTE_HELLO, {}, attempts=1)
     errors = [r for r in caplog.records if r.levelno == logging.ERROR and r.name == "sheepdog_drmaa.server"]
-    assert len(errors) == 1 and errors[0].exc_info[0] is KeyError
+    assert len(errors) == 1 and errors[0].exc_info is not None and errors[0].exc_info[0] is KeyError

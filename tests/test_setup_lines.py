@@ -1,21 +1,26 @@
 """Set-up lines (setup=) on every backend: they run in the job's shell before the worker's Python
 starts, what they export reaches f, an interpreter path with a space works, and a failing line
 ends the sweep with WorkersCannotStart quoting the line, its number and its output."""
+from __future__ import annotations
+
 import glob
 import os
+import pathlib
 import sys
 
 import pytest
+from helpers import BackendName
 
 import sheepdog_drmaa
 from sheepdog_drmaa import WorkersCannotStart
 
 
-def from_setup(name):
+def from_setup(name: str) -> tuple[str | None, str]:
     return os.environ.get(name), os.getcwd()
 
 
-def test_setup_lines_run_in_the_jobs_shell_before_python(backend, store, tmp_path):
+def test_setup_lines_run_in_the_jobs_shell_before_python(backend: BackendName, store: str,
+                                                         tmp_path: pathlib.Path) -> None:
     # An interpreter whose path has a space in it (Grid Engine's DRMAA refuses such a command by itself).
     directory = tmp_path / "my python"
     directory.mkdir()
@@ -27,7 +32,7 @@ def test_setup_lines_run_in_the_jobs_shell_before_python(backend, store, tmp_pat
     assert results == [("it's set up", str(tmp_path))]
 
 
-def test_a_failing_setup_line_is_quoted_with_its_output(backend, store):
+def test_a_failing_setup_line_is_quoted_with_its_output(backend: BackendName, store: str) -> None:
     with pytest.raises(WorkersCannotStart) as caught:
         sheepdog_drmaa.map(abs, [1], backend=backend, store=store, progress=False,
                            setup=["true", "echo before; no-such-command-sheepdog --flag"])
@@ -43,8 +48,8 @@ def test_a_failing_setup_line_is_quoted_with_its_output(backend, store):
     (". {script}", 4),                                       # a sourced script that exits
     ("echo all set; exit 0", 0),                             # the worker would never start
 ])
-def test_a_setup_line_that_ends_the_shell_is_quoted_and_leaves_no_temporary_file(store, tmp_path, monkeypatch,
-                                                                                   line, status):
+def test_a_setup_line_that_ends_the_shell_is_quoted_and_leaves_no_temporary_file(
+        store: str, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch, line: str, status: int) -> None:
     script = tmp_path / "site-env.sh"
     script.write_text("echo loading x\necho 'no module x' >&2\nexit 4\n")
     line = line.format(script=script)
@@ -67,7 +72,8 @@ def test_a_setup_line_that_ends_the_shell_is_quoted_and_leaves_no_temporary_file
     assert os.listdir(temporary) == []
 
 
-def test_setup_lines_that_succeed_leave_no_temporary_file(store, tmp_path, monkeypatch):
+def test_setup_lines_that_succeed_leave_no_temporary_file(store: str, tmp_path: pathlib.Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     temporary = tmp_path / "tmp"
     temporary.mkdir()
     monkeypatch.setenv("TMPDIR", str(temporary))

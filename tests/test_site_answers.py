@@ -1,46 +1,51 @@
 """A scheduler's answers to the site checks' commands (backends/answers.py): asked a round at a time,
 remembered for a few minutes in this process and beside the store, and never trusted to refuse."""
+from __future__ import annotations
+
 import json
 import os
+import pathlib
 import stat
 import threading
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 import pytest
 
 from sheepdog_drmaa.backends import WorkerSpec, answers, sites
-from sheepdog_drmaa.backends.answers import REMEMBER_SECONDS, Answers, remembered_in
+from sheepdog_drmaa.backends.answers import REMEMBER_SECONDS, Answers, Command, remembered_in
 from sheepdog_drmaa.backends.schedulers import GridEngine, Slurm
 from sheepdog_drmaa.errors import ConfigurationError
 
 
 class Clock:
-    def __init__(self):
+    def __init__(self) -> None:
         self.now = 1_000_000.0
 
-    def __call__(self):
+    def __call__(self) -> float:
         return self.now
 
 
 class Scheduler:
     """Commands answered from a table; records every command run."""
 
-    def __init__(self, table):
+    def __init__(self, table: Mapping[Command, str | None]) -> None:
         self.table = dict(table)
-        self.ran = []
+        self.ran: list[Command] = []
         self.lock = threading.Lock()
 
-    def __call__(self, command):
+    def __call__(self, command: Command) -> str | None:
         with self.lock:
             self.ran.append(command)
         return self.table.get(command)
 
 
 @pytest.fixture
-def path(tmp_path):
+def path(tmp_path: pathlib.Path) -> str:
     return str(tmp_path / answers.FILE_NAME)
 
 
-def test_an_answer_is_asked_once_while_fresh_and_again_once_old():
+def test_an_answer_is_asked_once_while_fresh_and_again_once_old() -> None:
     clock, scheduler = Clock(), Scheduler({("qconf", "-sql"): "all.q\n"})
     remembered = Answers("ge", scheduler, clock)
     assert remembered.read("qconf", "-sql") == "all.q\n"
@@ -52,11 +57,11 @@ def test_an_answer_is_asked_once_while_fresh_and_again_once_old():
     assert len(scheduler.ran) == 2
 
 
-def test_the_commands_of_one_round_are_asked_at_once():
+def test_the_commands_of_one_round_are_asked_at_once() -> None:
     commands = [("qconf", "-se", f"node{i}") for i in range(4)]
     everyone_asking = threading.Barrier(len(commands), timeout=30)  # one at a time would never get past it
 
-    def scheduler(command):
+    def scheduler(command: Command) -> str:
         everyone_asking.wait()
         return command[-1]
     remembered = Answers("ge", scheduler)
@@ -64,7 +69,7 @@ def test_the_commands_of_one_round_are_asked_at_once():
     assert [remembered.read(*command) for command in commands] == ["node0", "node1", "node2", "node3"]
 
 
-def test_answers_remembered_beside_the_store_spare_the_next_process_the_commands(path):
+def test_answers_remembered_beside_the_store_spare_the_next_process_the_commands(path: str) -> None:
     clock = Clock()
     with remembered_in(path):
         Answers("ge", Scheduler({("qconf", "-sql"): "all.q\n", ("qconf", "-spl"): None}), clock).fetch(
@@ -84,7 +89,7 @@ def test_answers_remembered_beside_the_store_spare_the_next_process_the_commands
 @pytest.mark.parametrize("damage", ["not json", "[]", '{"version": 99, "sites": {}}',
                                     '{"version": 1, "sites": {"ge": [["qconf", 1, 2], 3, {}]}}',
                                     '{"version": 1, "sites": {"ge": {"x": 1}}}', "old", "shared"])
-def test_a_damaged_old_or_shared_file_is_ignored_and_replaced(path, damage):
+def test_a_damaged_old_or_shared_file_is_ignored_and_replaced(path: str, damage: str) -> None:
     clock = Clock()
     if damage in ("old", "shared"):
         with remembered_in(path):
@@ -105,7 +110,7 @@ def test_a_damaged_old_or_shared_file_is_ignored_and_replaced(path, damage):
         assert json.load(handle)["sites"]["ge"][0][2] == "all.q\n"
 
 
-def test_a_file_that_cannot_be_written_only_goes_unremembered(tmp_path):
+def test_a_file_that_cannot_be_written_only_goes_unremembered(tmp_path: pathlib.Path) -> None:
     with remembered_in(str(tmp_path / "missing" / answers.FILE_NAME)):
         assert Answers("ge", Scheduler({("qconf", "-sql"): "all.q\n"})).read("qconf", "-sql") == "all.q\n"
 
@@ -126,7 +131,7 @@ CELL = {
 
 
 @pytest.fixture
-def cell(monkeypatch):
+def cell(monkeypatch: pytest.MonkeyPatch) -> Iterator[Scheduler]:
     """A Grid Engine cell whose qconf answers come from a table (edit it to change the site)."""
     scheduler = Scheduler(CELL)
     monkeypatch.setattr(sites, "_command_output", scheduler)
@@ -135,12 +140,12 @@ def cell(monkeypatch):
     sites._answers.cache_clear()
 
 
-def request(**resources):
+def request(**resources: Any) -> WorkerSpec:
     return WorkerSpec(python="python3", environment={}, working_directory=".", log_dir=".", job_name="j",
                       **resources)
 
 
-def test_grid_engine_requests_are_checked_against_the_cell(cell):
+def test_grid_engine_requests_are_checked_against_the_cell(cell: Scheduler) -> None:
     sites.check_request(GridEngine(), request(cores=4, memory=1 << 30))
     with pytest.raises(ConfigurationError, match="cores=8: no host of any queue has that many slots"):
         sites.check_request(GridEngine(), request(cores=8))
@@ -148,7 +153,7 @@ def test_grid_engine_requests_are_checked_against_the_cell(cell):
         sites.check_request(GridEngine(), request(memory=16 << 30))
 
 
-def test_a_request_refused_on_remembered_answers_is_checked_again_on_fresh_ones(cell):
+def test_a_request_refused_on_remembered_answers_is_checked_again_on_fresh_ones(cell: Scheduler) -> None:
     sites.check_request(GridEngine(), request())
     cell.table[("qconf", "-sq", "*")] = ALL_Q + "\nqname new.q\nhostlist vm\nslots 4\n"  # added since
     sites.check_request(GridEngine(), request(queue="new.q"))
@@ -156,7 +161,7 @@ def test_a_request_refused_on_remembered_answers_is_checked_again_on_fresh_ones(
         sites.check_request(GridEngine(), request(queue="gone.q"))
 
 
-def test_answers_remembered_leave_nothing_to_ask(cell, path):
+def test_answers_remembered_leave_nothing_to_ask(cell: Scheduler, path: str) -> None:
     with remembered_in(path):
         sites.check_request(GridEngine(), request(cores=2))
     asked = len(cell.ran)
@@ -166,16 +171,17 @@ def test_answers_remembered_leave_nothing_to_ask(cell, path):
     assert len(cell.ran) == asked
 
 
-def test_slurm_requests_are_checked_against_the_cluster_and_a_named_partition_in_one_round(monkeypatch):
+def test_slurm_requests_are_checked_against_the_cluster_and_a_named_partition_in_one_round(
+        monkeypatch: pytest.MonkeyPatch) -> None:
     partitions = ("sinfo", "--noheader", "--format=%P")
     nodes_of = {part: ("sinfo", "--noheader", "--Node", f"--partition={part}", "--format=%N|%c|%m|%G")
                 for part in ("debug", "big")}
     scheduler = Scheduler({partitions: "debug*\n", nodes_of["debug"]: "n1|4|8000|(null)\n",
                            nodes_of["big"]: "n2|64|512000|gpu:2\n"})
-    rounds = []
+    rounds: list[tuple[Command, ...]] = []
     fetch = Answers.fetch
 
-    def recorded_fetch(self, *commands):
+    def recorded_fetch(self: Answers, *commands: Command) -> None:
         rounds.append(commands)
         fetch(self, *commands)
     monkeypatch.setattr(sites, "_command_output", scheduler)
@@ -194,7 +200,7 @@ def test_slurm_requests_are_checked_against_the_cluster_and_a_named_partition_in
         sites._answers.cache_clear()
 
 
-def test_other_commands_that_describe_the_site_are_remembered_too(cell, path):
+def test_other_commands_that_describe_the_site_are_remembered_too(cell: Scheduler, path: str) -> None:
     cell.table[("qconf", "-sel")] = "vm\n"
     with remembered_in(path):
         assert sites.read(GridEngine(), ("qconf", "-sel")) == "vm\n"

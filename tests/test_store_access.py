@@ -1,6 +1,8 @@
 """What the store holds and who may read it: large arguments on every Python (blob I/O exists from 3.11
 only), connections closed even when a handle is dropped (3.13 warns of each one left open), and a
 store another user cannot reach said to be closed to them, not missing."""
+from __future__ import annotations
+
 import contextlib
 import gc
 import hashlib
@@ -16,11 +18,11 @@ import sheepdog_drmaa
 from sheepdog_drmaa.store import LARGE_VALUE_BYTES, Store
 
 
-def length_and_digest(data):
+def length_and_digest(data: bytes) -> tuple[int, str]:
     return len(data), hashlib.sha256(data).hexdigest()
 
 
-def test_large_arguments_round_trip_beside_small_ones(store):
+def test_large_arguments_round_trip_beside_small_ones(store: str) -> None:
     large = os.urandom(3 * LARGE_VALUE_BYTES + 7)  # several chunks and a partial one
     args = [b"small", large, large[::-1], b""]
     results = sheepdog_drmaa.map(length_and_digest, args, backend="local", store=store, progress=False, name="big")
@@ -31,7 +33,7 @@ def test_large_arguments_round_trip_beside_small_ones(store):
 
 
 @pytest.mark.parametrize("readonly", [False, True])
-def test_a_store_dropped_without_close_closes_its_connection(store, readonly):
+def test_a_store_dropped_without_close_closes_its_connection(store: str, readonly: bool) -> None:
     Store(store).close()
     dropped = Store(store, readonly=readonly)
     connection = dropped.db
@@ -42,7 +44,7 @@ def test_a_store_dropped_without_close_closes_its_connection(store, readonly):
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="runs the commands as the user nobody, which needs root")
-def test_a_store_in_a_directory_another_user_cannot_enter_is_permission_denied(store):
+def test_a_store_in_a_directory_another_user_cannot_enter_is_permission_denied(store: str) -> None:
     sheepdog_drmaa.map(abs, [-1], backend="local", store=store, progress=False, name="s")
     shared = tempfile.mkdtemp(prefix="sheepdog-closed-")
     try:

@@ -3,24 +3,27 @@
 On the real Grid Engine, with the limit given as ``-l h_rt`` in native_spec or as walltime= (Grid
 Engine ends the job at it); the pure rules themselves are tested in test_sweep.py.
 """
+from __future__ import annotations
+
 import os
+import pathlib
 import re
 import subprocess
 import time
 
 import pytest
-from helpers import wait_until
+from helpers import Cluster, wait_until
 
 import sheepdog_drmaa
 
 
-def sleep_then(seconds, x):
+def sleep_then(seconds: float, x: int) -> int:
     time.sleep(seconds)
     return x
 
 
 @pytest.mark.gridengine
-def test_a_long_sweep_under_a_runtime_limit_loses_no_attempt_to_it(gridengine, store):
+def test_a_long_sweep_under_a_runtime_limit_loses_no_attempt_to_it(gridengine: Cluster, store: str) -> None:
     started = time.monotonic()
     results = sheepdog_drmaa.map(sleep_then, [(6, x) for x in range(40)], backend="drmaa", store=store, progress=False,
                                  workers=4, native_spec="-l h_rt=0:0:20", name="walltime")
@@ -37,7 +40,7 @@ def test_a_long_sweep_under_a_runtime_limit_loses_no_attempt_to_it(gridengine, s
 
 
 @pytest.mark.gridengine
-def test_a_runtime_limit_given_by_name_replaces_workers_losing_no_attempt(gridengine, store):
+def test_a_runtime_limit_given_by_name_replaces_workers_losing_no_attempt(gridengine: Cluster, store: str) -> None:
     # The same as above with walltime= instead of native_spec, on fewer tasks (12, not 40): with two
     # 6 s tasks fitting in a worker of 20 s, 4 workers cannot run them all; fresh ones take over.
     results = sheepdog_drmaa.map(sleep_then, [(6, x) for x in range(12)], backend="drmaa", store=store,
@@ -53,7 +56,7 @@ def test_a_runtime_limit_given_by_name_replaces_workers_losing_no_attempt(griden
 
 
 @pytest.mark.gridengine
-def test_a_task_longer_than_the_runtime_limit_fails_at_once_naming_the_option(gridengine, store):
+def test_a_task_longer_than_the_runtime_limit_fails_at_once_naming_the_option(gridengine: Cluster, store: str) -> None:
     started = time.monotonic()
     with pytest.raises(sheepdog_drmaa.SweepFailed) as caught:
         sheepdog_drmaa.map(sleep_then, [(60, 1)], backend="drmaa", store=store, progress=False, retries=3,
@@ -65,13 +68,13 @@ def test_a_task_longer_than_the_runtime_limit_fails_at_once_naming_the_option(gr
     wait_until(lambda: not gridengine.jobs(), 30, "qstat to be empty")
 
 
-def wait_for_go(directory):
+def wait_for_go(directory: str) -> str:
     while not os.path.exists(os.path.join(directory, "go")):
         time.sleep(0.05)
     return "went"
 
 
-def test_walltime_is_asked_of_the_scheduler(cluster, store, tmp_path):
+def test_walltime_is_asked_of_the_scheduler(cluster: Cluster, store: str, tmp_path: pathlib.Path) -> None:
     sweep = sheepdog_drmaa.map_async(wait_for_go, [str(tmp_path)], backend="drmaa", store=store, progress=False,
                                      walltime="0:02:00")
     try:
@@ -89,7 +92,8 @@ def test_walltime_is_asked_of_the_scheduler(cluster, store, tmp_path):
 
 
 @pytest.mark.slurm
-def test_a_grid_engine_runtime_spelling_is_refused_on_slurm_before_anything_is_stored(slurm, store):
+def test_a_grid_engine_runtime_spelling_is_refused_on_slurm_before_anything_is_stored(slurm: Cluster,
+                                                                                      store: str) -> None:
     with pytest.raises(sheepdog_drmaa.ConfigurationError, match=r"-l h_rt=0:0:20 is Grid Engine's spelling.*--time"):
         sheepdog_drmaa.map(sleep_then, [(6, 1)], backend="drmaa", store=store, progress=False,
                            native_spec="-l h_rt=0:0:20")
