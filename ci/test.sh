@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set up everything (the package, a one-node Grid Engine with three more hosts in network
-# namespaces, a one-node Slurm) and run ruff, mypy and the test suite:
+# namespaces, a one-node Slurm) and run ruff, mypy, the import layers, the docs build and the test suite:
 # local and Grid Engine in one pytest process, then Slurm in another (drmaa-python loads one
 # libdrmaa per process), then the local tests under every other declared Python (ci/pythons.sh). Without slurm-drmaa's source (ci/slurm.sh exits 3) Slurm is left out,
 # saying so in one line.
@@ -11,9 +11,11 @@ eval "$(bash ci/gridengine.sh)"
 eval "$(bash ci/multihost.sh)"
 python3 -m pip install -q --disable-pip-version-check -e '.[test]' 2>&1 | grep -v -e "Running pip as the 'root' user" -e "is ignored: it is neither" || true
 
-# The habits first: lint and types, on the whole tree.
+# The habits first: lint, types and the layers on the whole tree; the documentation builds without a warning.
 python3 -m ruff check .
 python3 -m mypy
+lint-imports --no-cache
+bash ci/docs.sh
 
 slurm_log=$(mktemp)
 trap 'rm -f "$slurm_log"' EXIT
