@@ -4,7 +4,25 @@ The public names load on first use, so that a worker, which imports this package
 ``sheepdog_drmaa.worker``, does not pay for the server, the store or the scheduler bindings.
 """
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # the same names, typed for checkers; at run time they load on first use
+    from .api import map as map
+    from .api import map_async as map_async
+    from .errors import BackendUnavailable as BackendUnavailable
+    from .errors import ConfigurationError as ConfigurationError
+    from .errors import ResultTooLarge as ResultTooLarge
+    from .errors import SheepdogError as SheepdogError
+    from .errors import StoreError as StoreError
+    from .errors import SubmissionRefused as SubmissionRefused
+    from .errors import SweepCancelled as SweepCancelled
+    from .errors import SweepFailed as SweepFailed
+    from .errors import SweepIncomplete as SweepIncomplete
+    from .errors import SweepLocked as SweepLocked
+    from .errors import SweepMismatch as SweepMismatch
+    from .errors import WorkersCannotStart as WorkersCannotStart
+    from .handle import Sweep as Sweep
+    from .records import TaskFailure as TaskFailure
 
 __version__ = "0.2.0.dev0"
 

@@ -154,27 +154,22 @@ def _start(f: Callable[..., Any], args: Iterable[Any], given: dict[str, Any]) ->
             backend.close()
             raise
     me = claims.for_this_process()
-    record: SweepRecord | None = None
-    try:
+    with contextlib.ExitStack() as undo:  # on any failure below, in reverse: all that was taken is given back
+        undo.callback(store.close)
+        undo.callback(claims.let_go, me)
+        undo.callback(backend.close)
         record, done = _prepare_record(store, options, function, blobs, me)
+        undo.callback(_give_back, store, record, me)
         del blobs  # stored: the client keeps no second copy of every argument while the sweep runs
-        if len(done) == record.n_tasks:
+        if len(done) == record.n_tasks:  # nothing left to run: the stored results are the answer
+            undo.pop_all()
             backend.close()
             store.release_claim(record.id, me.token)
             claims.let_go(me)
             return Sweep(store, record, errors=options.errors)
         claims.end_leftover_workers(store, record.id, backend)
         run = _make_run(store, record, options, function, backend, host, bind, done, me, _source_file(f))
-    except BaseException:
-        backend.close()
-        claims.let_go(me)
-        if record is not None:
-            if record.name is None:
-                store.delete_sweep(record.id)
-            else:
-                store.release_claim(record.id, me.token)
-        store.close()
-        raise
+        undo.pop_all()
     store.set_sweep_state(record.id, SweepPhase.RUNNING)
     return Sweep(store, record, run, errors=options.errors)
 
@@ -311,6 +306,14 @@ def _prepare_record(store: Store, options: Options, function: bytes, blobs: list
     record = store.sweep(new.id)
     assert record is not None
     return record, []
+
+
+def _give_back(store: Store, record: SweepRecord, me: Claim) -> None:
+    """A sweep that could not be started: a new unnamed one is deleted, a named one keeps its tasks, unclaimed."""
+    if record.name is None:
+        store.delete_sweep(record.id)
+    else:
+        store.release_claim(record.id, me.token)
 
 
 def _refuse_mismatch(store: Store, existing: SweepRecord, options: Options, function_digest: str,
