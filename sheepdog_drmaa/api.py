@@ -352,7 +352,6 @@ def _make_run(store: Store, record: SweepRecord, options: Options, function: byt
 
 def _worker_spec(options: Options, log_dir: str) -> WorkerSpec:
     """How this sweep's workers are to be started, as asked of the scheduler."""
-    assert options.memory is None or isinstance(options.memory, int)  # a size in bytes once validated
     return WorkerSpec(python=options.python, environment=_worker_environment(options), working_directory=os.getcwd(),
                       log_dir=log_dir, job_name=options.job_name, queue=options.queue, native_spec=options.native_spec,
                       walltime=options.walltime, memory=options.memory, cores=options.cores, gpus=options.gpus,

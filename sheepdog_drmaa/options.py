@@ -30,8 +30,11 @@ LARGEST_OUTPUT_LIMIT = 16 << 20
 _SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
 
 
-@dataclass
+@dataclass(frozen=True)
 class Options:
+    """Every option of a sweep, resolved and checked once: sizes in bytes, durations in seconds."""
+
+
     backend: str | Backend = "auto"  # a name, or a Backend object made by the caller
     workers: int | None = None
     max_workers: int = 1000
@@ -58,7 +61,7 @@ class Options:
     max_result_size: int = DEFAULT_MAX_RESULT_SIZE
     walltime: float | None = None
     task_time: float | None = None
-    memory: int | str | None = None       # per worker; bytes once validated
+    memory: int | None = None             # per worker, in bytes
     cores: int | None = None              # slots (CPUs) per worker
     gpus: int | None = None
     project: str | None = None            # Grid Engine -P, Slurm --account
@@ -193,23 +196,26 @@ def resolve(given: Mapping[str, Any], environ: Mapping[str, str] = os.environ) -
                     raise ConfigurationError(f"{sources[option.name]}: {error}") from None
         if value is not None:
             values[option.name] = value
-    options = Options(**values)
-    validate(options, sources)
-    return options
+    return _checked(values, sources)
 
 
-def validate(options: Options, sources: Mapping[str, str] | None = None) -> None:
-    """Check every option, turning sizes and durations into numbers; ConfigurationError names the
-    first one that is not valid as it was given: ``name=value``, or the ``sources`` entry of an
-    option read from the environment (``SHEEPDOG_MEMORY='lots'``)."""
+def _checked(values: Mapping[str, Any], sources: Mapping[str, str]) -> Options:
+    """The options, every value checked and normalised (sizes and durations made numbers);
+    ConfigurationError names the first one that is not valid as it was given: ``name=value``, or
+    the ``sources`` entry of an option read from the environment (``SHEEPDOG_MEMORY='lots'``)."""
+    raw = {option.name: values[option.name] if option.name in values else _default(option)
+           for option in dataclasses.fields(Options)}
+
     def given(name: str) -> str:
-        return (sources or {}).get(name) or f"{name}={getattr(options, name)!r}"
+        return sources.get(name) or f"{name}={raw[name]!r}"
 
+    checked = dict(raw)
     for name, check in _CHECKS.items():
         try:
-            setattr(options, name, check(getattr(options, name)))
+            checked[name] = check(raw[name])
         except ValueError as error:
             raise ConfigurationError(f"{given(name)}: {error}") from None
+    options = Options(**checked)
     if options.heartbeat_timeout <= options.heartbeat_interval:
         raise ConfigurationError(f"{given('heartbeat_timeout')} must be longer than {given('heartbeat_interval')}, "
                                  "or every running task would look lost")
@@ -217,10 +223,17 @@ def validate(options: Options, sources: Mapping[str, str] | None = None) -> None
         options.runtime_limit()
     except ValueError as error:
         raise ConfigurationError(f"{given('native_spec')}: {error}") from None
+    return options
+
+
+def _default(option: dataclasses.Field[Any]) -> Any:
+    if option.default_factory is not dataclasses.MISSING:
+        return option.default_factory()
+    return option.default
 
 
 # Each check takes an option's value and returns it normalised, or raises ValueError saying what
-# was expected (validate puts the option or variable in front).
+# was expected (_checked puts the option or variable in front).
 
 def _whole(least: int, optional: bool = True) -> Callable[[Any], Any]:
     def check(value: Any) -> Any:

@@ -90,7 +90,7 @@ class Run:
             max_workers=options.workers or options.max_workers, timeout=options.timeout,
             heartbeat_timeout=options.heartbeat_timeout, done=done, attempts_made=store.attempts_made(sweep_id),
             walltime=options.runtime_limit(),
-            task_time=options.task_time, memory_limit=self._memory_limit(options))
+            task_time=options.task_time, memory_limit=options.memory)
         self.completed = Completions(done)
         self.ledger = Ledger(store, sweep_id, self.state, self.completed.add)
         self.timing = current_timing()  # read in the caller's context: tests set it there
@@ -308,7 +308,3 @@ class Run:
     def let_go_of_claim(self) -> None:
         claims.let_go(self.claim)
 
-    @staticmethod
-    def _memory_limit(options: Options) -> int | None:
-        assert options.memory is None or isinstance(options.memory, int)  # bytes, once validated
-        return options.memory
