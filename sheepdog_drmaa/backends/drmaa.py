@@ -4,28 +4,22 @@ drmaa-python keeps one error buffer for all threads and DRMAA allows one session
 so every call goes through one process-wide session under one lock. Several sweeps in one
 process share it; exit information that ``wait(ANY)`` hands to the wrong sweep is passed on.
 
-How the end of a worker is learnt depends on the scheduler. Grid Engine's qmaster pushes job
-ends to the library, so ``wait(ANY)`` is a local call, polled every 20 ms. On Slurm every
-``wait(ANY)`` asks the controller about each unreaped job (1.6 s with 1,000 jobs), so instead
-one ``squeue`` lists the sweep's arrays per poll, every 0.5 s backing off to 4 s while nothing
-changes, and only the tasks it shows ended are waited for, each by its own id.
-
-Which workers the scheduler shows started, and on which host, comes from a listing run in the
-background (a subprocess read on a later call, never waited for) at most every few seconds.
+The backend is made of small parts, each with one job: submitting and naming workers and asking
+for their removal (here); learning how workers ended (:mod:`.exits`, handed the drmaa module and
+the session from here); which workers the scheduler shows started, and on which host
+(:mod:`.started`, a listing run in the background); and removals kept while the scheduler is
+unreachable (:mod:`.removals`).
 
 No removal is lost while the scheduler is unreachable (qmaster restarting, say): a control call
-that fails for that is kept (:mod:`.removals`) and done once the scheduler answers again; ``close``
-waits for that (at most ``outage_wait``) and names what it could not remove. Opening the session
-is tried again for as long while the scheduler cannot be reached.
+that fails for that is kept and done once the scheduler answers again; ``close`` waits for that
+(at most ``outage_wait``) and names what it could not remove. Opening the session is tried again
+for as long while the scheduler cannot be reached.
 """
 from __future__ import annotations
 
-import collections
 import itertools
 import logging
 import os
-import shutil
-import subprocess
 import threading
 import time
 from collections.abc import Sequence
@@ -34,27 +28,17 @@ from typing import Any
 from .. import protocol
 from ..errors import BackendUnavailable, SchedulerOutage, SchedulerUnreachable, SubmissionRefused
 from ..model import ExitInfo
-from . import Leftover, WorkerSpec, commands, log_paths, sites, worker_command
+from . import Leftover, WorkerSpec, log_paths, sites, worker_command
+from .exits import ExitCollector, JobNames
 from .removals import KeptRemovals
 from .schedulers import Scheduler, identify
+from .started import StartedWatch
 
 log = logging.getLogger(__name__)
 
-POLL_SECONDS = 0.02
-# Listing a sweep's jobs (Slurm, or any scheduler whose wait(ANY) is not cheap): first soon after
-# a change, then less often while nothing ends. Every ended job is collected well within Slurm's
-# MinJobAge (300 s by default), after which slurm-drmaa would make up its exit information.
-LIST_MIN_SECONDS = 0.5
-LIST_MAX_SECONDS = 4.0
-# How often to look for workers whose end wait() never reported (lost during a qmaster outage).
-RECONCILE_SECONDS = 60.0
-RECONCILE_AFTER_ERROR_SECONDS = 5.0
-# Which workers the scheduler shows started: listed at most this often, and only while asked for
-# (or while removals wait for the scheduler to answer); a listing that hangs is given up.
-STARTED_SECONDS = 2.0
-STARTED_WANTED_SECONDS = 10.0
-STARTED_TIMEOUT_SECONDS = 30.0
 OUTAGE_WAIT_SECONDS = 120.0
+# At close, how often kept removals are tried while waiting for the scheduler to answer.
+CLOSE_POLL_SECONDS = 0.2
 # Opening a session while the scheduler is unreachable: tried again after 1 s, 2 s, 4 s ... at most 10 s apart.
 OPEN_RETRY_FIRST_SECONDS = 1.0
 OPEN_RETRY_MAX_SECONDS = 10.0
@@ -106,7 +90,7 @@ class _SharedSession:
         self.session: Any = None
         self.scheduler: Scheduler = Scheduler()
         self.users = 0
-        self.owner: dict[str, DrmaaBackend] = {}
+        self.owner: dict[str, ExitCollector] = {}  # worker id -> the collector of the backend that submitted it
         self.exiting: threading.Thread | None = None  # the previous session, closing in the background
 
     def open(self, drmaa: Any, outage_wait: float) -> Any:
@@ -217,10 +201,6 @@ def _unreachable_at_open(drmaa: Any, error: BaseException) -> bool:
     return any(word in str(error).lower() for word in _UNREACHABLE_WORDS)
 
 
-class _Unanswered(Exception):
-    """The scheduler's listing command failed (its controller down, most often)."""
-
-
 def _read_max_array_size(scheduler: Scheduler) -> int:
     """The scheduler's largest array (Grid Engine's max_aj_tasks, Slurm's MaxArraySize), or its default;
     remembered beside the store with the site's other answers."""
@@ -228,14 +208,9 @@ def _read_max_array_size(scheduler: Scheduler) -> int:
     return scheduler.default_max_array_size if text is None else scheduler.max_array_size(text)
 
 
-def _number(text: str) -> Any:
-    try:
-        return float(text)
-    except ValueError:
-        return text
-
-
 class DrmaaBackend:
+    """Workers submitted, ended and removed through the process's DRMAA session."""
+
     name = "drmaa"
 
     def __init__(self, outage_wait: float = OUTAGE_WAIT_SECONDS) -> None:
@@ -246,25 +221,22 @@ class DrmaaBackend:
         self.session = _shared.open(self.drmaa, outage_wait)
         self.scheduler = _shared.scheduler
         self._max_array_size: int | None = None  # read at the first submission, after the site checks asked
-        self._mailbox: collections.deque[ExitInfo] = collections.deque()
-        self._unreaped: dict[str, set[str]] = {}  # array job id -> its task ids not yet reported ended
-        self._job_of: dict[str, str] = {}  # plain DRMAA: worker name -> DRMAA job id, and back
-        self._name_of: dict[str, str] = {}
-        self._next_reconcile = time.monotonic() + RECONCILE_SECONDS
-        self._next_listing = 0.0
-        self._listing_interval = LIST_MIN_SECONDS
+        self._names = JobNames()  # plain DRMAA: worker name -> DRMAA job id, and back
+        self._exits = ExitCollector(self.drmaa, self.session, self.scheduler, _shared.lock, _shared.owner,
+                                    self._names)
+        self._started = StartedWatch(self.scheduler)
+        self._kept = KeptRemovals(self.scheduler, self._send)  # removals waiting for the scheduler to answer
+        self._outage = False  # a call of this backend found the scheduler unreachable
         self._closed = False
         drmaa = self.drmaa
         # What a control call raises when the scheduler cannot be reached (slurm-drmaa: InternalException).
         self._unreachable = (drmaa.errors.DrmCommunicationException, drmaa.errors.TryLaterException,
                              drmaa.errors.InternalException)
-        self._started_lister = commands.Background(STARTED_TIMEOUT_SECONDS)
-        self._started: dict[str, str | None] = {}  # the last listing: started worker -> its host
-        self._next_started = 0.0
-        self._started_wanted_until = 0.0
-        self._answered = float("-inf")  # when a listing last succeeded (the scheduler answers)
-        self._kept = KeptRemovals(self.scheduler, self._send)  # removals waiting for the scheduler to answer
-        self._saw_outage = False  # the scheduler was unreachable at some point
+
+    @property
+    def _saw_outage(self) -> bool:
+        """The scheduler was unreachable at some point (to this backend's calls, or to its exit collection)."""
+        return self._outage or self._exits.saw_outage
 
     @property
     def max_array_size(self) -> int:
@@ -281,54 +253,59 @@ class DrmaaBackend:
     def submit(self, count: int, spec: WorkerSpec) -> list[str]:
         native = self.scheduler.native_specification(spec)
         title = self.scheduler.title
+        errors = self.drmaa.errors
         ids: list[str] = []
         with _shared.lock:
             template = self.session.createJobTemplate()
             try:
-                command = worker_command(spec)
-                template.remoteCommand = command[0]
-                template.args = command[1:]
-                template.jobName = spec.job_name
-                template.workingDirectory = spec.working_directory
-                template.jobEnvironment = spec.environment
-                paths = log_paths(spec, self.scheduler.log_id)  # both set: Slurm sends an unset errorPath to /dev/null
-                template.outputPath = ":" + paths["stdout"]
-                template.errorPath = ":" + paths["stderr"]
-                if native:
-                    template.nativeSpecification = native
-                remaining = count if self.scheduler.bulk else 0
-                while remaining:
-                    size = min(remaining, self.max_array_size)
-                    try:
-                        ids.extend(self.session.runBulkJobs(template, 1, size, 1))
-                    except self.drmaa.errors.DrmaaException as error:
-                        if not ids:
-                            raise
-                        # Some arrays went out: they are this submission (the runner asks again
-                        # for the rest), never ids dropped with an exception.
-                        log.warning("submitted %d of %d workers before %s refused the rest (%s); the rest "
-                                    "will be asked for again", len(ids), count, title, error)
-                        break
-                    remaining -= size
-                if not self.scheduler.bulk:
+                self._describe(template, spec, native)
+                if self.scheduler.bulk:
+                    self._run_bulk(template, count, ids)
+                else:
                     ids.extend(self._run_named(template, spec) for _ in range(count))
-            except (self.drmaa.errors.DrmCommunicationException, self.drmaa.errors.TryLaterException,
-                    self.drmaa.errors.InternalException) as error:
-                self._saw_outage = True
+            except (errors.DrmCommunicationException, errors.TryLaterException, errors.InternalException) as error:
+                self._outage = True
                 raise SchedulerUnreachable(f"cannot reach {title} to submit workers: {error}") from error
-            except (self.drmaa.errors.DeniedByDrmException, self.drmaa.errors.InvalidAttributeValueException,
-                    self.drmaa.errors.InvalidAttributeFormatException) as error:
+            except (errors.DeniedByDrmException, errors.InvalidAttributeValueException,
+                    errors.InvalidAttributeFormatException) as error:
                 raise SubmissionRefused(
                     f"{title} refused the workers' job: {error}. Check queue={spec.queue!r} and "
                     f"native_spec={spec.native_spec!r}.") from error
             finally:
                 self.session.deleteJobTemplate(template)
-            for worker_id in ids:
-                _shared.owner[worker_id] = self
-        for worker_id in ids:
-            self._unreaped.setdefault(self.scheduler.array_of(worker_id), set()).add(worker_id)
-        self._list_soon()
+            self._exits.track(ids)  # under the lock, so that no other backend's wait(ANY) takes their ends
         return ids
+
+    def _describe(self, template: Any, spec: WorkerSpec, native: str | None) -> None:
+        """Fill in the job template of ``spec``'s workers."""
+        command = worker_command(spec)
+        template.remoteCommand = command[0]
+        template.args = command[1:]
+        template.jobName = spec.job_name
+        template.workingDirectory = spec.working_directory
+        template.jobEnvironment = spec.environment
+        paths = log_paths(spec, self.scheduler.log_id)  # both set: Slurm sends an unset errorPath to /dev/null
+        template.outputPath = ":" + paths["stdout"]
+        template.errorPath = ":" + paths["stderr"]
+        if native:
+            template.nativeSpecification = native
+
+    def _run_bulk(self, template: Any, count: int, ids: list[str]) -> None:
+        """Submit ``count`` workers as arrays of at most max_array_size, adding their ids to ``ids``."""
+        remaining = count
+        while remaining:
+            size = min(remaining, self.max_array_size)
+            try:
+                ids.extend(self.session.runBulkJobs(template, 1, size, 1))
+            except self.drmaa.errors.DrmaaException as error:
+                if not ids:
+                    raise
+                # Some arrays went out: they are this submission (the runner asks again
+                # for the rest), never ids dropped with an exception.
+                log.warning("submitted %d of %d workers before %s refused the rest (%s); the rest "
+                            "will be asked for again", len(ids), count, self.scheduler.title, error)
+                return
+            remaining -= size
 
     def _run_named(self, template: Any, spec: WorkerSpec) -> str:
         """Submit one worker as a job of its own, telling it its name (plain DRMAA only)."""
@@ -337,12 +314,8 @@ class DrmaaBackend:
         paths = log_paths(spec, name)
         template.outputPath, template.errorPath = ":" + paths["stdout"], ":" + paths["stderr"]
         job = self.session.runJob(template)
-        self._job_of[name], self._name_of[job] = job, name
+        self._names.add(name, job)
         return name
-
-    def _job(self, worker_or_array: str) -> str:
-        """The DRMAA id to ask about a worker or an array job."""
-        return self._job_of.get(worker_or_array, worker_or_array)
 
     def execution_hosts(self) -> list[str] | None:
         """The names of the scheduler's execution hosts; None when they cannot be listed."""
@@ -353,194 +326,21 @@ class DrmaaBackend:
 
     def running_hosts(self) -> dict[str, str | None]:
         """The workers the last listing showed started, and not reported ended since, with their hosts."""
-        self._started_wanted_until = time.monotonic() + STARTED_WANTED_SECONDS
+        self._started.want(time.monotonic())
         self._background_work()
-        return {worker: host for worker, host in self._started.items()
-                if worker in self._unreaped.get(self.scheduler.array_of(worker), ())}
+        return self._started.hosts(self._exits.unreaped)
 
     def _background_work(self) -> None:
         """Read a finished listing, start the next one when due, and retry kept removals once the
         scheduler answers again. Never waits for the scheduler."""
-        answer = self._started_lister.answer()
-        if answer is not None:
-            status, text = answer
-            try:
-                if status != 0:
-                    raise ValueError("the listing command failed")
-                self._started = self.scheduler.parse_started(text)
-                self._answered = time.monotonic()
-            except ValueError as error:
-                log.debug("cannot list the started workers: %s", error)
-        now = time.monotonic()
-        arrays = sorted(set(self._unreaped) | {self.scheduler.array_of(target) for target in self._kept})
-        command = self.scheduler.started_command(arrays)
-        wanted = now < self._started_wanted_until or self._kept
-        if wanted and arrays and command and not self._started_lister.busy and now >= self._next_started:
-            self._next_started = now + STARTED_SECONDS
-            self._started_lister.start(command)
+        arrays = sorted(set(self._exits.unreaped.arrays()) | {self.scheduler.array_of(target) for target in self._kept})
+        self._started.poll(time.monotonic(), arrays, needed=bool(self._kept))
         if self._kept:
-            listed = command is not None and shutil.which(command[0]) is not None
-            self._kept.retry(self._answered if listed else float("-inf"))
+            self._kept.retry(self._started.answered)
 
     def wait_any(self, timeout: float) -> ExitInfo | None:
         self._background_work()
-        deadline = time.monotonic() + timeout
-        while True:
-            if self._mailbox:
-                return self._mailbox.popleft()
-            with _shared.lock:
-                if self._mailbox:
-                    continue
-                if not self.scheduler.cheap_wait_any:
-                    if time.monotonic() >= self._next_listing:
-                        self._collect_listed()
-                        continue
-                elif time.monotonic() >= self._next_reconcile:
-                    self._reconcile()
-                    continue
-                else:
-                    info = self._wait_once()
-                    if info is not None:
-                        owner = _shared.owner.pop(info.worker, None)
-                        if owner is not None and owner is not self:
-                            owner._mailbox.append(info)
-                            continue
-                        self._forget(info.worker)
-                        return info
-            now = time.monotonic()
-            if now >= deadline:
-                return None
-            pause = POLL_SECONDS if self.scheduler.cheap_wait_any else self._next_listing - now
-            time.sleep(max(0.0, min(pause, deadline - now)))
-
-    def _wait_once(self) -> ExitInfo | None:
-        """One finished job without blocking: DRMAA's wait takes whole seconds, too coarse to block on."""
-        drmaa = self.drmaa
-        try:
-            job = self.session.wait(drmaa.Session.JOB_IDS_SESSION_ANY, drmaa.Session.TIMEOUT_NO_WAIT)
-        except (drmaa.errors.ExitTimeoutException, drmaa.errors.InvalidJobException):
-            return None  # nothing finished yet, or no job of this session left to wait for
-        except (drmaa.errors.DrmCommunicationException, drmaa.errors.TryLaterException) as error:
-            # qmaster restarting, say: the workers carry on over HTTP; ask again on the next turn.
-            log.warning("cannot reach %s for exit information (will keep asking): %s", self.scheduler.title, error)
-            self._saw_outage = True
-            self._next_reconcile = time.monotonic() + RECONCILE_AFTER_ERROR_SECONDS
-            return None
-        except Exception as error:
-            # A task deleted while still queued (qdel from outside) makes wait(ANY) fail with
-            # "no usage information" (DRMAA error 24) without saying which job it was: look.
-            log.info("wait() failed without naming the job (%s); checking which workers are gone", error)
-            self._next_reconcile = 0.0
-            return None
-        return self._exit_info(job)
-
-    def _exit_info(self, job: Any, state: str = "") -> ExitInfo:
-        """A DRMAA JobInfo in neutral form; ``state`` is Slurm's word for how the job ended, if known."""
-        usage = job.resourceUsage if self.scheduler.reports_usage else None
-        return ExitInfo(
-            worker=self._name_of.get(job.jobId, job.jobId),
-            exited=bool(job.hasExited),
-            exit_status=int(job.exitStatus) if job.hasExited else None,
-            signaled=bool(job.hasSignal),
-            signal=str(job.terminatedSignal or ""),
-            core_dumped=bool(job.hasCoreDump),
-            aborted=bool(job.wasAborted) or state in self.scheduler.killed_states,
-            state=state,
-            resource_usage={name: _number(value) for name, value in (usage or {}).items()},
-        )
-
-    def _reconcile(self) -> None:
-        """Report workers the scheduler no longer knows although wait() never returned them."""
-        self._next_reconcile = time.monotonic() + RECONCILE_SECONDS
-        for tasks in list(self._unreaped.values()):
-            for worker_id in list(tasks):
-                try:
-                    self.session.jobStatus(worker_id)
-                except self.drmaa.errors.InvalidJobException:
-                    log.info("worker %s vanished from %s without exit information", worker_id, self.scheduler.title)
-                    self._gone(worker_id, ExitInfo(worker_id, aborted=True))
-                except self.drmaa.errors.DrmaaException:
-                    self._saw_outage = True
-                    return  # qmaster unreachable: try again later
-
-    def _collect_listed(self) -> None:
-        """Wait, each by its id, for the workers that one listing of their arrays (or jobStatus) shows ended.
-
-        A pending Slurm task that was cancelled leaves the listing at once, but wait() returns it only
-        once Slurm purges its record (MinJobAge later), with jobStatus "undetermined" until then: it
-        never ran, so its end is reported here as an abort.
-        """
-        drmaa = self.drmaa
-        try:
-            states = self._listing()
-        except _Unanswered as error:
-            log.warning("cannot list %s's jobs (will keep asking): %s", self.scheduler.title, error)
-            self._next_listing = time.monotonic() + LIST_MAX_SECONDS
-            return
-        ended_any = False
-        try:
-            for worker_id in [w for tasks in self._unreaped.values() for w in tasks]:
-                job = self._job(worker_id)
-                state = "" if states is None else states.get(worker_id, "")
-                if states is None:
-                    if self.session.jobStatus(job) not in (drmaa.JobState.DONE, drmaa.JobState.FAILED,
-                                                           drmaa.JobState.UNDETERMINED):
-                        continue
-                elif state in self.scheduler.active_states:
-                    continue
-                try:
-                    info = self._exit_info(self.session.wait(job, drmaa.Session.TIMEOUT_NO_WAIT), state)
-                except drmaa.errors.ExitTimeoutException:
-                    cancelled_while_queued = (self.scheduler.cancelled_queued_unseen and state in ("", "CANCELLED")
-                                              and self.session.jobStatus(job) == drmaa.JobState.UNDETERMINED)
-                    if not cancelled_while_queued:
-                        continue
-                    info = ExitInfo(worker_id, aborted=True)
-                except drmaa.errors.InvalidJobException:  # not known to the session any more: it vanished
-                    info = ExitInfo(worker_id, aborted=True)
-                self._gone(worker_id, info)
-                ended_any = True
-        except drmaa.errors.DrmaaException as error:  # the controller is unreachable (slurm-drmaa: after ~18 s)
-            log.warning("cannot reach %s for exit information (will keep asking): %s", self.scheduler.title, error)
-        interval = LIST_MIN_SECONDS if ended_any else min(self._listing_interval * 2, LIST_MAX_SECONDS)
-        self._listing_interval = interval
-        self._next_listing = time.monotonic() + interval
-
-    def _listing(self) -> dict[str, str] | None:
-        """{worker id: state} for every task of this backend's arrays in one query, or None to ask DRMAA per task.
-
-        Raises _Unanswered when the scheduler does not answer: asking DRMAA per task then would
-        block each query (slurm-drmaa: 18 s while slurmctld is down).
-        """
-        command = self.scheduler.listing_command(sorted(self._unreaped))
-        if not self._unreaped or command is None or shutil.which(command[0]) is None:
-            return None
-        try:
-            result = commands.run(command)
-        except (OSError, subprocess.SubprocessError) as error:
-            raise _Unanswered(f"{command[0]}: {error}") from error
-        if result.returncode != 0 and "Invalid job id" not in result.stderr:  # that one: every array purged
-            raise _Unanswered(f"{command[0]}: {result.stderr.strip()}")
-        return self.scheduler.parse_listing(result.stdout)
-
-    def _gone(self, worker_id: str, info: ExitInfo) -> None:
-        """Hand a worker's end to its sweep's backend (this one, most often) and stop tracking it."""
-        self._forget(worker_id)
-        self._name_of.pop(self._job_of.pop(worker_id, ""), None)
-        owner = _shared.owner.pop(worker_id, None) or self
-        owner._mailbox.append(info)
-
-    def _forget(self, worker_id: str) -> None:
-        job = self.scheduler.array_of(worker_id)
-        tasks = self._unreaped.get(job)
-        if tasks is not None:
-            tasks.discard(worker_id)
-            if not tasks:
-                del self._unreaped[job]
-
-    def _list_soon(self) -> None:
-        self._listing_interval = LIST_MIN_SECONDS
-        self._next_listing = min(self._next_listing, time.monotonic() + LIST_MIN_SECONDS)
+        return self._exits.wait_any(timeout)
 
     def terminate(self, worker_ids: Sequence[str]) -> None:
         """One control call per array job whose every remaining task goes, one per task otherwise.
@@ -548,15 +348,8 @@ class DrmaaBackend:
         Each call is a round trip to the scheduler (about 3 ms on Grid Engine here), so removing a
         whole array of 1,000 queued workers task by task would take seconds.
         """
-        requested = set(worker_ids)
-        targets = []
-        for job, tasks in self._unreaped.items():
-            if tasks and tasks <= requested:
-                targets.append(job)
-                requested -= tasks
-        targets.extend(sorted(requested))
-        self._remove(targets)
-        self._list_soon()
+        self._remove(self._exits.unreaped.removal_targets(worker_ids))
+        self._exits.list_soon()
 
     def _remove(self, targets: Sequence[str]) -> None:
         """Ask the scheduler to remove each target; while it is unreachable, keep them for later."""
@@ -569,7 +362,7 @@ class DrmaaBackend:
             return
         left, error = self._send(targets)
         if left:
-            self._saw_outage = True
+            self._outage = True
             self._kept.keep(left, error or "unreachable")
 
     def _send(self, targets: Sequence[str]) -> tuple[list[str], BaseException | None]:
@@ -578,7 +371,7 @@ class DrmaaBackend:
         with _shared.lock:
             for position, target in enumerate(targets):
                 try:
-                    self.session.control(self._job(target), drmaa.JobControlAction.TERMINATE)
+                    self.session.control(self._names.job(target), drmaa.JobControlAction.TERMINATE)
                 except self._unreachable as error:
                     if not any(phrase in str(error) for phrase in self.scheduler.already_gone):
                         return list(targets[position:]), error
@@ -602,20 +395,18 @@ class DrmaaBackend:
         if self._closed:
             return
         self._closed = True
-        leftover = [worker_id for tasks in self._unreaped.values() for worker_id in tasks]
+        leftover = self._exits.unreaped.workers()
         self.terminate(leftover)
         if self._kept:
             self._wait_for_kept_removals()
-        self._started_lister.stop()
+        self._started.stop()
         if self._saw_outage and leftover:
             log.warning("%d workers of this sweep never reported their end after %s was unreachable: Son of Grid "
                         "Engine 8.1.9 goes on showing such jobs as running (state r, dr once removed) after they "
                         "ended, holding their slots; their removal was asked for, and an administrator can clear "
                         "what is left with `qdel -f %s`", len(leftover), self.scheduler.title,
                         " ".join(sorted({self.scheduler.array_of(w) for w in leftover})))
-        with _shared.lock:
-            for worker_id in leftover:
-                _shared.owner.pop(worker_id, None)
+        self._exits.forget_owners(leftover)
         _shared.release(answers=not self._kept, outage_seen=self._saw_outage)
 
     def _wait_for_kept_removals(self) -> None:
@@ -627,7 +418,7 @@ class DrmaaBackend:
         deadline = time.monotonic() + self.outage_wait
         while self._kept and time.monotonic() < deadline:
             self._background_work()
-            time.sleep(POLL_SECONDS * 10)
+            time.sleep(CLOSE_POLL_SECONDS)
         self._kept.stop()
         if self._kept:
             left = list(self._kept)
