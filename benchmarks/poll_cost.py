@@ -52,8 +52,7 @@ def measure(size: int) -> None:
     while len(ids) < size:
         ids.extend(session.runBulkJobs(template, 1, min(size - len(ids), backend.max_array_size), 1))
     session.deleteJobTemplate(template)
-    for worker_id in ids:
-        backend._unreaped.setdefault(backend.scheduler.array_of(worker_id), set()).add(worker_id)
+    backend._exits.unreaped.add(ids)
 
     def wait_any() -> None:
         try:
@@ -61,7 +60,8 @@ def measure(size: int) -> None:
         except drmaa.errors.ExitTimeoutException:
             pass
 
-    strategy = backend._wait_once if backend.scheduler.cheap_wait_any else backend._collect_listed
+    exits = backend._exits
+    strategy = exits._wait_once if backend.scheduler.cheap_wait_any else exits._collect_listed
     try:
         figures = {"scheduler": backend.scheduler.name, "workers": size,
                    "strategy": seconds(strategy), "wait_any": seconds(wait_any),
