@@ -10,7 +10,7 @@ import sys
 import time
 from collections.abc import Callable
 
-from sheepdog_drmaa.model import Cause
+from sheepdog_drmaa.model import Attempt, Cause
 from sheepdog_drmaa.state import SweepState
 
 QUICK = {"resource_usage": {"seconds": 0.0001}}  # the report of a task that took 0.1 ms
@@ -21,6 +21,13 @@ def per_call(call: Callable[[], object], repeats: int = 200) -> float:
     for _ in range(repeats):
         call()
     return (time.perf_counter() - started) / repeats * 1e6
+
+
+def finish(state: SweepState, worker: str, attempt: Attempt, now: float) -> None:
+    """Report the attempt done, as the runner does: its ending decided, then applied."""
+    closing = state.report(worker, attempt.task, attempt.number, Cause.RESULT, now, QUICK)
+    assert closing is not None
+    state.apply([closing])
 
 
 def main() -> None:
@@ -36,7 +43,7 @@ def main() -> None:
     for round_ in range(8):  # batches grow while tasks prove short
         for worker in workers:
             for attempt in state.lease(worker, now=float(round_)):
-                state.finish(worker, attempt.task, attempt.number, Cause.RESULT, float(round_), QUICK)
+                finish(state, worker, attempt, float(round_))
     for worker in workers:
         state.lease(worker, now=10.0)  # every worker holds a batch
     held = sum(len(w.held) for w in state.workers)
@@ -50,7 +57,7 @@ def main() -> None:
 
     def lease_and_finish() -> None:
         for attempt in list(state.workers.all[worker].held.values()):
-            state.finish(worker, attempt.task, attempt.number, Cause.RESULT, 12.0, QUICK)
+            finish(state, worker, attempt, 12.0)
         state.lease(worker, 12.0)
     print(f"  a batch finished and leased again ({state.workers.all[worker].last_batch} tasks) "
           f"{per_call(lease_and_finish, 50):9.1f} us")

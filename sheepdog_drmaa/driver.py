@@ -119,8 +119,8 @@ class Driver:
         started = run.backend.running_hosts()
         with run.lock:
             tick = run.state.tick(started, time.time())
-            if tick.ended:
-                run.ledger.persist(tick.ended)
+            if tick.closings:
+                run.ledger.close(tick.closings)
         self._carry_out(tick)
         run.progress.update(tick.counts)
         return False
@@ -225,9 +225,9 @@ def worker_ended(run: Run, info: ExitInfo) -> None:
     # A scheduler may say in the worker's stderr that it killed it for memory (slurmstepd does).
     tail = _tail(log_paths(run.spec, info.worker)["stderr"]) if info.signaled or info.aborted else ""
     with run.lock:
-        ended = run.state.worker_ended(info, time.time(), tail)
-        if ended:
-            run.ledger.persist(ended, worker_ended=info.worker)
+        closings = run.state.worker_ended(info, time.time(), tail)
+        if closings:
+            run.ledger.close(closings, worker_ended=info.worker)
         else:
             run.store.record_workers_ended(run.sweep_id, [info.worker])
 
@@ -246,8 +246,10 @@ class Shutdown:
                 run.cancel_requested.set()
                 cancelled = run.state.cancel(time.time())
                 # A client that lost its claim leaves the store to the one that took it over.
-                if cancelled and not isinstance(run.outcome, SweepLocked):
-                    self._quietly(run.ledger.persist, cancelled)
+                if isinstance(run.outcome, SweepLocked):
+                    run.state.apply(cancelled)
+                elif cancelled:
+                    self._quietly(run.ledger.close, cancelled)
             # Every worker not known to have ended, already asked to go or not: whole arrays then
             # go in one scheduler call each.
             leftover = run.state.terminate_all()

@@ -1,14 +1,16 @@
-"""Endings of attempts, in one order: stored first, then announced (completions stream, log).
+"""Endings of attempts, in one order for all of them: stored, then applied, then announced.
 
-A result is never shown to the user, nor its task counted done, before it is committed: a
-client that dies between the two loses nothing that it said it had.
+Whoever decided an ending (a worker's report, the scheduler's word, a timeout, a cancel), it is
+committed to the store first; only then does its task change state in memory, and only then is it
+told (the completions stream, the log). A store that refuses the write leaves the sweep's state as
+the store has it, and nothing is shown that the store does not hold.
 """
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
-from .model import Attempt, AttemptEnd, Cause, TaskState
+from .model import AttemptEnd, Cause, Closing, TaskState
 from .state import SweepState
 from .store import Store
 
@@ -16,30 +18,27 @@ log = logging.getLogger(__name__)
 
 
 class Ledger:
-    """Stores ended attempts of one sweep and tells whoever streams its results."""
+    """Stores, applies and announces the ended attempts of one sweep."""
 
     def __init__(self, store: Store, sweep_id: str, state: SweepState, completed: Callable[[int], None]) -> None:
         self.store, self.sweep_id, self.state, self.completed = store, sweep_id, state, completed
 
-    def persist(self, attempts: list[Attempt], worker_ended: str | None = None) -> None:
-        """Store attempts the state has already ended (by the scheduler's word or our own decision),
-        in one transaction with their worker's ending when that is what ended them; then announce them."""
-        ends = []
-        for attempt in attempts:
-            assert attempt.cause is not None and attempt.ended is not None
-            ends.append(AttemptEnd(attempt.task, attempt.number, attempt.cause.value, attempt.ended, attempt.detail,
-                                   self.state.tasks.states[attempt.task].value))
-        self.store.record_ends(self.sweep_id, ends, worker_ended=worker_ended)
-        for attempt in attempts:
-            self.announce(attempt)
+    def close(self, closings: Sequence[Closing], worker_ended: str | None = None) -> None:
+        """Store the endings in one transaction (with their worker's ending, when that is what ended
+        them), then apply them to the state, then announce them."""
+        self.store.record_ends(self.sweep_id, [
+            AttemptEnd(c.attempt.task, c.attempt.number, c.cause.value, c.ended, c.detail, c.outcome.value,
+                       c.result, c.error, dict(c.output)) for c in closings], worker_ended=worker_ended)
+        self.state.apply(closings)
+        for closing in closings:
+            self._announce(closing)
 
-    def announce(self, attempt: Attempt) -> None:
-        """A stored ending, told: a task ended for good joins the completions; a failure is logged."""
-        assert attempt.cause is not None
-        task_state = self.state.tasks.states[attempt.task]
-        if task_state in (TaskState.DONE, TaskState.FAILED):
+    def _announce(self, closing: Closing) -> None:
+        """A task ended for good joins the completions; a failure is logged."""
+        attempt, outcome = closing.attempt, closing.outcome
+        if outcome in (TaskState.DONE, TaskState.FAILED):
             self.completed(attempt.task)
-        if attempt.cause not in (Cause.RESULT, Cause.RETURNED, Cause.CANCELLED):
-            log.log(logging.INFO if task_state == TaskState.PENDING else logging.WARNING,
+        if closing.cause not in (Cause.RESULT, Cause.RETURNED, Cause.CANCELLED):
+            log.log(logging.INFO if outcome == TaskState.PENDING else logging.WARNING,
                     "task %d attempt %d: %s (%s); task is now %s", attempt.task, attempt.number,
-                    attempt.cause.value, attempt.detail.get("summary", ""), task_state.value)
+                    closing.cause.value, closing.detail.get("summary", ""), outcome.value)

@@ -8,7 +8,10 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from types import MappingProxyType
+from typing import Any, NamedTuple
+
+EMPTY_OUTPUT: Mapping[str, str] = MappingProxyType({})  # no output kept: shared, so read-only
 
 
 class TaskState(str, enum.Enum):
@@ -75,6 +78,21 @@ class Attempt:
     cause: Cause | None = None
     ended: float | None = None
     detail: dict[str, Any] = field(default_factory=dict)
+
+
+class Closing(NamedTuple):
+    """An attempt's ending as decided, not yet done: stored first, then applied, then announced.
+    (A named tuple: immutable, and made once per task, so as cheap to make as a tuple.)"""
+
+    attempt: Attempt
+    cause: Cause
+    ended: float
+    detail: dict[str, Any]
+    outcome: TaskState   # what its task becomes
+    suspect: bool = False  # went back not knowing whether it killed its worker: it is tried alone next
+    result: bytes | None = None
+    error: bytes | None = None  # the pickled exception f raised
+    output: Mapping[str, str] = EMPTY_OUTPUT
 
 
 @dataclass(frozen=True)

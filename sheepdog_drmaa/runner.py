@@ -26,7 +26,7 @@ from .errors import (
 )
 from .failures import format_size
 from .ledger import Ledger
-from .model import Attempt, AttemptEnd, Cause, Claim, Lease
+from .model import Cause, Claim, Closing, Lease
 from .options import Options
 from .progress import Progress
 from .records import with_source_file
@@ -170,33 +170,31 @@ class Run:
     def _accept_reports(self, worker: str, reports: list[dict[str, Any]], now: float) -> None:
         """Store the reported endings first, all in one transaction; only once they are stored do
         their tasks change state. A result the store cannot hold becomes that task's failure."""
-        ends: list[tuple[Attempt, Cause, dict[str, Any], bytes | None, bytes | None, dict[str, str]]] = []
+        closings: list[Closing] = []
         seen, late = set(), []
         for report in reports:
             task, number = report["task"], report["number"]
-            attempt = self.state.current(worker, task, number)
-            if attempt is None or task in seen:
+            if task in seen or self.state.current(worker, task, number) is None:
                 late.append(task)
                 continue
             seen.add(task)
-            ends.append((attempt, *self._reported_ending(report)))
+            cause, detail, result, error, output = self._reported_ending(report)
+            closing = self.state.report(worker, task, number, cause, now, detail)
+            assert closing is not None  # current, as checked above
+            closings.append(closing._replace(result=result, error=error, output=output))
         if late:
             log.info("dropped %d late reports from %s (tasks %s): those attempts were already closed", len(late),
                      worker, ", ".join(map(str, late[:10])) + (" ..." if len(late) > 10 else ""))
-        if not ends:
+        if not closings:
             return
         try:
-            self._store_ends(ends, now)
+            self.ledger.close(closings)
         except StoreTooLarge:  # one of them (at least) does not fit: store them one by one
-            for position, end in enumerate(ends):
+            for closing in closings:
                 try:
-                    self._store_ends([end], now)
+                    self.ledger.close([closing])
                 except StoreTooLarge as too_large:
-                    ends[position] = end = self._too_large(end, too_large)
-                    self._store_ends([end], now)
-        for attempt, cause, detail, _, _, _ in ends:
-            self.state.finish(worker, attempt.task, attempt.number, cause, now, detail)
-            self.ledger.announce(attempt)
+                    self.ledger.close([self._too_large(closing, too_large)])
 
     def _reported_ending(self, report: dict[str, Any]
                          ) -> tuple[Cause, dict[str, Any], bytes | None, bytes | None, dict[str, str]]:
@@ -215,24 +213,15 @@ class Run:
             return Cause.EXCEPTION, detail, None, exception.get("pickle"), report.get("output") or {}
         return Cause.RESULT, detail, report.get("result"), None, report.get("output") or {}
 
-    @staticmethod
-    def _too_large(end: tuple[Attempt, Cause, dict[str, Any], bytes | None, bytes | None, dict[str, str]],
-                   too_large: StoreTooLarge
-                   ) -> tuple[Attempt, Cause, dict[str, Any], bytes | None, bytes | None, dict[str, str]]:
+    def _too_large(self, closing: Closing, too_large: StoreTooLarge) -> Closing:
         """The ending of an attempt whose result (or exception) the store refused: a failure naming the limit."""
-        attempt, _, detail, result, error, output = end
-        size = len(result or b"") + len(error or b"")
-        detail = dict(detail, summary=f"ResultTooLarge: the pickled result is {size:,} bytes, more than the store "
-                                      f"can hold ({too_large}); return less, or write it to a file and return the path",
+        size = len(closing.result or b"") + len(closing.error or b"")
+        detail = dict(closing.detail, summary=f"ResultTooLarge: the pickled result is {size:,} bytes, more than the "
+                                              f"store can hold ({too_large}); return less, or write it to a file and "
+                                              "return the path",
                       exception_types=[protocol.qualified_name(ResultTooLarge)])
-        return attempt, Cause.EXCEPTION, detail, None, None, output
-
-    def _store_ends(self, ends: list[tuple[Attempt, Cause, dict[str, Any], bytes | None, bytes | None,
-                                           dict[str, str]]], now: float) -> None:
-        self.store.record_ends(self.sweep_id, [
-            AttemptEnd(attempt.task, attempt.number, cause.value, now, detail,
-                       self.state.outcome(attempt, cause, detail).value, result, error, output)
-            for attempt, cause, detail, result, error, output in ends])
+        replaced = self.state.closing(closing.attempt, Cause.EXCEPTION, closing.ended, detail)
+        return replaced._replace(output=closing.output)
 
     @contextlib.contextmanager
     def _fatal_on_store_error(self) -> Iterator[None]:

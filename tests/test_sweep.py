@@ -4,7 +4,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sheepdog_drmaa.model import Attempt, Cause, ExitInfo, TaskState
+from sheepdog_drmaa.model import Attempt, Cause, Closing, ExitInfo, TaskState
 from sheepdog_drmaa.state import SweepState, WorkerPhase
 from sheepdog_drmaa.state.batches import MAX_BATCH
 
@@ -24,6 +24,22 @@ def lease_one(state: SweepState, worker: str, now: float) -> Attempt | None:
     return batch[0] if batch else None
 
 
+def finish(state: SweepState, worker: str, task: int, number: int, cause: Cause, now: float,
+           detail: dict[str, Any] | None = None) -> Attempt | None:
+    """A reported ending, stored (here: nowhere) and applied; None if the attempt was superseded."""
+    closing = state.report(worker, task, number, cause, now, detail or {})
+    if closing is None:
+        return None
+    state.apply([closing])
+    return closing.attempt
+
+
+def applied(state: SweepState, closings: list[Closing]) -> list[Attempt]:
+    """Endings the state decided, applied as the ledger does once they are stored; their attempts."""
+    state.apply(closings)
+    return [closing.attempt for closing in closings]
+
+
 def quick(seconds: float = 0.001) -> dict[str, Any]:
     """The detail of a report of a task that took ``seconds``."""
     return {"resource_usage": {"seconds": seconds}}
@@ -34,11 +50,11 @@ def test_tasks_are_leased_in_order_and_finish() -> None:
     first = lease_one(state, "w1", now=0)
     assert first is not None
     assert (first.task, first.number) == (0, 1)
-    assert state.finish("w1", 0, 1, Cause.RESULT, now=1) is first
+    assert finish(state, "w1", 0, 1, Cause.RESULT, now=1) is first
     second = lease_one(state, "w1", now=1)
     assert second is not None
     assert second.task == 1
-    state.finish("w1", 1, 1, Cause.RESULT, now=2)
+    finish(state, "w1", 1, 1, Cause.RESULT, now=2)
     assert state.finished and state.counts() == {"done": 2, "failed": 0, "running": 0, "queued": 0}
     assert lease_one(state, "w1", now=3) is None
 
@@ -51,7 +67,7 @@ def test_a_killed_worker_fails_its_attempt_and_the_task_is_retried_until_the_bud
         attempt = lease_one(state, worker, now=0)
         assert attempt is not None
         assert attempt.number == number
-        [ended] = state.worker_ended(ExitInfo(worker, signaled=True, signal="SIGKILL"), now=1)
+        [ended] = applied(state, state.worker_ended(ExitInfo(worker, signaled=True, signal="SIGKILL"), now=1))
         assert ended.cause is Cause.SIGNAL
     assert state.tasks.states[0] is TaskState.FAILED
     assert [a.cause for a in state.tasks.failed_attempts[0]] == [Cause.SIGNAL, Cause.SIGNAL]
@@ -61,10 +77,10 @@ def test_a_killed_worker_fails_its_attempt_and_the_task_is_retried_until_the_bud
 def test_exceptions_are_final_unless_listed() -> None:
     state = started(2, retry_exceptions=("builtins.KeyError",))
     lease_one(state, "w1", 0)
-    state.finish("w1", 0, 1, Cause.EXCEPTION, 1, {"exception_types": ["builtins.ValueError"]})
+    finish(state, "w1", 0, 1, Cause.EXCEPTION, 1, {"exception_types": ["builtins.ValueError"]})
     assert state.tasks.states[0] is TaskState.FAILED
     lease_one(state, "w1", 1)
-    state.finish("w1", 1, 1, Cause.EXCEPTION, 2, {"exception_types": ["builtins.KeyError"]})
+    finish(state, "w1", 1, 1, Cause.EXCEPTION, 2, {"exception_types": ["builtins.KeyError"]})
     assert state.tasks.states[1] is TaskState.PENDING
     retried = lease_one(state, "w1", 2)
     assert retried is not None
@@ -75,12 +91,12 @@ def test_a_late_report_from_a_superseded_attempt_is_dropped() -> None:
     state = started(1, workers=("w1", "w2"), heartbeat_timeout=5)
     lease_one(state, "w1", now=0)
     assert state.overdue(now=10) == [("w1", Cause.LOST)]
-    state.expire("w1", Cause.LOST, now=10)
+    applied(state, state.expire("w1", Cause.LOST, now=10))
     again = lease_one(state, "w2", now=11)
     assert again is not None
     assert again.number == 2
-    assert state.finish("w1", 0, 1, Cause.RESULT, now=12) is None  # the lost one comes back
-    assert state.finish("w2", 0, 2, Cause.RESULT, now=13) is again
+    assert finish(state, "w1", 0, 1, Cause.RESULT, now=12) is None  # the lost one comes back
+    assert finish(state, "w2", 0, 2, Cause.RESULT, now=13) is again
     assert state.tasks.n_done == 1 and state.finished
 
 
@@ -97,9 +113,9 @@ def test_workers_that_never_arrive_stop_the_sweep_after_the_limit() -> None:
     state = SweepState(3, start_failure_limit=3)
     state.add_workers(["a", "b", "c"])
     for worker in ["a", "b"]:
-        state.worker_ended(ExitInfo(worker, exited=True, exit_status=1), now=0)
+        applied(state, state.worker_ended(ExitInfo(worker, exited=True, exit_status=1), now=0))
         assert state.start_failure is None
-    state.worker_ended(ExitInfo("c", exited=True, exit_status=1), now=0)
+    applied(state, state.worker_ended(ExitInfo("c", exited=True, exit_status=1), now=0))
     assert state.start_failure is not None
     assert state.start_failure.count == 3 and state.start_failure.worker == "c"
 
@@ -107,10 +123,10 @@ def test_workers_that_never_arrive_stop_the_sweep_after_the_limit() -> None:
 def test_a_worker_getting_going_resets_the_start_failure_count() -> None:
     state = SweepState(3, start_failure_limit=2)
     state.add_workers(["a", "b", "c"])
-    state.worker_ended(ExitInfo("a", exited=True, exit_status=1), now=0)
+    applied(state, state.worker_ended(ExitInfo("a", exited=True, exit_status=1), now=0))
     state.hello("b")
     lease_one(state, "b", now=0)
-    state.worker_ended(ExitInfo("c", exited=True, exit_status=1), now=0)
+    applied(state, state.worker_ended(ExitInfo("c", exited=True, exit_status=1), now=0))
     assert state.start_failure is None
 
 
@@ -121,7 +137,7 @@ def test_workers_that_reach_the_server_but_cannot_load_the_function_count_as_not
         state.hello(worker)
         state.setup_failed(worker, "ModuleNotFoundError: No module named 'mine'")
         assert lease_one(state, worker, now=0) is None
-        state.worker_ended(ExitInfo(worker, exited=True, exit_status=71), now=0)
+        applied(state, state.worker_ended(ExitInfo(worker, exited=True, exit_status=71), now=0))
     assert state.start_failure is not None
     assert state.start_failure.count == 2
     assert state.start_failure.setup_error is not None
@@ -135,7 +151,7 @@ def test_surplus_workers_are_removed_once_all_tasks_are_leased_and_their_endings
     assert state.surplus_workers() == []  # a task is still pending
     lease_one(state, "a", 0)
     assert sorted(state.surplus_workers()) == ["b", "c"]
-    state.worker_ended(ExitInfo("b", aborted=True), now=1)
+    applied(state, state.worker_ended(ExitInfo("b", aborted=True), now=1))
     assert state.health.early_deaths == 0
 
 
@@ -148,14 +164,14 @@ def test_workers_are_submitted_only_when_no_spare_worker_exists() -> None:
         state.hello(worker)
         lease_one(state, worker, 0)
     assert state.workers_to_submit() == 0  # the pool is full
-    state.worker_ended(ExitInfo("a", signaled=True, signal="SIGKILL"), now=1)
+    applied(state, state.worker_ended(ExitInfo("a", signaled=True, signal="SIGKILL"), now=1))
     assert state.workers_to_submit() == 1
 
 
 def test_tasks_per_worker_retires_a_worker() -> None:
     state = started(3, tasks_per_worker=1)
     lease_one(state, "w1", 0)
-    state.finish("w1", 0, 1, Cause.RESULT, 1)
+    finish(state, "w1", 0, 1, Cause.RESULT, 1)
     assert lease_one(state, "w1", 1) is None
     assert state.workers_to_submit() == 2
 
@@ -172,7 +188,7 @@ def test_cancel_ends_running_attempts_and_gives_no_more_work() -> None:
     state = started(2, workers=("a", "b"))
     attempt = lease_one(state, "a", 0)
     assert attempt is not None
-    state.cancel(1)
+    applied(state, state.cancel(1))
     assert attempt.cause is Cause.CANCELLED
     assert state.tasks.states[0] is TaskState.PENDING and not state.tasks.running
     assert all(w.terminated for w in state.workers) and lease_one(state, "b", 2) is None
@@ -184,10 +200,10 @@ def test_a_worker_near_its_runtime_limit_starts_no_task_it_cannot_finish() -> No
     state.hello("w1", now=100.0)
     first = lease_one(state, "w1", now=100.0)  # a fresh worker always takes one: nothing would fit better
     assert first is not None
-    state.finish("w1", first.task, 1, Cause.RESULT, now=106.0)  # tasks take about 6 s
+    finish(state, "w1", first.task, 1, Cause.RESULT, now=106.0)  # tasks take about 6 s
     second = lease_one(state, "w1", now=106.0)  # 11 s left (after the slack) for 7.5 s expected: fits
     assert second is not None
-    state.finish("w1", second.task, 1, Cause.RESULT, now=112.0)
+    finish(state, "w1", second.task, 1, Cause.RESULT, now=112.0)
     assert lease_one(state, "w1", now=112.0) is None  # 5 s left: it retires
     assert state.workers.all["w1"].retiring and state.workers_to_submit() == 2  # fresh workers take its place
 
@@ -198,7 +214,7 @@ def test_the_users_task_time_guides_leasing_until_tasks_have_finished() -> None:
     state.hello("w1", now=0.0)
     first = lease_one(state, "w1", now=0.0)
     assert first is not None
-    state.finish("w1", first.task, 1, Cause.RESULT, now=1.0)  # one finished: now the real figure counts
+    finish(state, "w1", first.task, 1, Cause.RESULT, now=1.0)  # one finished: now the real figure counts
     assert lease_one(state, "w1", now=1.0) is not None
     assert SweepState(1, walltime=60.0, task_time=50.0).batches.expected_task_seconds() == 62.5
 
@@ -209,10 +225,10 @@ def test_a_task_ended_at_its_workers_limit_after_a_late_start_is_retried_without
     state.hello("w1", now=0.0)
     first = lease_one(state, "w1", now=0.0)
     assert first is not None
-    state.finish("w1", first.task, 1, Cause.RESULT, now=5.0)
+    finish(state, "w1", first.task, 1, Cause.RESULT, now=5.0)
     late = lease_one(state, "w1", now=5.0)
     assert late is not None
-    [ended] = state.worker_ended(ExitInfo("w1", signaled=True, signal="SIGKILL"), now=20.1)
+    [ended] = applied(state, state.worker_ended(ExitInfo("w1", signaled=True, signal="SIGKILL"), now=20.1))
     assert ended is late and ended.cause is Cause.WALLTIME and ended.detail["fits_fresh_worker"]
     assert state.tasks.states[late.task] is TaskState.PENDING  # even with retries=0
     assert state.tasks.failure_counts.get(late.task, 0) == 0 and "not counted" in ended.detail["summary"]
@@ -223,7 +239,8 @@ def test_a_task_longer_than_the_whole_runtime_limit_fails_at_once_naming_the_opt
     state.add_workers(["w1"])
     state.hello("w1", now=0.0)
     lease_one(state, "w1", now=0.5)
-    [ended] = state.worker_ended(ExitInfo("w1", exited=True, exit_status=0), now=19.0)  # Slurm's "exit 0"
+    slurm_exit_0 = ExitInfo("w1", exited=True, exit_status=0)
+    [ended] = applied(state, state.worker_ended(slurm_exit_0, now=19.0))
     assert ended.cause is Cause.WALLTIME and state.tasks.states[0] is TaskState.FAILED
     assert "ran for the whole runtime limit of 20 s" in ended.detail["summary"]
     assert "walltime=" in ended.detail["summary"]
@@ -236,7 +253,7 @@ def test_each_lost_task_gets_a_replacement_worker_beyond_the_spare_ones() -> Non
         state.hello(worker)
         lease_one(state, worker, now=0)
     for worker in ("w1", "w2", "w3"):  # their node died: three tasks are pending again
-        state.worker_ended(ExitInfo(worker, aborted=True), now=1)
+        applied(state, state.worker_ended(ExitInfo(worker, aborted=True), now=1))
     assert state.tasks.n_pending == 5 and state.workers_to_submit() == 4  # "queued" may take one, not all
 
 
@@ -245,7 +262,7 @@ def test_a_workers_first_task_ended_at_its_limit_had_the_whole_limit() -> None:
     state.add_workers(["w1"])
     state.hello("w1", now=0.0)
     lease_one(state, "w1", now=10.0)  # its first task, however late (loading f took long, say)
-    [ended] = state.worker_ended(ExitInfo("w1", signaled=True, signal="SIGKILL"), now=20.0)
+    [ended] = applied(state, state.worker_ended(ExitInfo("w1", signaled=True, signal="SIGKILL"), now=20.0))
     assert ended.cause is Cause.WALLTIME and not ended.detail["fits_fresh_worker"]
     assert state.tasks.states[0] is TaskState.FAILED
 
@@ -259,7 +276,8 @@ def test_a_walltime_end_is_retried_uncounted_once_at_most() -> None:
         state.workers.all[worker].tasks_leased = 1  # as if it had finished another task first
         attempt = lease_one(state, worker, now=100.0 * round_ + 5)
         assert attempt is not None
-        [ended] = state.worker_ended(ExitInfo(worker, signaled=True, signal="SIGKILL"), now=100.0 * round_ + 20)
+        killed = ExitInfo(worker, signaled=True, signal="SIGKILL")
+        [ended] = applied(state, state.worker_ended(killed, now=100.0 * round_ + 20))
         failures = state.tasks.failure_counts.get(attempt.task, 0)
         outcomes.append((attempt.task, ended.detail["fits_fresh_worker"], failures))
     assert outcomes == [(0, True, 0), (0, False, 1)]  # the second time it counts, as any failure
@@ -271,7 +289,7 @@ def run_batch(state: SweepState, worker: str, now: float, seconds: float = 0.000
     """Lease a batch and report every task of it done, each having taken ``seconds``."""
     batch = state.lease(worker, now)
     for attempt in batch:
-        state.finish(worker, attempt.task, attempt.number, Cause.RESULT, now, quick(seconds))
+        finish(state, worker, attempt.task, attempt.number, Cause.RESULT, now, quick(seconds))
     return len(batch)
 
 
@@ -313,9 +331,9 @@ def test_a_worker_dying_with_a_batch_charges_only_the_task_it_named_the_rest_go_
     state = started(1000, retries=3)
     batch = grown_batch(state)
     running = batch[2]
-    state.finish("w1", batch[0].task, batch[0].number, Cause.RESULT, 7, quick())
+    finish(state, "w1", batch[0].task, batch[0].number, Cause.RESULT, 7, quick())
     state.task_died("w1", running.task, running.number, {"peak_rss_kb": 4242})
-    ended = state.worker_ended(ExitInfo("w1", signaled=True, signal="SIGKILL"), now=8)
+    ended = applied(state, state.worker_ended(ExitInfo("w1", signaled=True, signal="SIGKILL"), now=8))
     charged, returned = ended[0], ended[1:]
     assert charged is running and charged.cause is Cause.SIGNAL and charged.detail["peak_rss_kb"] == 4242
     assert state.tasks.failure_counts == {running.task: 1}
@@ -333,7 +351,7 @@ def test_the_task_a_heartbeat_names_is_the_one_charged_and_its_start_is_the_work
     state.heartbeat("w1", (named.task, named.number, 2.5), now=10)
     assert named.started == 7.5
     assert state.overdue(now=14) == [] and state.overdue(now=37.6) == [("w1", Cause.TIMEOUT)]
-    ended = state.expire("w1", Cause.TIMEOUT, now=37.6)
+    ended = applied(state, state.expire("w1", Cause.TIMEOUT, now=37.6))
     assert ended[0] is named and ended[0].cause is Cause.TIMEOUT
     assert [a.cause for a in ended[1:]] == [Cause.RETURNED] * (len(batch) - 1)
 
@@ -343,7 +361,7 @@ def test_a_quiet_worker_with_a_batch_is_lost_after_the_heartbeat_timeout() -> No
     batch = grown_batch(state)
     assert state.overdue(now=6 + 4) == []
     assert state.overdue(now=6 + 6) == [("w1", Cause.LOST)]
-    ended = state.expire("w1", Cause.LOST, now=12)
+    ended = applied(state, state.expire("w1", Cause.LOST, now=12))
     # Nobody named the task it ran: none is charged, each is tried alone next.
     assert ended == batch and all(a.cause is Cause.RETURNED for a in ended) and not state.tasks.failure_counts
     assert state.tasks.n_pending == 1000 - state.tasks.n_done and state.tasks.suspects == {a.task for a in batch}
@@ -358,7 +376,7 @@ def test_an_answer_lost_on_the_way_is_given_again_not_a_second_batch() -> None:
 def test_returned_tasks_are_served_before_fresh_ones() -> None:
     state = started(1000, workers=("a", "b"))
     batch = grown_batch(state, "a")
-    state.worker_ended(ExitInfo("a", aborted=True), now=7)
+    applied(state, state.worker_ended(ExitInfo("a", aborted=True), now=7))
     assert lease_one_or_more(state, "b", 8) == [batch[0].task]  # first, and alone: it is a suspect
 
 
@@ -407,7 +425,7 @@ def test_a_worker_told_to_leave_is_not_counted_in_the_width_however_long_the_sch
     for worker in ("a", "b"):
         attempt = lease_one(state, worker, 0)
         assert attempt is not None
-        state.finish(worker, attempt.task, attempt.number, Cause.RESULT, 1)
+        finish(state, worker, attempt.task, attempt.number, Cause.RESULT, 1)
         assert lease_one(state, worker, 1) is None  # retiring: the scheduler may show it running for minutes
     assert state.workers_to_submit() == 2
 
@@ -426,17 +444,17 @@ def test_a_whole_worker_killed_by_an_unnamed_later_task_charges_nobody_until_tha
     state = started(1000, retries=1, workers=("a",))
     batch = grown_batch(state, "a")
     innocent, culprit = batch[0], batch[1]  # the culprit kills the whole job before it could be named
-    ended = state.worker_ended(ExitInfo("a", signaled=True, signal="SIGKILL"), now=7)
+    ended = applied(state, state.worker_ended(ExitInfo("a", signaled=True, signal="SIGKILL"), now=7))
     assert {a.cause for a in ended} == {Cause.RETURNED} and not state.tasks.failure_counts
     for worker in ["b", "c", "d"]:
         state.add_workers([worker])
         state.hello(worker, now=8)
         [alone] = state.lease(worker, now=8)
         if alone.task == innocent.task:
-            state.finish(worker, alone.task, alone.number, Cause.RESULT, 9, quick())
+            finish(state, worker, alone.task, alone.number, Cause.RESULT, 9, quick())
         else:
             assert alone.task == culprit.task
-            [charged] = state.worker_ended(ExitInfo(worker, signaled=True, signal="SIGKILL"), now=9)
+            [charged] = applied(state, state.worker_ended(ExitInfo(worker, signaled=True, signal="SIGKILL"), now=9))
             assert charged.cause is Cause.SIGNAL
     assert state.tasks.states[innocent.task] is TaskState.DONE and innocent.task not in state.tasks.failure_counts
     assert state.tasks.failure_counts[culprit.task] == 2 and state.tasks.states[culprit.task] is TaskState.FAILED
@@ -446,7 +464,8 @@ def test_a_worker_that_never_reached_the_server_and_exited_zero_counts_as_not_st
     state = SweepState(3, start_failure_limit=2)
     state.add_workers(["a", "b"])
     for worker in ("a", "b"):
-        state.worker_ended(ExitInfo(worker, exited=True, exit_status=0), now=0)  # a wrapper that exits 0
+        wrapper_exit_0 = ExitInfo(worker, exited=True, exit_status=0)  # a wrapper that exits 0
+        applied(state, state.worker_ended(wrapper_exit_0, now=0))
     assert state.start_failure is not None
 
 

@@ -1,6 +1,7 @@
 """Which attempt a worker's end is charged to, and what becomes of the others it held. Pure.
 
-When a worker ends holding a batch, only the attempt it was running is charged with the ending;
+Endings are decided here and applied only once stored (:meth:`.sweep.SweepState.apply`). When a
+worker ends holding a batch, only the attempt it was running is charged with the ending;
 the rest go back to the queue uncounted. When which one ran is not known, every held task goes
 back uncounted, each to be tried alone next (a suspect): the one that kills its worker is then
 charged on its own.
@@ -10,15 +11,15 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ..failures import classify
-from ..model import Attempt, Cause, ExitInfo
+from ..model import Attempt, Cause, Closing, ExitInfo
 from .workers import Worker
 
 if TYPE_CHECKING:  # the sweep passes itself in; this module only reads its parts
     from .sweep import SweepState
 
 
-def worker_ended(state: SweepState, info: ExitInfo, now: float, stderr_tail: str) -> list[Attempt]:
-    """The scheduler says a worker is gone: end what it held, or count it as an early death."""
+def worker_ended(state: SweepState, info: ExitInfo, now: float, stderr_tail: str) -> list[Closing]:
+    """The scheduler says a worker is gone: the endings of what it held, or an early death counted."""
     worker = state.workers.get(info.worker)
     if worker is None:
         return []
@@ -47,8 +48,8 @@ def worker_ended(state: SweepState, info: ExitInfo, now: float, stderr_tail: str
     return ended
 
 
-def expire(state: SweepState, worker: Worker, cause: Cause, now: float) -> list[Attempt]:
-    """End a worker's attempts on our own decision (lost, timeout); its job is being terminated."""
+def expire(state: SweepState, worker: Worker, cause: Cause, now: float) -> list[Closing]:
+    """The endings of a worker's attempts on our own decision (lost, timeout); its job is to be removed."""
     state.workers.terminate(worker)
     charged = _charged(worker)
     if charged is None:
@@ -79,24 +80,19 @@ def _certain(worker: Worker) -> bool:
     return len(worker.held) == 1 or bool(worker.death_detail)
 
 
-def _return_held(state: SweepState, worker: Worker, now: float, why: str) -> list[Attempt]:
-    """End every held attempt uncounted, its task to be tried alone next."""
-    returned = list(worker.held.values())
-    for attempt in returned:
-        state.end(attempt, Cause.RETURNED, now, {
-            "summary": f"{why} while it held {len(returned)} tasks of a batch, and which one ran is not "
-                       "known: each goes back uncounted, to be tried alone"})
-        state.tasks.suspects.add(attempt.task)
-    return returned
+def _return_held(state: SweepState, worker: Worker, now: float, why: str) -> list[Closing]:
+    """Every held attempt back uncounted, its task to be tried alone next."""
+    held = list(worker.held.values())
+    summary = (f"{why} while it held {len(held)} tasks of a batch, and which one ran is not known: each goes "
+               "back uncounted, to be tried alone")
+    return [state.tasks.closing(attempt, Cause.RETURNED, now, {"summary": summary}, suspect=True) for attempt in held]
 
 
 def _end_held(state: SweepState, worker: Worker, charged: Attempt, cause: Cause, now: float,
-              detail: dict[str, Any], why: str) -> list[Attempt]:
-    """End the charged attempt with ``cause``; the worker's other held attempts go back uncounted."""
-    others = [a for a in worker.held.values() if a is not charged]
-    state.end(charged, cause, now, detail)
-    for attempt in others:
-        state.end(attempt, Cause.RETURNED, now, {
-            "summary": f"{why} while it held this task in its batch, not running it; back in the queue, "
-                       "not counted against retries"})
-    return [charged, *others]
+              detail: dict[str, Any], why: str) -> list[Closing]:
+    """The charged attempt ends with ``cause``; the worker's other held attempts go back uncounted."""
+    summary = (f"{why} while it held this task in its batch, not running it; back in the queue, not counted "
+               "against retries")
+    others = [state.tasks.closing(attempt, Cause.RETURNED, now, {"summary": summary})
+              for attempt in worker.held.values() if attempt is not charged]
+    return [state.tasks.closing(charged, cause, now, detail), *others]

@@ -13,19 +13,22 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ..model import Attempt, Cause, ExitInfo, TaskState
+from ..model import Attempt, Cause, Closing, ExitInfo, TaskState
 from . import endings
 from .batches import BatchPolicy
 from .health import StartFailure, StartHealth
 from .tasks import TaskLedger
 from .workers import Worker, WorkerPhase, Workers
 
+# Causes a worker reports itself, after which it runs the next task of its batch.
+REPORTED = frozenset({Cause.RESULT, Cause.EXCEPTION})
+
 
 @dataclass(frozen=True)
 class Tick:
     """What the driver does after a turn of the clock."""
 
-    ended: list[Attempt]          # attempts ended on our decision (timeout, lost): store them
+    closings: list[Closing]       # attempts ended on our decision (timeout, lost): store, then apply them
     overdue: list[str]            # their workers, to remove from the scheduler now
     written_off: list[Worker]     # started but never reached the server, or hung: remove them
     surplus: list[str]            # queued workers no longer needed: remove them
@@ -157,19 +160,15 @@ class SweepState:
             worker.current = attempt
             worker.death_detail = dict(detail)
 
-    def finish(self, worker_id: str, task: int, number: int, cause: Cause, now: float,
-               detail: dict[str, Any] | None = None) -> Attempt | None:
-        """A worker reported a result or an exception. None if the attempt was superseded."""
+    def report(self, worker_id: str, task: int, number: int, cause: Cause, now: float,
+               detail: dict[str, Any]) -> Closing | None:
+        """A worker reported a result or an exception: its ending, to store and then apply. None if
+        the attempt was superseded."""
         attempt = self.current(worker_id, task, number)
         if attempt is None:
             return None
-        worker = self.workers.all[worker_id]
-        worker.last_seen = now
-        self.end(attempt, cause, now, detail or {})
-        if worker.current is None and worker.held:  # the next in its batch runs now
-            worker.current = next(iter(worker.held.values()))
-            worker.current.started = max(worker.current.started, now)
-        return attempt
+        self.workers.all[worker_id].last_seen = now
+        return self.tasks.closing(attempt, cause, now, detail)
 
     def current(self, worker_id: str, task: int, number: int) -> Attempt | None:
         """The worker's held attempt of ``task`` if it is attempt ``number``; else None (superseded)."""
@@ -179,23 +178,31 @@ class SweepState:
             return None
         return attempt
 
-    def outcome(self, attempt: Attempt, cause: Cause, detail: Mapping[str, Any]) -> TaskState:
-        """What the attempt's task becomes if it ends so; changes nothing (the ledger stores that first)."""
-        return self.tasks.outcome(attempt, cause, detail)
+    def closing(self, attempt: Attempt, cause: Cause, now: float, detail: dict[str, Any]) -> Closing:
+        """The attempt's ending as decided; nothing changes until it is applied."""
+        return self.tasks.closing(attempt, cause, now, detail)
 
-    def end(self, attempt: Attempt, cause: Cause, now: float, detail: dict[str, Any]) -> None:
-        """End an attempt: its worker lets it go, its task moves on, a success's duration is learnt."""
-        worker = self.workers.get(attempt.worker)
-        if worker is not None:
-            self.workers.release(worker, attempt)
-        if self.tasks.close(attempt, cause, now, detail) is TaskState.DONE:
-            seconds = detail.get("resource_usage", {}).get("seconds")
-            self.batches.task_finished(seconds if isinstance(seconds, (int, float)) else now - attempt.started)
+    def apply(self, closings: Iterable[Closing]) -> None:
+        """Carry out decided endings, once stored: workers let go of the attempts, tasks move on, a
+        success's duration is learnt, and a worker whose reported task ended runs its next."""
+        for closing in closings:
+            attempt = closing.attempt
+            worker = self.workers.get(attempt.worker)
+            if worker is not None:
+                self.workers.release(worker, attempt)
+                if closing.cause in REPORTED and worker.current is None and worker.held:
+                    worker.current = next(iter(worker.held.values()))
+                    worker.current.started = max(worker.current.started, closing.ended)
+            self.tasks.close(closing)
+            if closing.outcome is TaskState.DONE:
+                seconds = closing.detail.get("resource_usage", {}).get("seconds")
+                self.batches.task_finished(seconds if isinstance(seconds, (int, float))
+                                           else closing.ended - attempt.started)
 
     # -- what the scheduler says, and the clock ----------------------------------------------
 
-    def worker_ended(self, info: ExitInfo, now: float, stderr_tail: str = "") -> list[Attempt]:
-        """The scheduler says a worker is gone; end whatever attempts it still held.
+    def worker_ended(self, info: ExitInfo, now: float, stderr_tail: str = "") -> list[Closing]:
+        """The scheduler says a worker is gone: the endings of whatever attempts it still held.
 
         ``stderr_tail``: the end of the worker's stderr file, where a scheduler may say it killed
         the worker for memory."""
@@ -212,8 +219,8 @@ class SweepState:
                 late.append((worker_id, Cause.LOST))
         return late
 
-    def expire(self, worker_id: str, cause: Cause, now: float) -> list[Attempt]:
-        """End a worker's attempts on our own decision (lost, timeout); the job is being terminated."""
+    def expire(self, worker_id: str, cause: Cause, now: float) -> list[Closing]:
+        """The endings of a worker's attempts on our own decision (lost, timeout); its job is to be removed."""
         return endings.expire(self, self.workers.all[worker_id], cause, now)
 
     def unresponsive(self, started: Mapping[str, str | None], now: float) -> list[Worker]:
@@ -251,20 +258,15 @@ class SweepState:
     def tick(self, started: Mapping[str, str | None], now: float) -> Tick:
         """A turn of the clock: end overdue workers' attempts, write off silent ones, drop surplus ones."""
         overdue = self.overdue(now)
-        ended = [attempt for worker, cause in overdue for attempt in self.expire(worker, cause, now)]
+        closings = [closing for worker, cause in overdue for closing in self.expire(worker, cause, now)]
         written_off = self.unresponsive(started, now)
-        return Tick(ended, [worker for worker, _ in overdue], written_off, self.surplus_workers(),
+        return Tick(closings, [worker for worker, _ in overdue], written_off, self.surplus_workers(),
                     tuple(sorted(self.health.silent_hosts)), self.counts())
 
-    def cancel(self, now: float) -> list[Attempt]:
-        """End every held attempt as cancelled (the tasks stay unfinished); no worker gets more work."""
-        cancelled = self.tasks.cancel(now)
-        for worker in self.workers:
-            worker.held.clear()
-            worker.current = None
-        self.workers.holding.clear()
+    def cancel(self, now: float) -> list[Closing]:
+        """Every held attempt, to end as cancelled (the tasks stay unfinished); no worker gets more work."""
         self.terminate_all()
-        return cancelled
+        return self.tasks.cancel(now)
 
     def terminate_all(self) -> list[str]:
         """Every worker not known to have ended, marked ours to remove; returns their ids."""

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from ..failures import is_retryable
-from ..model import Attempt, Cause, TaskState, counts_by_name
+from ..model import Attempt, Cause, Closing, TaskState, counts_by_name
 
 
 class TaskLedger:
@@ -99,22 +99,30 @@ class TaskLedger:
             return TaskState.PENDING
         return TaskState.FAILED
 
-    def close(self, attempt: Attempt, cause: Cause, now: float, detail: dict[str, Any]) -> TaskState:
-        """End the attempt with ``cause``; its task becomes done, failed, or pending again (returned)."""
-        next_state = self.outcome(attempt, cause, detail)
-        attempt.cause, attempt.ended, attempt.detail = cause, now, detail
+    def closing(self, attempt: Attempt, cause: Cause, now: float, detail: dict[str, Any],
+                suspect: bool = False) -> Closing:
+        """The attempt's ending as decided; nothing changes until it is applied (:meth:`close`)."""
+        return Closing(attempt, cause, now, detail, self.outcome(attempt, cause, detail), suspect)
+
+    def close(self, closing: Closing) -> None:
+        """Apply a decided ending: its task becomes done, failed, or pending again."""
+        attempt, cause, next_state = closing.attempt, closing.cause, closing.outcome
+        attempt.cause, attempt.ended, attempt.detail = cause, closing.ended, closing.detail
         del self.running[attempt.task]
         task = attempt.task
         self.states[task] = next_state
+        if cause is Cause.CANCELLED:  # the sweep stops here: nothing is queued or counted
+            return
         if cause is not Cause.RETURNED:
             self.suspects.discard(task)
         if next_state is TaskState.DONE:
             self.n_done += 1
         elif cause is Cause.RETURNED:
             self._returned.append(task)
+            if closing.suspect:
+                self.suspects.add(task)
         else:
-            self._count_failure(attempt, cause, detail, next_state)
-        return next_state
+            self._count_failure(attempt, cause, closing.detail, next_state)
 
     def _count_failure(self, attempt: Attempt, cause: Cause, detail: Mapping[str, Any], next_state: TaskState) -> None:
         task = attempt.task
@@ -128,12 +136,7 @@ class TaskLedger:
         else:
             self.n_failed += 1
 
-    def cancel(self, now: float) -> list[Attempt]:
-        """End every attempt in workers' hands as cancelled (the tasks stay unfinished)."""
-        cancelled = list(self.running.values())
-        for attempt in cancelled:
-            attempt.cause, attempt.ended = Cause.CANCELLED, now
-            attempt.detail = {"summary": "the sweep was cancelled"}
-            self.states[attempt.task] = TaskState.PENDING
-        self.running.clear()
-        return cancelled
+    def cancel(self, now: float) -> list[Closing]:
+        """Every attempt in workers' hands, to end as cancelled (the tasks stay unfinished)."""
+        return [Closing(attempt, Cause.CANCELLED, now, {"summary": "the sweep was cancelled"}, TaskState.PENDING)
+                for attempt in self.running.values()]
