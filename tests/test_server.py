@@ -6,11 +6,12 @@ import socket
 import time
 
 import pytest
+from untyped import untyped_app
 
 from sheepdog_drmaa import protocol
 from sheepdog_drmaa.errors import ConfigurationError
 from sheepdog_drmaa.server import TaskServer, make_app
-from sheepdog_drmaa.worker import Channel, ChannelError
+from sheepdog_drmaa.worker.channel import Channel, ChannelError
 
 KEY = b"k" * 32
 
@@ -33,7 +34,7 @@ def served():
         calls.append(message)
         return {"echo": message.get("value")}
 
-    server = TaskServer(make_app(KEY, {protocol.ROUTE_HELLO: echo}), "127.0.0.1", 0)
+    server = TaskServer(untyped_app(KEY, {protocol.ROUTE_HELLO: echo}), "127.0.0.1", 0)
     yield server, calls
     server.stop()
 

@@ -16,19 +16,23 @@ import time
 
 import pytest
 from helpers import wait_until
+from untyped import untyped_app
 
-from sheepdog_drmaa import protocol
+from sheepdog_drmaa import messages, protocol
 from sheepdog_drmaa.server import MAX_BODY, TaskServer, Warnings, make_app
-from sheepdog_drmaa.worker import CONNECT_BACKOFF, Channel, ChannelError
+from sheepdog_drmaa.worker.channel import CONNECT_BACKOFF, Channel, ChannelError
 
 KEY = b"k" * 32
 MB = 1 << 20
+TESTS = os.path.dirname(os.path.abspath(__file__))
 
 SERVER_SCRIPT = """
 import json, os, resource, sys, threading
-from sheepdog_drmaa.server import TaskServer, make_app
+from sheepdog_drmaa.server import TaskServer
 
 config = json.loads(sys.argv[1])
+sys.path.insert(0, config["tests"])
+from untyped import untyped_app
 if config.get("open_files"):
     resource.setrlimit(resource.RLIMIT_NOFILE, (config["open_files"], config["open_files"]))
 held = []
@@ -53,7 +57,7 @@ def open_files(message):
     return {"opened": len(files)}
 
 handlers = {"/hello": lambda message: {"echo": message.get("value")}, "/hog": hog, "/open": open_files}
-server = TaskServer(make_app(b"k" * 32, handlers), "127.0.0.1", 0)
+server = TaskServer(untyped_app(b"k" * 32, handlers), "127.0.0.1", 0)
 print(server.port, flush=True)
 sys.stdin.read()
 """
@@ -63,7 +67,7 @@ class Child:
     """A task server in a child process, and what /proc says about it."""
 
     def __init__(self, **config):
-        self.process = subprocess.Popen([sys.executable, "-c", SERVER_SCRIPT, json.dumps(config)],
+        self.process = subprocess.Popen([sys.executable, "-c", SERVER_SCRIPT, json.dumps(dict(config, tests=TESTS))],
                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         self.port = int(self.process.stdout.readline())
 
@@ -108,9 +112,10 @@ def child():
 def served():
     servers = []
 
-    def serve(handlers=None, **options):
+    def serve(handlers=None, typed=False, **options):
+        """A server of ``handlers``: of the routes' own messages if ``typed``, else of plain dicts."""
         handlers = handlers or {protocol.ROUTE_HELLO: lambda message: {"echo": message.get("value")}}
-        app = make_app(KEY, handlers, max_body=options.pop("max_body", MAX_BODY))
+        app = (make_app if typed else untyped_app)(KEY, handlers, max_body=options.pop("max_body", MAX_BODY))
         servers.append(TaskServer(app, "127.0.0.1", 0, **options))
         return servers[-1]
 
@@ -458,7 +463,7 @@ def test_a_signed_message_of_the_wrong_shape_gets_400_and_no_traceback(served, c
                 "elapsed": running.get("elapsed", 0.0) + running.get("number", 0),
                 "error": (message.get("error") or {}).get("traceback")}
 
-    server = served({route: like_the_runner})
+    server = served({route: like_the_runner}, typed=True)
     with pytest.raises(ChannelError, match="HTTP 400"):
         channel(server.port).call(route, message, attempts=1)
     assert "Traceback" not in capfd.readouterr().err
@@ -475,7 +480,7 @@ def test_well_formed_messages_pass_the_shape_check():
                            (protocol.ROUTE_HEARTBEAT, {"running": {"task": 3, "number": 1, "elapsed": 0.5}}),
                            (protocol.ROUTE_TASK_DIED, {"task": 3, "number": 1, "max_rss_kb": 2048}),
                            (protocol.ROUTE_SETUP_FAILED, {"error": failure})]:
-        assert protocol.shape_problem(dict(message, worker="w1"), protocol.MESSAGE_SHAPES[route]) is None
+        assert messages.REQUESTS[route].from_wire(dict(message, worker="w1")).worker == "w1"
 
 
 def test_a_handler_bug_is_a_500_and_a_logged_error(served, caplog):
