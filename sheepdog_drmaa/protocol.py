@@ -6,7 +6,7 @@ replayed; a response signature covers the request's nonce, so a worker only beli
 to its own question. A second request signature, over the headers alone (route, nonce, timestamp
 and body length), lets the server refuse a request before it reads a byte of its body, so that
 nobody without the key can make it read one. Bodies are pickles of plain dicts and are loaded only
-after the signature checks out, and are then checked against the message shape of their route.
+after the signature checks out; :mod:`.messages` then reads each as its route's message.
 Imported by the worker: standard library only.
 """
 from __future__ import annotations
@@ -22,7 +22,7 @@ import struct
 import threading
 import time
 from collections.abc import Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 # Job environment of a worker.
 ENV_URL = "SHEEPDOG_URL"
@@ -173,63 +173,6 @@ def decode(body: bytes) -> dict[str, Any]:
     if not isinstance(message, dict):
         raise ValueError("message is not a dict")
     return message
-
-
-class Maybe(NamedTuple):
-    """In a message shape: a field that may be absent or None."""
-
-    kind: Any
-
-
-class ListOf(NamedTuple):
-    """In a message shape: a list whose items each have the shape ``item``."""
-
-    item: Any
-
-
-# What each route's message holds: field name -> type, or the shape of a nested dict, or Maybe of
-# either. Other fields are ignored. The server refuses a message that does not fit its shape.
-Shape = dict[str, Any]
-_ERROR: Shape = {"types": Maybe(list), "type": Maybe(str), "message": Maybe(str), "traceback": Maybe(str),
-                 "pickle": Maybe(bytes)}
-_OUTPUT: Shape = {"stdout": Maybe(str), "stderr": Maybe(str)}
-_REPORT: Shape = {"task": int, "number": int, "result": Maybe(bytes), "exception": Maybe(_ERROR),
-                  "output": Maybe(_OUTPUT),
-                  "usage": Maybe(dict)}
-MESSAGE_SHAPES: dict[str, Shape] = {
-    ROUTE_HELLO: {"worker": str, "host": Maybe(str), "process_group": Maybe(int)},
-    ROUTE_LEASE: {"worker": str, "reports": ListOf(_REPORT)},
-    ROUTE_REPORT: {"worker": str, "reports": ListOf(_REPORT)},
-    ROUTE_HEARTBEAT: {"worker": str, "running": Maybe({"task": int, "number": int, "elapsed": float})},
-    ROUTE_SETUP_FAILED: {"worker": str, "error": Maybe(_ERROR)},
-    ROUTE_TASK_DIED: {"worker": str, "task": int, "number": int, "max_rss_kb": Maybe(int)},
-}
-
-
-def shape_problem(value: Any, shape: Shape, where: str = "message") -> str | None:
-    """What keeps ``value`` from fitting ``shape``, or None if it fits."""
-    if not isinstance(value, dict):
-        return f"{where} is a {type(value).__name__}, not a dict"
-    for name, kind in shape.items():
-        field, place = value.get(name), f"{where}[{name!r}]"
-        if isinstance(kind, Maybe):
-            if field is None:
-                continue
-            kind = kind.kind
-        if isinstance(kind, dict):
-            problem = shape_problem(field, kind, place)
-            if problem is not None:
-                return problem
-        elif isinstance(kind, ListOf):
-            if not isinstance(field, list):
-                return f"{place} is a {type(field).__name__}, not a list"
-            for index, item in enumerate(field):
-                problem = shape_problem(item, kind.item, f"{place}[{index}]")
-                if problem is not None:
-                    return problem
-        elif not isinstance(field, kind) or (kind is int and isinstance(field, bool)):
-            return f"{place} is a {type(field).__name__}, not a {kind.__name__}"
-    return None
 
 
 class ReplayGuard:

@@ -3,7 +3,8 @@
 Anyone who reaches the port can talk to it, so nothing is read, loaded or kept on a stranger's
 behalf. Each request's headers (route, length, head signature, timestamp, nonce) are checked before
 a byte of its body is read; then the body's signature, before anything is unpickled; then the
-message's shape, before the sweep's handler for that route sees it. The answer is signed.
+message is read as its route's (:mod:`.messages`), and only a well-formed one reaches the sweep's
+handler for that route, whose typed reply goes back signed.
 Anything unsigned, badly signed, replayed or malformed gets a 4xx answer and reaches no handler.
 
 Connections are bounded too: each carries one request; one that has not shown signed headers
@@ -29,12 +30,12 @@ from typing import IO, Any, Callable
 from werkzeug.serving import ThreadedWSGIServer, WSGIRequestHandler
 from werkzeug.wrappers import Request, Response
 
-from . import protocol
+from . import messages, protocol
 from .errors import ConfigurationError
 
 log = logging.getLogger(__name__)
 
-Handler = Callable[[dict[str, Any]], dict[str, Any]]
+Handler = Callable[[Any], messages.Reply]  # takes its route's request (messages.REQUESTS)
 MAX_BODY = (256 << 20) + protocol.ENVELOPE_BYTES  # default largest request body: a 256 MiB result
 HEADER_TIMEOUT = 10.0  # seconds from accepting a connection to its request's signed headers
 SOCKET_TIMEOUT = 60.0  # seconds any one read or write of a connection may stall
@@ -42,7 +43,6 @@ HEADER_BYTES = 16 << 10  # request line and headers of a request; a worker sends
 MAX_CONNECTIONS = 1024  # open connections at most (fewer if the open-files limit is low)
 SUMMARY_SECONDS = 60.0  # how often a warning that strangers can repeat is summarised
 ENVIRON_SIGNED = "sheepdog.signed"  # the app calls it once a request's headers check out
-_ANY_MESSAGE: protocol.Shape = {"worker": str}
 
 
 class Warnings:
@@ -84,9 +84,12 @@ class Warnings:
 
 
 def make_app(key: bytes, handlers: Mapping[str, Handler], max_body: int = MAX_BODY,
-             guard: protocol.ReplayGuard | None = None) -> Callable[..., Any]:
-    """The WSGI application: signed POSTs to the routes in ``handlers``, bodies of at most ``max_body`` bytes."""
+             guard: protocol.ReplayGuard | None = None,
+             requests: Mapping[str, type[messages.Request]] = messages.REQUESTS) -> Callable[..., Any]:
+    """The WSGI application: signed POSTs to the routes in ``handlers``, bodies of at most ``max_body``
+    bytes, each read as the message ``requests`` names for its route."""
     guard = guard or protocol.ReplayGuard()
+    kinds = {route: requests[route] for route in handlers}
     refusals = Warnings("refused requests")
 
     def refuse(request: Request, status: int, reason: str) -> Response:
@@ -123,23 +126,29 @@ def make_app(key: bytes, handlers: Mapping[str, Handler], max_body: int = MAX_BO
         if not protocol.signature_matches(expected, headers.get(protocol.HEADER_SIGNATURE)):
             return refuse(request, 403, "bad or missing signature")
         try:
-            message = protocol.decode(body)
+            wire = protocol.decode(body)
         except Exception:
             return refuse(request, 400, "malformed body")
-        problem = protocol.shape_problem(message, protocol.MESSAGE_SHAPES.get(route, _ANY_MESSAGE))
-        if problem is not None:
+        try:
+            message = kinds[route].from_wire(wire)
+        except messages.MalformedMessage as problem:
             return refuse(request, 400, f"malformed message: {problem}")
         try:
-            reply = protocol.encode_parts(handler(message))
+            reply = protocol.encode_parts(handler(message).to_wire())
         except Exception:  # a bug on this side: the worker gets a 500, the user a traceback in the log
-            log.exception("the handler for %s failed on a message from worker %s", route, message["worker"])
+            log.exception("the handler for %s failed on a message from worker %s", route, message.worker)
             return Response("internal error\n", status=500, mimetype="text/plain")
-        response = Response(_as_bytes(reply), mimetype="application/octet-stream")
-        response.content_length = sum(len(part) for part in reply)
-        response.headers[protocol.HEADER_SIGNATURE] = protocol.response_signature(key, nonce, reply)
-        return response
+        return _signed_response(key, nonce, reply)
 
     return app
+
+
+def _signed_response(key: bytes, nonce: str, parts: list[bytes]) -> Response:
+    """The answer to the request of ``nonce``: the parts of an encoded reply, signed."""
+    response = Response(_as_bytes(parts), mimetype="application/octet-stream")
+    response.content_length = sum(len(part) for part in parts)
+    response.headers[protocol.HEADER_SIGNATURE] = protocol.response_signature(key, nonce, parts)
+    return response
 
 
 class _Input:

@@ -17,7 +17,7 @@ def announce_and_sleep_first_time(directory: str, x: int) -> int:
     with open(path, "a") as handle:
         handle.write("run\n")
     if first:
-        from sheepdog_drmaa.worker import worker_id_from_environment
+        from sheepdog_drmaa.worker_ids import worker_id_from_environment
         with open(os.path.join(directory, f"{x}.worker"), "w") as handle:
             handle.write(worker_id_from_environment())
         time.sleep(120)

@@ -86,7 +86,7 @@ def sleep_first_time(directory: str, x: int) -> int:
 
 def announce_and_sleep_first_time(directory: str, x: int) -> int:
     if note_execution(directory, x) == 1:
-        from sheepdog_drmaa.worker import worker_id_from_environment
+        from sheepdog_drmaa.worker_ids import worker_id_from_environment
         with open(os.path.join(directory, "job"), "w") as handle:
             handle.write(worker_id_from_environment())
         time.sleep(120)

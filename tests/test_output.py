@@ -132,7 +132,7 @@ def test_a_task_that_closes_its_standard_descriptors_reports_and_the_next_tasks_
 CONNECT_WITHOUT_STANDARD_DESCRIPTORS = """
 import os, socket, sys
 sys.path.insert(0, {root!r})
-from sheepdog_drmaa.worker import _Connection
+from sheepdog_drmaa.worker.channel import _Connection
 server = socket.create_server(("127.0.0.1", 0))
 report = os.open({report!r}, os.O_WRONLY | os.O_CREAT)
 for descriptor in (0, 1, 2):

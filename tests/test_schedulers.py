@@ -12,7 +12,7 @@ import sheepdog_drmaa
 from sheepdog_drmaa import ConfigurationError, WorkersCannotStart
 from sheepdog_drmaa.backends import WorkerSpec, log_paths
 from sheepdog_drmaa.backends.schedulers import GridEngine, Scheduler, Slurm, identify
-from sheepdog_drmaa.worker import worker_id_from_environment
+from sheepdog_drmaa.worker_ids import worker_id_from_environment
 
 
 @pytest.mark.parametrize("implementation, drms, name", [

@@ -11,11 +11,12 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from untyped import untyped_app
 
 from sheepdog_drmaa import protocol
 from sheepdog_drmaa.errors import ConfigurationError
 from sheepdog_drmaa.server import TaskServer, make_app
-from sheepdog_drmaa.worker import Channel, ChannelError
+from sheepdog_drmaa.worker.channel import Channel, ChannelError
 
 KEY = b"k" * 32
 # The served fixture: the server, and the messages its one handler was called with.
@@ -40,7 +41,7 @@ def served() -> Iterator[Served]:
         calls.append(message)
         return {"echo": message.get("value")}
 
-    server = TaskServer(make_app(KEY, {protocol.ROUTE_HELLO: echo}), "127.0.0.1", 0)
+    server = TaskServer(untyped_app(KEY, {protocol.ROUTE_HELLO: echo}), "127.0.0.1", 0)
     yield server, calls
     server.stop()
 

@@ -20,19 +20,23 @@ from typing import Any, NoReturn
 
 import pytest
 from helpers import wait_until
+from untyped import untyped_app
 
-from sheepdog_drmaa import protocol
-from sheepdog_drmaa.server import MAX_BODY, Handler, TaskServer, Warnings, make_app
-from sheepdog_drmaa.worker import CONNECT_BACKOFF, Channel, ChannelError
+from sheepdog_drmaa import messages, protocol
+from sheepdog_drmaa.server import MAX_BODY, TaskServer, Warnings, make_app
+from sheepdog_drmaa.worker.channel import CONNECT_BACKOFF, Channel, ChannelError
 
 KEY = b"k" * 32
 MB = 1 << 20
+TESTS = os.path.dirname(os.path.abspath(__file__))
 
 SERVER_SCRIPT = """
 import json, os, resource, sys, threading
-from sheepdog_drmaa.server import TaskServer, make_app
+from sheepdog_drmaa.server import TaskServer
 
 config = json.loads(sys.argv[1])
+sys.path.insert(0, config["tests"])
+from untyped import untyped_app
 if config.get("open_files"):
     resource.setrlimit(resource.RLIMIT_NOFILE, (config["open_files"], config["open_files"]))
 held = []
@@ -57,7 +61,7 @@ def open_files(message):
     return {"opened": len(files)}
 
 handlers = {"/hello": lambda message: {"echo": message.get("value")}, "/hog": hog, "/open": open_files}
-server = TaskServer(make_app(b"k" * 32, handlers), "127.0.0.1", 0)
+server = TaskServer(untyped_app(b"k" * 32, handlers), "127.0.0.1", 0)
 print(server.port, flush=True)
 sys.stdin.read()
 """
@@ -67,7 +71,7 @@ class Child:
     """A task server in a child process, and what /proc says about it."""
 
     def __init__(self, **config: Any) -> None:
-        self.process = subprocess.Popen([sys.executable, "-c", SERVER_SCRIPT, json.dumps(config)],
+        self.process = subprocess.Popen([sys.executable, "-c", SERVER_SCRIPT, json.dumps(dict(config, tests=TESTS))],
                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         assert self.process.stdout is not None
         self.port = int(self.process.stdout.readline())
@@ -114,9 +118,10 @@ def child() -> Iterator[Callable[..., Child]]:
 def served() -> Iterator[Callable[..., TaskServer]]:
     servers: list[TaskServer] = []
 
-    def serve(handlers: Mapping[str, Handler] | None = None, **options: Any) -> TaskServer:
+    def serve(handlers: Mapping[str, Any] | None = None, typed: bool = False, **options: Any) -> TaskServer:
+        """A server of ``handlers``: of the routes' own messages if ``typed``, else of plain dicts."""
         handlers = handlers or {protocol.ROUTE_HELLO: lambda message: {"echo": message.get("value")}}
-        app = make_app(KEY, handlers, max_body=options.pop("max_body", MAX_BODY))
+        app = (make_app if typed else untyped_app)(KEY, handlers, max_body=options.pop("max_body", MAX_BODY))
         servers.append(TaskServer(app, "127.0.0.1", 0, **options))
         return servers[-1]
 
@@ -477,7 +482,7 @@ def test_a_signed_message_of_the_wrong_shape_gets_400_and_no_traceback(
                 "elapsed": running.get("elapsed", 0.0) + running.get("number", 0),
                 "error": (message.get("error") or {}).get("traceback")}
 
-    server = served({route: like_the_runner})
+    server = served({route: like_the_runner}, typed=True)
     with pytest.raises(ChannelError, match="HTTP 400"):
         channel(server.port).call(route, message, attempts=1)
     assert "Traceback" not in capfd.readouterr().err
@@ -486,7 +491,7 @@ def test_a_signed_message_of_the_wrong_shape_gets_400_and_no_traceback(
 def test_well_formed_messages_pass_the_shape_check() -> None:
     report = {"task": 3, "number": 1, "result": b"r", "usage": {"seconds": 1.0}}
     failure = {"types": ["builtins.ValueError"], "type": "ValueError", "message": "m", "traceback": "t", "pickle": None}
-    messages: list[tuple[str, dict[str, Any]]] = [
+    sent: list[tuple[str, dict[str, Any]]] = [
         (protocol.ROUTE_HELLO, {"host": "node1", "process_group": 12}),
         (protocol.ROUTE_LEASE, {"reports": []}),
         (protocol.ROUTE_LEASE, {"reports": [report, report]}),
@@ -495,8 +500,8 @@ def test_well_formed_messages_pass_the_shape_check() -> None:
         (protocol.ROUTE_HEARTBEAT, {"running": {"task": 3, "number": 1, "elapsed": 0.5}}),
         (protocol.ROUTE_TASK_DIED, {"task": 3, "number": 1, "max_rss_kb": 2048}),
         (protocol.ROUTE_SETUP_FAILED, {"error": failure})]
-    for route, message in messages:
-        assert protocol.shape_problem(dict(message, worker="w1"), protocol.MESSAGE_SHAPES[route]) is None
+    for route, message in sent:
+        assert messages.REQUESTS[route].from_wire(dict(message, worker="w1")).worker == "w1"
 
 
 def test_a_handler_bug_is_a_500_and_a_logged_error(served: Callable[..., TaskServer],

@@ -12,7 +12,7 @@ one of them carries ``SHEEPDOG_WORKER_ID=<id>`` in its environment, which surviv
 and setpgid. When a worker ends or is terminated, its process group and then every process on
 this host that carries its tag are killed, so f's children go with it even if they left its
 session. (A process that also drops its environment escapes that search; the worker's own
-clean-up, see ``worker.main``, still ends it when the worker exits on its own.)
+clean-up, see ``worker.supervisor.main``, still ends it when the worker exits on its own.)
 """
 from __future__ import annotations
 

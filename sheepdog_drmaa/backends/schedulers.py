@@ -15,22 +15,23 @@ from collections.abc import Sequence
 from xml.etree import ElementTree
 
 from ..errors import ConfigurationError
+from ..worker_ids import GridEngineIds, SlurmIds, WorkerIds
 from . import WorkerSpec
 
 log = logging.getLogger(__name__)
 
 
-class Scheduler:
+class Scheduler(WorkerIds):
     """Plain DRMAA, for an implementation this library was not tested with.
 
     A plain DRMAA job cannot learn its own id, so each worker is one job (not an array task) and is
-    told the name it goes by; the backend keeps which job carries which name.
+    told the name it goes by; the backend keeps which job carries which name. How a worker finds
+    its id (``variables``, ``separator``, ``worker_id``) each scheduler inherits from :mod:`..worker_ids`.
     """
 
     name = "generic"
     title = "the DRMAA scheduler"
     bulk = False                        # workers are tasks of array jobs, each finding its id in its environment
-    separator = ""                      # between the array job's id and the task index in a worker id
     log_id = ""                         # output path text that the scheduler turns into the worker's id
     queue_option = ""                   # the native option that names a queue; "" when unknown
     default_max_array_size = 1000
@@ -117,13 +118,12 @@ class Scheduler:
         return f"{self.remove_command} {' '.join(targets)}"
 
 
-class GridEngine(Scheduler):
+class GridEngine(GridEngineIds, Scheduler):
     """Son of Grid Engine and its relatives: ids '49.3', qmaster pushes job ends to the DRMAA library."""
 
     name = "gridengine"
     title = "Grid Engine"
     bulk = True
-    separator = "."
     log_id = "$JOB_ID.$TASK_ID"
     queue_option = "-q"
     default_max_array_size = 75_000
@@ -206,13 +206,12 @@ _GRID_ENGINE_RESOURCES = {
 }
 
 
-class Slurm(Scheduler):
+class Slurm(SlurmIds, Scheduler):
     """Slurm through DRMAA for Slurm (slurm-drmaa): ids '238_4'; every wait(ANY) queries each unreaped job."""
 
     name = "slurm"
     title = "Slurm"
     bulk = True
-    separator = "_"
     log_id = "%A_%a"
     queue_option = "-p"
     default_max_array_size = 1000
