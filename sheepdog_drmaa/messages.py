@@ -1,4 +1,4 @@
-"""The messages of the task channel: one frozen dataclass per request and per reply of each route.
+"""The messages of the task channel: one immutable record (a named tuple) per request and per reply of each route.
 
 On the wire a message is a plain dict (``to_wire``), pickled by :func:`.protocol.encode`.
 ``from_wire`` reads one back and checks it: a field that is absent or None is the same, fields it
@@ -9,9 +9,8 @@ library and protocol only.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pickle import PickleBuffer
-from typing import Any, ClassVar, Protocol, TypeVar, Union
+from typing import Any, NamedTuple, Protocol, TypeVar, Union
 
 from . import protocol
 
@@ -28,7 +27,8 @@ class MalformedMessage(ValueError):
 class Request(Protocol):
     """A worker's message to one route, naming the worker."""
 
-    route: ClassVar[str]
+    @property
+    def route(self) -> str: ...
 
     @property
     def worker(self) -> str: ...
@@ -79,8 +79,7 @@ def _reports(fields: Mapping[str, Any], where: str) -> tuple[Report, ...]:
 # -- parts of messages --------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class ExceptionInfo:
+class ExceptionInfo(NamedTuple):
     """An exception raised by f (or by loading it) as the server records it; its pickle may be left out."""
 
     types: list[str] | None = None  # qualified names along its class's MRO (items are not checked)
@@ -101,8 +100,7 @@ class ExceptionInfo:
                 "pickle": self.pickle}
 
 
-@dataclass(frozen=True)
-class Output:
+class Output(NamedTuple):
     """What a task printed, head and tail, on each stream the worker could capture."""
 
     stdout: str | None = None
@@ -121,8 +119,7 @@ class Output:
         return {name: text for name, text in (("stdout", self.stdout), ("stderr", self.stderr)) if text is not None}
 
 
-@dataclass(frozen=True)
-class Report:
+class Report(NamedTuple):
     """How one leased task ended in the worker: its pickled result, or the exception f raised."""
 
     task: int
@@ -148,8 +145,7 @@ class Report:
                 "output": None if self.output is None else self.output.to_wire(), "usage": self.usage}
 
 
-@dataclass(frozen=True)
-class Welcome:
+class Welcome(NamedTuple):
     """What a worker the server accepted needs: the pickled function and namespace, and its settings."""
 
     function: bytes
@@ -171,8 +167,7 @@ class Welcome:
                 "output_limit": self.output_limit}
 
 
-@dataclass(frozen=True)
-class LeasedTask:
+class LeasedTask(NamedTuple):
     """One task of a lease: which task, which attempt of it, and its pickled argument."""
 
     task: int
@@ -191,8 +186,7 @@ class LeasedTask:
         return {"task": self.task, "number": self.number, "args": self.args}
 
 
-@dataclass(frozen=True)
-class Running:
+class Running(NamedTuple):
     """The task a worker runs, and for how many seconds it has run."""
 
     task: int
@@ -212,11 +206,12 @@ class Running:
 # -- requests, each with its route --------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Hello:
+class Hello(NamedTuple):
     """A worker's first call: where it runs, and its process group there (to end leftovers by)."""
 
-    route: ClassVar[str] = protocol.ROUTE_HELLO
+    @property
+    def route(self) -> str:
+        return protocol.ROUTE_HELLO
     worker: str
     host: str | None = None
     process_group: int | None = None
@@ -231,11 +226,12 @@ class Hello:
         return {"worker": self.worker, "host": self.host, "process_group": self.process_group}
 
 
-@dataclass(frozen=True)
-class LeaseRequest:
+class LeaseRequest(NamedTuple):
     """The reports of the worker's last batch, and its ask for the next."""
 
-    route: ClassVar[str] = protocol.ROUTE_LEASE
+    @property
+    def route(self) -> str:
+        return protocol.ROUTE_LEASE
     worker: str
     reports: tuple[Report, ...] = ()
 
@@ -248,11 +244,12 @@ class LeaseRequest:
         return {"worker": self.worker, "reports": [report.to_wire() for report in self.reports]}
 
 
-@dataclass(frozen=True)
-class ReportRequest:
+class ReportRequest(NamedTuple):
     """Reports of part of a batch, sent before the batch ends (they grew large or old)."""
 
-    route: ClassVar[str] = protocol.ROUTE_REPORT
+    @property
+    def route(self) -> str:
+        return protocol.ROUTE_REPORT
     worker: str
     reports: tuple[Report, ...] = ()
 
@@ -265,11 +262,12 @@ class ReportRequest:
         return {"worker": self.worker, "reports": [report.to_wire() for report in self.reports]}
 
 
-@dataclass(frozen=True)
-class Heartbeat:
+class Heartbeat(NamedTuple):
     """A sign of life, naming the task the worker runs (None: it runs none)."""
 
-    route: ClassVar[str] = protocol.ROUTE_HEARTBEAT
+    @property
+    def route(self) -> str:
+        return protocol.ROUTE_HEARTBEAT
     worker: str
     running: Running | None = None
 
@@ -284,11 +282,12 @@ class Heartbeat:
         return {"worker": self.worker, "running": None if self.running is None else self.running.to_wire()}
 
 
-@dataclass(frozen=True)
-class SetupFailed:
+class SetupFailed(NamedTuple):
     """The worker could not load the function: what loading it raised."""
 
-    route: ClassVar[str] = protocol.ROUTE_SETUP_FAILED
+    @property
+    def route(self) -> str:
+        return protocol.ROUTE_SETUP_FAILED
     worker: str
     error: ExceptionInfo | None = None
 
@@ -303,11 +302,12 @@ class SetupFailed:
         return {"worker": self.worker, "error": None if self.error is None else self.error.to_wire()}
 
 
-@dataclass(frozen=True)
-class TaskDied:
+class TaskDied(NamedTuple):
     """The worker's parent names the task its child was running as it died, and the child's peak memory."""
 
-    route: ClassVar[str] = protocol.ROUTE_TASK_DIED
+    @property
+    def route(self) -> str:
+        return protocol.ROUTE_TASK_DIED
     worker: str
     task: int
     number: int
@@ -324,14 +324,14 @@ class TaskDied:
 
 
 REQUESTS: Mapping[str, type[Request]] = {
-    kind.route: kind for kind in (Hello, LeaseRequest, ReportRequest, Heartbeat, SetupFailed, TaskDied)}
+    protocol.ROUTE_HELLO: Hello, protocol.ROUTE_LEASE: LeaseRequest, protocol.ROUTE_REPORT: ReportRequest,
+    protocol.ROUTE_HEARTBEAT: Heartbeat, protocol.ROUTE_SETUP_FAILED: SetupFailed, protocol.ROUTE_TASK_DIED: TaskDied}
 
 
 # -- replies ------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class HelloReply:
+class HelloReply(NamedTuple):
     """The answer to a hello: a welcome, or none (the worker should exit, or ask again after ``retry`` seconds)."""
 
     welcome: Welcome | None = None
@@ -350,8 +350,7 @@ class HelloReply:
         return {"accepted": True, **self.welcome.to_wire()}
 
 
-@dataclass(frozen=True)
-class LeaseReply:
+class LeaseReply(NamedTuple):
     """The worker's next batch; empty when it should exit."""
 
     leases: tuple[LeasedTask, ...] = ()
@@ -367,8 +366,7 @@ class LeaseReply:
         return {"leases": [lease.to_wire() for lease in self.leases]}
 
 
-@dataclass(frozen=True)
-class HeartbeatReply:
+class HeartbeatReply(NamedTuple):
     """Whether the server still counts on a task the worker holds (False: it was written off)."""
 
     current: bool
@@ -381,8 +379,7 @@ class HeartbeatReply:
         return {"current": self.current}
 
 
-@dataclass(frozen=True)
-class Ack:
+class Ack(NamedTuple):
     """The answer to a report, a failed set-up or a task's death: received, nothing more to say."""
 
     @classmethod

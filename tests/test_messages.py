@@ -29,9 +29,10 @@ def test_each_message_reads_back_what_it_writes(message: Any) -> None:
 
 
 def test_every_route_reads_its_own_request() -> None:
-    assert {route: kind.route for route, kind in messages.REQUESTS.items()} == {
-        route: route for route in (protocol.ROUTE_HELLO, protocol.ROUTE_LEASE, protocol.ROUTE_REPORT,
-                                   protocol.ROUTE_HEARTBEAT, protocol.ROUTE_SETUP_FAILED, protocol.ROUTE_TASK_DIED)}
+    requests: list[messages.Request] = [messages.Hello("w1"), messages.LeaseRequest("w1"), messages.ReportRequest("w1"),
+                                        messages.Heartbeat("w1"), messages.SetupFailed("w1"),
+                                        messages.TaskDied("w1", 3, 1)]
+    assert {request.route: type(request) for request in requests} == messages.REQUESTS
 
 
 def test_a_large_argument_travels_beside_the_leases_pickle_and_arrives_as_a_view_of_the_body() -> None:

@@ -5,7 +5,6 @@ Standard library, cloudpickle, protocol, messages and errors only.
 """
 from __future__ import annotations
 
-import dataclasses
 import functools
 import mmap
 import os
@@ -125,7 +124,7 @@ class CapturedOutput:
         _flush_c_streams()
         texts = {name: self._read(reader, starts[name], self._end(descriptor))
                  for name, (descriptor, reader) in self.readers.items()}
-        return dataclasses.replace(report, output=messages.Output(**texts))
+        return report._replace(output=messages.Output(**texts))
 
     @staticmethod
     def _end(descriptor: int) -> int:
