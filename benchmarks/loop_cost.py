@@ -10,10 +10,10 @@ import sys
 import time
 from collections.abc import Callable
 
-from sheepdog_drmaa.model import Attempt, Cause
+from sheepdog_drmaa.model import Attempt, AttemptDetail, Cause
 from sheepdog_drmaa.state import SweepState
 
-QUICK = {"resource_usage": {"seconds": 0.0001}}  # the report of a task that took 0.1 ms
+QUICK = AttemptDetail(resource_usage={"seconds": 0.0001})  # the report of a task that took 0.1 ms
 
 
 def per_call(call: Callable[[], object], repeats: int = 200) -> float:

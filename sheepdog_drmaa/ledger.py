@@ -27,7 +27,7 @@ class Ledger:
         """Store the endings in one transaction (with their worker's ending, when that is what ended
         them), then apply them to the state, then announce them."""
         self.store.record_ends(self.sweep_id, [
-            AttemptEnd(c.attempt.task, c.attempt.number, c.cause.value, c.ended, c.detail, c.outcome.value,
+            AttemptEnd(c.attempt.task, c.attempt.number, c.cause.value, c.ended, c.detail.to_json(), c.outcome.value,
                        c.result, c.error, dict(c.output)) for c in closings], worker_ended=worker_ended)
         self.state.apply(closings)
         for closing in closings:
@@ -41,4 +41,4 @@ class Ledger:
         if closing.cause not in (Cause.RESULT, Cause.RETURNED, Cause.CANCELLED):
             log.log(logging.INFO if outcome == TaskState.PENDING else logging.WARNING,
                     "task %d attempt %d: %s (%s); task is now %s", attempt.task, attempt.number,
-                    closing.cause.value, closing.detail.get("summary", ""), outcome.value)
+                    closing.cause.value, closing.detail.summary or "", outcome.value)

@@ -66,6 +66,32 @@ INFRASTRUCTURE_CAUSES = frozenset({Cause.EXIT, Cause.SIGNAL, Cause.ABORTED, Caus
                                    Cause.WALLTIME, Cause.MEMORY})
 
 
+class AttemptDetail(NamedTuple):
+    """What is known of how an attempt ended, beyond its cause. Stored as JSON with only the fields
+    known (:meth:`to_json`); what decides a retry is here, typed: the exception's classes, and
+    whether a task ended at its worker's runtime limit would fit a fresh worker."""
+
+    summary: str | None = None  # one sentence a person reads; none for a result
+    resource_usage: Mapping[str, Any] | None = None  # the worker's or the scheduler's measurements
+    exception_types: tuple[str, ...] | None = None  # qualified names along the class's MRO, if f raised
+    traceback: str | None = None
+    exit_status: int | None = None  # the scheduler's word on the worker's end, when it ended them
+    signal: str | None = None
+    core_dumped: bool | None = None
+    peak_rss_kb: int | None = None  # the task process's peak, named by its worker as it died
+    fits_fresh_worker: bool | None = None  # ended at the worker's runtime limit, and would fit a fresh one
+
+    def to_json(self) -> dict[str, Any]:
+        """The stored form: the known fields only."""
+        return {name: value for name, value in self._asdict().items() if value is not None}
+
+    @property
+    def seconds(self) -> float | None:
+        """How long the task ran, as the worker measured it."""
+        seconds = (self.resource_usage or {}).get("seconds")
+        return seconds if isinstance(seconds, (int, float)) else None
+
+
 @dataclass
 class Attempt:
     """One try of one task by one worker; ends with exactly one cause."""
@@ -77,7 +103,7 @@ class Attempt:
     host: str | None = None
     cause: Cause | None = None
     ended: float | None = None
-    detail: dict[str, Any] = field(default_factory=dict)
+    detail: AttemptDetail = AttemptDetail()
 
 
 class Closing(NamedTuple):
@@ -87,7 +113,7 @@ class Closing(NamedTuple):
     attempt: Attempt
     cause: Cause
     ended: float
-    detail: dict[str, Any]
+    detail: AttemptDetail
     outcome: TaskState   # what its task becomes
     suspect: bool = False  # went back not knowing whether it killed its worker: it is tried alone next
     result: bytes | None = None

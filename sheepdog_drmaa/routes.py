@@ -10,12 +10,12 @@ import contextlib
 import logging
 import time
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from . import messages, protocol
 from .errors import ResultTooLarge, StoreError, StoreTooLarge
 from .failures import format_size
-from .model import Cause, Closing, Lease
+from .model import AttemptDetail, Cause, Closing, Lease
 from .records import with_source_file
 from .server import Handler
 
@@ -115,9 +115,9 @@ class Routes:
                     self.run.ledger.close([self._too_large(closing, too_large)])
 
     def _reported_ending(self, report: messages.Report
-                         ) -> tuple[Cause, dict[str, Any], bytes | None, bytes | None, dict[str, str]]:
+                         ) -> tuple[Cause, AttemptDetail, bytes | None, bytes | None, dict[str, str]]:
         """A worker's report as (cause, detail, pickled result, pickled exception, output)."""
-        detail: dict[str, Any] = {"resource_usage": dict(report.usage or {})}
+        usage = dict(report.usage or {})
         output = report.output.streams() if report.output is not None else {}
         exception = report.exception
         if exception is not None:
@@ -126,19 +126,18 @@ class Routes:
             if self.run.options.memory is not None and "builtins.MemoryError" in types:
                 summary += (f" (out of the memory asked for, memory={format_size(int(self.run.options.memory))} per "
                             "worker: ask for more)")
-            detail.update({"summary": summary,
-                           "exception_types": list(types),
-                           "traceback": with_source_file(exception.traceback or "", self.run.source_file)})
+            detail = AttemptDetail(summary=summary, resource_usage=usage, exception_types=tuple(types),
+                                   traceback=with_source_file(exception.traceback or "", self.run.source_file))
             return Cause.EXCEPTION, detail, None, exception.pickle, output
-        return Cause.RESULT, detail, report.result, None, output
+        return Cause.RESULT, AttemptDetail(resource_usage=usage), report.result, None, output
 
     def _too_large(self, closing: Closing, too_large: StoreTooLarge) -> Closing:
         """The ending of an attempt whose result (or exception) the store refused: a failure naming the limit."""
         size = len(closing.result or b"") + len(closing.error or b"")
-        detail = dict(closing.detail, summary=f"ResultTooLarge: the pickled result is {size:,} bytes, more than the "
-                                              f"store can hold ({too_large}); return less, or write it to a file and "
-                                              "return the path",
-                      exception_types=[protocol.qualified_name(ResultTooLarge)])
+        detail = closing.detail._replace(
+            summary=f"ResultTooLarge: the pickled result is {size:,} bytes, more than the store can hold "
+                    f"({too_large}); return less, or write it to a file and return the path",
+            exception_types=(protocol.qualified_name(ResultTooLarge),))
         replaced = self.run.state.closing(closing.attempt, Cause.EXCEPTION, closing.ended, detail)
         return replaced._replace(output=closing.output)
 
@@ -161,7 +160,6 @@ class Routes:
 
     def task_died(self, message: messages.TaskDied) -> messages.Ack:
         """The worker's parent names the task its child was running as it died."""
-        detail = {"peak_rss_kb": message.max_rss_kb} if message.max_rss_kb is not None else {}
         with self.run.lock:
-            self.run.state.task_died(message.worker, message.task, message.number, detail)
+            self.run.state.task_died(message.worker, message.task, message.number, message.max_rss_kb)
         return messages.Ack()

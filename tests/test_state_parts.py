@@ -5,7 +5,7 @@ import pytest
 
 from sheepdog_drmaa.errors import StoreError
 from sheepdog_drmaa.ledger import Ledger
-from sheepdog_drmaa.model import AttemptEnd, Cause, ExitInfo, TaskState
+from sheepdog_drmaa.model import AttemptDetail, AttemptEnd, Cause, ExitInfo, TaskState
 from sheepdog_drmaa.state import IllegalTransition, SweepState, WorkerPhase
 from sheepdog_drmaa.state.workers import TRANSITIONS, Workers
 
@@ -52,7 +52,7 @@ def test_tasks_added_to_a_live_sweep_are_leased_after_those_already_there_and_co
     assert state.counts() == {"done": 0, "failed": 0, "running": 1, "queued": 4}
     assert state.workers_to_submit() == 4  # one worker for each queued task the busy one will not take
     for attempt in first:
-        closing = state.report("w", attempt.task, attempt.number, Cause.RESULT, 2, {})
+        closing = state.report("w", attempt.task, attempt.number, Cause.RESULT, 2, AttemptDetail())
         assert closing is not None
         state.apply([closing])
     leased = []
@@ -60,7 +60,8 @@ def test_tasks_added_to_a_live_sweep_are_leased_after_those_already_there_and_co
         batch = state.lease("w", 3)
         assert batch, "a pending task was not leased"
         leased += [a.task for a in batch]
-        state.apply([c for a in batch if (c := state.report("w", a.task, a.number, Cause.RESULT, 3, {})) is not None])
+        reported = [state.report("w", a.task, a.number, Cause.RESULT, 3, AttemptDetail()) for a in batch]
+        state.apply([closing for closing in reported if closing is not None])
     assert leased == [1, 2, 3, 4] and state.tasks.n_done == 5
 
 

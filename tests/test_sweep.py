@@ -4,7 +4,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sheepdog_drmaa.model import Attempt, Cause, Closing, ExitInfo, TaskState
+from sheepdog_drmaa.model import Attempt, AttemptDetail, Cause, Closing, ExitInfo, TaskState
 from sheepdog_drmaa.state import SweepState, WorkerPhase
 from sheepdog_drmaa.state.batches import MAX_BATCH
 
@@ -25,9 +25,9 @@ def lease_one(state: SweepState, worker: str, now: float) -> Attempt | None:
 
 
 def finish(state: SweepState, worker: str, task: int, number: int, cause: Cause, now: float,
-           detail: dict[str, Any] | None = None) -> Attempt | None:
+           detail: AttemptDetail | None = None) -> Attempt | None:
     """A reported ending, stored (here: nowhere) and applied; None if the attempt was superseded."""
-    closing = state.report(worker, task, number, cause, now, detail or {})
+    closing = state.report(worker, task, number, cause, now, detail or AttemptDetail())
     if closing is None:
         return None
     state.apply([closing])
@@ -40,9 +40,9 @@ def applied(state: SweepState, closings: list[Closing]) -> list[Attempt]:
     return [closing.attempt for closing in closings]
 
 
-def quick(seconds: float = 0.001) -> dict[str, Any]:
+def quick(seconds: float = 0.001) -> AttemptDetail:
     """The detail of a report of a task that took ``seconds``."""
-    return {"resource_usage": {"seconds": seconds}}
+    return AttemptDetail(resource_usage={"seconds": seconds})
 
 
 def test_tasks_are_leased_in_order_and_finish() -> None:
@@ -77,10 +77,10 @@ def test_a_killed_worker_fails_its_attempt_and_the_task_is_retried_until_the_bud
 def test_exceptions_are_final_unless_listed() -> None:
     state = started(2, retry_exceptions=("builtins.KeyError",))
     lease_one(state, "w1", 0)
-    finish(state, "w1", 0, 1, Cause.EXCEPTION, 1, {"exception_types": ["builtins.ValueError"]})
+    finish(state, "w1", 0, 1, Cause.EXCEPTION, 1, AttemptDetail(exception_types=("builtins.ValueError",)))
     assert state.tasks.states[0] is TaskState.FAILED
     lease_one(state, "w1", 1)
-    finish(state, "w1", 1, 1, Cause.EXCEPTION, 2, {"exception_types": ["builtins.KeyError"]})
+    finish(state, "w1", 1, 1, Cause.EXCEPTION, 2, AttemptDetail(exception_types=("builtins.KeyError",)))
     assert state.tasks.states[1] is TaskState.PENDING
     retried = lease_one(state, "w1", 2)
     assert retried is not None
@@ -229,9 +229,9 @@ def test_a_task_ended_at_its_workers_limit_after_a_late_start_is_retried_without
     late = lease_one(state, "w1", now=5.0)
     assert late is not None
     [ended] = applied(state, state.worker_ended(ExitInfo("w1", signaled=True, signal="SIGKILL"), now=20.1))
-    assert ended is late and ended.cause is Cause.WALLTIME and ended.detail["fits_fresh_worker"]
+    assert ended is late and ended.cause is Cause.WALLTIME and ended.detail.fits_fresh_worker
     assert state.tasks.states[late.task] is TaskState.PENDING  # even with retries=0
-    assert state.tasks.failure_counts.get(late.task, 0) == 0 and "not counted" in ended.detail["summary"]
+    assert state.tasks.failure_counts.get(late.task, 0) == 0 and "not counted" in str(ended.detail.summary)
 
 
 def test_a_task_longer_than_the_whole_runtime_limit_fails_at_once_naming_the_option() -> None:
@@ -242,8 +242,8 @@ def test_a_task_longer_than_the_whole_runtime_limit_fails_at_once_naming_the_opt
     slurm_exit_0 = ExitInfo("w1", exited=True, exit_status=0)
     [ended] = applied(state, state.worker_ended(slurm_exit_0, now=19.0))
     assert ended.cause is Cause.WALLTIME and state.tasks.states[0] is TaskState.FAILED
-    assert "ran for the whole runtime limit of 20 s" in ended.detail["summary"]
-    assert "walltime=" in ended.detail["summary"]
+    assert "ran for the whole runtime limit of 20 s" in str(ended.detail.summary)
+    assert "walltime=" in str(ended.detail.summary)
 
 
 def test_each_lost_task_gets_a_replacement_worker_beyond_the_spare_ones() -> None:
@@ -263,13 +263,13 @@ def test_a_workers_first_task_ended_at_its_limit_had_the_whole_limit() -> None:
     state.hello("w1", now=0.0)
     lease_one(state, "w1", now=10.0)  # its first task, however late (loading f took long, say)
     [ended] = applied(state, state.worker_ended(ExitInfo("w1", signaled=True, signal="SIGKILL"), now=20.0))
-    assert ended.cause is Cause.WALLTIME and not ended.detail["fits_fresh_worker"]
+    assert ended.cause is Cause.WALLTIME and not ended.detail.fits_fresh_worker
     assert state.tasks.states[0] is TaskState.FAILED
 
 
 def test_a_walltime_end_is_retried_uncounted_once_at_most() -> None:
     state = SweepState(2, walltime=20.0, retries=1)
-    outcomes: list[tuple[int, bool, int]] = []
+    outcomes: list[tuple[int, bool | None, int]] = []
     for round_, worker in enumerate(["a", "b"]):
         state.add_workers([worker])
         state.hello(worker, now=100.0 * round_)
@@ -279,7 +279,7 @@ def test_a_walltime_end_is_retried_uncounted_once_at_most() -> None:
         killed = ExitInfo(worker, signaled=True, signal="SIGKILL")
         [ended] = applied(state, state.worker_ended(killed, now=100.0 * round_ + 20))
         failures = state.tasks.failure_counts.get(attempt.task, 0)
-        outcomes.append((attempt.task, ended.detail["fits_fresh_worker"], failures))
+        outcomes.append((attempt.task, ended.detail.fits_fresh_worker, failures))
     assert outcomes == [(0, True, 0), (0, False, 1)]  # the second time it counts, as any failure
 
 
@@ -332,13 +332,13 @@ def test_a_worker_dying_with_a_batch_charges_only_the_task_it_named_the_rest_go_
     batch = grown_batch(state)
     running = batch[2]
     finish(state, "w1", batch[0].task, batch[0].number, Cause.RESULT, 7, quick())
-    state.task_died("w1", running.task, running.number, {"peak_rss_kb": 4242})
+    state.task_died("w1", running.task, running.number, 4242)
     ended = applied(state, state.worker_ended(ExitInfo("w1", signaled=True, signal="SIGKILL"), now=8))
     charged, returned = ended[0], ended[1:]
-    assert charged is running and charged.cause is Cause.SIGNAL and charged.detail["peak_rss_kb"] == 4242
+    assert charged is running and charged.cause is Cause.SIGNAL and charged.detail.peak_rss_kb == 4242
     assert state.tasks.failure_counts == {running.task: 1}
     assert {a.task for a in returned} == {a.task for a in batch[1:]} - {running.task}
-    assert all(a.cause is Cause.RETURNED and "not counted" in a.detail["summary"] for a in returned)
+    assert all(a.cause is Cause.RETURNED and "not counted" in str(a.detail.summary) for a in returned)
     assert all(state.tasks.states[a.task] is TaskState.PENDING for a in batch[1:])
     assert running.task not in {a.task for a in state.tasks.failed_attempts.get(batch[1].task, [])}
     assert set(state.tasks.failed_attempts) == {running.task} and not state.tasks.running

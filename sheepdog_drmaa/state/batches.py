@@ -85,7 +85,7 @@ class BatchPolicy:
         return (self.walltime is not None and worker.started is not None
                 and now - worker.started >= self.walltime - WALLTIME_SLACK)
 
-    def walltime_detail(self, worker: Worker, attempt: Attempt, ending: str, retried_before: bool) -> dict[str, object]:
+    def walltime_ending(self, worker: Worker, attempt: Attempt, ending: str, retried_before: bool) -> tuple[str, bool]:
         """The summary of an attempt ended at its worker's limit, and whether a fresh worker could fit it."""
         assert self.walltime is not None and worker.started is not None
         # It had less than a whole walltime only if it was not the worker's first task; and a task
@@ -100,4 +100,4 @@ class BatchPolicy:
             summary = (f"the task ran for the whole runtime limit of {self.walltime:g} s and was ended at it "
                        f"({ending}); it cannot finish in any worker: raise walltime= (or the h_rt/--time "
                        "request), or split the task")
-        return {"summary": summary, "fits_fresh_worker": fits}
+        return summary, fits

@@ -8,10 +8,10 @@ charged on its own.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ..failures import classify
-from ..model import Attempt, Cause, Closing, ExitInfo
+from ..model import Attempt, AttemptDetail, Cause, Closing, ExitInfo
 from .workers import Worker
 
 if TYPE_CHECKING:  # the sweep passes itself in; this module only reads its parts
@@ -35,14 +35,15 @@ def worker_ended(state: SweepState, info: ExitInfo, now: float, stderr_tail: str
     if not _certain(worker):
         ended = _return_held(state, worker, now, why)
     else:
-        detail = {"summary": ending.summary, "exit_status": info.exit_status, "signal": info.signal,
-                  "core_dumped": info.core_dumped, "resource_usage": dict(info.resource_usage),
-                  **worker.death_detail}
+        detail = AttemptDetail(summary=ending.summary, exit_status=info.exit_status, signal=info.signal,
+                               core_dumped=info.core_dumped, resource_usage=dict(info.resource_usage),
+                               peak_rss_kb=worker.death_peak_rss_kb)
         cause = ending.cause
         if state.batches.at_its_limit(worker, now):
             cause = Cause.WALLTIME
-            detail.update(state.batches.walltime_detail(worker, charged, ending.summary,
-                                                        charged.task in state.tasks.walltime_retried))
+            summary, fits = state.batches.walltime_ending(worker, charged, ending.summary,
+                                                          charged.task in state.tasks.walltime_retried)
+            detail = detail._replace(summary=summary, fits_fresh_worker=fits)
         ended = _end_held(state, worker, charged, cause, now, detail, why)
     state.workers.forget(worker)
     return ended
@@ -63,7 +64,7 @@ def expire(state: SweepState, worker: Worker, cause: Cause, now: float) -> list[
         summary = (f"no sign of life from its worker for {now - worker.last_seen:.1f} s while the scheduler "
                    "still reported the job running; its job was terminated")
         why = "its worker went quiet"
-    return _end_held(state, worker, charged, cause, now, {"summary": summary}, why)
+    return _end_held(state, worker, charged, cause, now, AttemptDetail(summary=summary), why)
 
 
 def _charged(worker: Worker) -> Attempt | None:
@@ -77,7 +78,7 @@ def _certain(worker: Worker) -> bool:
     """Whether the server knows which held task a whole worker's death ended: the only one it
     held, or the one the worker's parent named as its task process died. Otherwise the task
     running might be any not reported yet (the worker moves on without telling)."""
-    return len(worker.held) == 1 or bool(worker.death_detail)
+    return len(worker.held) == 1 or worker.death_named
 
 
 def _return_held(state: SweepState, worker: Worker, now: float, why: str) -> list[Closing]:
@@ -85,14 +86,15 @@ def _return_held(state: SweepState, worker: Worker, now: float, why: str) -> lis
     held = list(worker.held.values())
     summary = (f"{why} while it held {len(held)} tasks of a batch, and which one ran is not known: each goes "
                "back uncounted, to be tried alone")
-    return [state.tasks.closing(attempt, Cause.RETURNED, now, {"summary": summary}, suspect=True) for attempt in held]
+    detail = AttemptDetail(summary=summary)
+    return [state.tasks.closing(attempt, Cause.RETURNED, now, detail, suspect=True) for attempt in held]
 
 
 def _end_held(state: SweepState, worker: Worker, charged: Attempt, cause: Cause, now: float,
-              detail: dict[str, Any], why: str) -> list[Closing]:
+              detail: AttemptDetail, why: str) -> list[Closing]:
     """The charged attempt ends with ``cause``; the worker's other held attempts go back uncounted."""
     summary = (f"{why} while it held this task in its batch, not running it; back in the queue, not counted "
                "against retries")
-    others = [state.tasks.closing(attempt, Cause.RETURNED, now, {"summary": summary})
+    others = [state.tasks.closing(attempt, Cause.RETURNED, now, AttemptDetail(summary=summary))
               for attempt in worker.held.values() if attempt is not charged]
     return [state.tasks.closing(charged, cause, now, detail), *others]

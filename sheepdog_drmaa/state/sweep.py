@@ -11,9 +11,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
 
-from ..model import Attempt, Cause, Closing, ExitInfo, TaskState
+from ..model import Attempt, AttemptDetail, Cause, Closing, ExitInfo, TaskState
 from . import endings
 from .batches import BatchPolicy
 from .health import StartFailure, StartHealth
@@ -152,16 +151,16 @@ class SweepState:
                 attempt.started = now - max(elapsed, 0.0)
         return bool(worker.held)
 
-    def task_died(self, worker_id: str, task: int, number: int, detail: Mapping[str, Any]) -> None:
+    def task_died(self, worker_id: str, task: int, number: int, peak_rss_kb: int | None) -> None:
         """The worker's own word, as its task process died, of which task that was (and what it measured)."""
         attempt = self.current(worker_id, task, number)
         if attempt is not None:
             worker = self.workers.all[worker_id]
             worker.current = attempt
-            worker.death_detail = dict(detail)
+            worker.death_named, worker.death_peak_rss_kb = True, peak_rss_kb
 
     def report(self, worker_id: str, task: int, number: int, cause: Cause, now: float,
-               detail: dict[str, Any]) -> Closing | None:
+               detail: AttemptDetail) -> Closing | None:
         """A worker reported a result or an exception: its ending, to store and then apply. None if
         the attempt was superseded."""
         attempt = self.current(worker_id, task, number)
@@ -178,7 +177,7 @@ class SweepState:
             return None
         return attempt
 
-    def closing(self, attempt: Attempt, cause: Cause, now: float, detail: dict[str, Any]) -> Closing:
+    def closing(self, attempt: Attempt, cause: Cause, now: float, detail: AttemptDetail) -> Closing:
         """The attempt's ending as decided; nothing changes until it is applied."""
         return self.tasks.closing(attempt, cause, now, detail)
 
@@ -195,9 +194,8 @@ class SweepState:
                     worker.current.started = max(worker.current.started, closing.ended)
             self.tasks.close(closing)
             if closing.outcome is TaskState.DONE:
-                seconds = closing.detail.get("resource_usage", {}).get("seconds")
-                self.batches.task_finished(seconds if isinstance(seconds, (int, float))
-                                           else closing.ended - attempt.started)
+                seconds = closing.detail.seconds
+                self.batches.task_finished(closing.ended - attempt.started if seconds is None else seconds)
 
     # -- what the scheduler says, and the clock ----------------------------------------------
 

@@ -9,10 +9,9 @@ from __future__ import annotations
 import array
 import collections
 from collections.abc import Iterable, Mapping
-from typing import Any
 
 from ..failures import is_retryable
-from ..model import Attempt, Cause, Closing, TaskState, counts_by_name
+from ..model import Attempt, AttemptDetail, Cause, Closing, TaskState, counts_by_name
 
 
 class TaskLedger:
@@ -84,7 +83,7 @@ class TaskLedger:
         self.running[task] = attempt
         return attempt
 
-    def outcome(self, attempt: Attempt, cause: Cause, detail: Mapping[str, Any]) -> TaskState:
+    def outcome(self, attempt: Attempt, cause: Cause, detail: AttemptDetail) -> TaskState:
         """What the attempt's task becomes if the attempt ends so; changes nothing (the runner stores
         that first, and ends the attempt only once it is stored)."""
         if cause is Cause.RESULT:
@@ -92,14 +91,13 @@ class TaskLedger:
         if cause is Cause.RETURNED:
             return TaskState.PENDING
         if cause is Cause.WALLTIME:
-            return TaskState.PENDING if detail.get("fits_fresh_worker") else TaskState.FAILED
-        exception_types = tuple(detail.get("exception_types", ()))
-        retryable = is_retryable(cause, exception_types, self.retry_exceptions)
+            return TaskState.PENDING if detail.fits_fresh_worker else TaskState.FAILED
+        retryable = is_retryable(cause, detail.exception_types or (), self.retry_exceptions)
         if retryable and self.failure_counts.get(attempt.task, 0) + 1 <= self.retries:
             return TaskState.PENDING
         return TaskState.FAILED
 
-    def closing(self, attempt: Attempt, cause: Cause, now: float, detail: dict[str, Any],
+    def closing(self, attempt: Attempt, cause: Cause, now: float, detail: AttemptDetail,
                 suspect: bool = False) -> Closing:
         """The attempt's ending as decided; nothing changes until it is applied (:meth:`close`)."""
         return Closing(attempt, cause, now, detail, self.outcome(attempt, cause, detail), suspect)
@@ -124,9 +122,9 @@ class TaskLedger:
         else:
             self._count_failure(attempt, cause, closing.detail, next_state)
 
-    def _count_failure(self, attempt: Attempt, cause: Cause, detail: Mapping[str, Any], next_state: TaskState) -> None:
+    def _count_failure(self, attempt: Attempt, cause: Cause, detail: AttemptDetail, next_state: TaskState) -> None:
         task = attempt.task
-        if cause is Cause.WALLTIME and detail.get("fits_fresh_worker"):
+        if cause is Cause.WALLTIME and detail.fits_fresh_worker:
             self.walltime_retried.add(task)
         else:
             self.failure_counts[task] = self.failure_counts.get(task, 0) + 1
@@ -138,5 +136,5 @@ class TaskLedger:
 
     def cancel(self, now: float) -> list[Closing]:
         """Every attempt in workers' hands, to end as cancelled (the tasks stay unfinished)."""
-        return [Closing(attempt, Cause.CANCELLED, now, {"summary": "the sweep was cancelled"}, TaskState.PENDING)
-                for attempt in self.running.values()]
+        detail = AttemptDetail(summary="the sweep was cancelled")
+        return [Closing(attempt, Cause.CANCELLED, now, detail, TaskState.PENDING) for attempt in self.running.values()]

@@ -10,7 +10,6 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
 
 from ..model import Attempt
 
@@ -49,7 +48,8 @@ class Worker:
     setup_error: str | None = None  # why it could not load the function, if it could not
     held: dict[int, Attempt] = field(default_factory=dict)  # task -> its attempt, in the order they run
     current: Attempt | None = None  # the held attempt running now, as far as the server knows
-    death_detail: dict[str, Any] = field(default_factory=dict)  # what the worker said as its task died
+    death_named: bool = False  # the worker's parent named the task (now its current) as its process died
+    death_peak_rss_kb: int | None = None  # that process's peak, as the parent measured it
     last_seen: float = 0.0
     last_batch: int = 0
     tasks_leased: int = 0
