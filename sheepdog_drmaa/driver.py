@@ -118,10 +118,12 @@ class Driver:
             info = run.backend.wait_any(0)
         started = run.backend.running_hosts()
         with run.lock:
-            tick = run.state.tick(started, time.time())
-            if tick.closings:
-                run.ledger.close(tick.closings)
-        self._carry_out(tick)
+            now = time.time()
+            overdue = run.state.expire_overdue(now)
+            if overdue.closings:
+                run.ledger.commit(overdue.closings)
+            tick = run.state.tick(started, now)
+        self._carry_out(tick, overdue.workers)
         run.progress.update(tick.counts)
         return False
 
@@ -181,7 +183,7 @@ class Driver:
                                   f"sweep was alive (outage_wait={run.options.outage_wait:g}). Run the sweep again "
                                   "once the scheduler answers (a named sweep resumes)")
 
-    def _carry_out(self, tick: Tick) -> None:
+    def _carry_out(self, tick: Tick, overdue: list[str]) -> None:
         """What the tick decided, outside the lock: a scheduler that hangs must not stall the workers."""
         run = self.run
         if tick.avoid_hosts != run.spec.avoid_hosts:  # a host written off, or taken back (only slow)
@@ -189,8 +191,8 @@ class Driver:
             run.spec = dataclasses.replace(run.spec, avoid_hosts=tick.avoid_hosts)
         if tick.written_off:
             self._write_off(tick.written_off)
-        if tick.overdue:
-            run.backend.terminate(tick.overdue)
+        if overdue:
+            run.backend.terminate(overdue)
         if tick.surplus:
             log.info("removing %d queued workers that are no longer needed", len(tick.surplus))
             self.to_remove.extend(tick.surplus)
@@ -227,7 +229,7 @@ def worker_ended(run: Run, info: ExitInfo) -> None:
     with run.lock:
         closings = run.state.worker_ended(info, time.time(), tail)
         if closings:
-            run.ledger.close(closings, worker_ended=info.worker)
+            run.ledger.commit(closings, worker_ended=info.worker)
         else:
             run.store.record_workers_ended(run.sweep_id, [info.worker])
 
@@ -249,7 +251,7 @@ class Shutdown:
                 if isinstance(run.outcome, SweepLocked):
                     run.state.apply(cancelled)
                 elif cancelled:
-                    self._quietly(run.ledger.close, cancelled)
+                    self._quietly(run.ledger.commit, cancelled)
             # Every worker not known to have ended, already asked to go or not: whole arrays then
             # go in one scheduler call each.
             leftover = run.state.terminate_all()

@@ -2,8 +2,9 @@
 
 Whoever decided an ending (a worker's report, the scheduler's word, a timeout, a cancel), it is
 committed to the store first; only then does its task change state in memory, and only then is it
-told (the completions stream, the log). A store that refuses the write leaves the sweep's state as
-the store has it, and nothing is shown that the store does not hold.
+told (the completions stream, the log). A store that refuses the write leaves every task's state
+as the store has it, and nothing is shown that the store does not hold. (What the state knows of
+workers, which are gone and which are to be removed, changes as it decides: no task depends on it.)
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ class Ledger:
     def __init__(self, store: Store, sweep_id: str, state: SweepState, completed: Callable[[int], None]) -> None:
         self.store, self.sweep_id, self.state, self.completed = store, sweep_id, state, completed
 
-    def close(self, closings: Sequence[Closing], worker_ended: str | None = None) -> None:
+    def commit(self, closings: Sequence[Closing], worker_ended: str | None = None) -> None:
         """Store the endings in one transaction (with their worker's ending, when that is what ended
         them), then apply them to the state, then announce them."""
         self.store.record_ends(self.sweep_id, [

@@ -82,8 +82,10 @@ class AttemptDetail(NamedTuple):
     fits_fresh_worker: bool | None = None  # ended at the worker's runtime limit, and would fit a fresh one
 
     def to_json(self) -> dict[str, Any]:
-        """The stored form: the known fields only."""
-        return {name: value for name, value in self._asdict().items() if value is not None}
+        """The stored form: the known fields only; and a scheduler's ending (it always says the
+        signal, "" for none) says its exit status, none included."""
+        return {name: value for name, value in self._asdict().items()
+                if value is not None or (name == "exit_status" and self.signal is not None)}
 
     @property
     def seconds(self) -> float | None:

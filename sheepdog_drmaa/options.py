@@ -34,7 +34,6 @@ _SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
 class Options:
     """Every option of a sweep, resolved and checked once: sizes in bytes, durations in seconds."""
 
-
     backend: str | Backend = "auto"  # a name, or a Backend object made by the caller
     workers: int | None = None
     max_workers: int = 1000

@@ -106,13 +106,13 @@ class Routes:
         if not closings:
             return
         try:
-            self.run.ledger.close(closings)
+            self.run.ledger.commit(closings)
         except StoreTooLarge:  # one of them (at least) does not fit: store them one by one
             for closing in closings:
                 try:
-                    self.run.ledger.close([closing])
+                    self.run.ledger.commit([closing])
                 except StoreTooLarge as too_large:
-                    self.run.ledger.close([self._too_large(closing, too_large)])
+                    self.run.ledger.commit([self._too_large(closing, too_large)])
 
     def _reported_ending(self, report: messages.Report
                          ) -> tuple[Cause, AttemptDetail, bytes | None, bytes | None, dict[str, str]]:

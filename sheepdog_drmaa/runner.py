@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import array
 import dataclasses
-import logging
 import threading
 from collections.abc import Iterable, Iterator
 
@@ -24,9 +23,6 @@ from .routes import Routes
 from .server import TaskServer, make_app
 from .state import SweepState
 from .store import Store
-
-log = logging.getLogger(__name__)
-
 
 
 class Completions:

@@ -25,7 +25,8 @@ WELCOME = messages.Welcome(b"f", heartbeat_interval=10, heartbeat_timeout=60.0, 
     messages.HeartbeatReply(True), messages.Ack(),
 ], ids=lambda message: type(message).__name__)
 def test_each_message_reads_back_what_it_writes(message: Any) -> None:
-    assert type(message).from_wire(protocol.decode(protocol.encode(message.to_wire()))) == message
+    read_back = type(message).from_wire(protocol.decode(protocol.encode(message.to_wire())))
+    assert type(read_back) is type(message) and read_back == message
 
 
 def test_every_route_reads_its_own_request() -> None:

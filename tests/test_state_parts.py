@@ -82,6 +82,24 @@ def test_an_ending_the_store_refused_is_neither_applied_nor_announced() -> None:
     closings = state.worker_ended(ExitInfo("w", signaled=True, signal="SIGKILL"), now=2)
     assert [c.outcome for c in closings] == [TaskState.FAILED]
     with pytest.raises(StoreError):
-        ledger.close(closings)
+        ledger.commit(closings)
     assert state.tasks.states[attempt.task] is TaskState.RUNNING and attempt.cause is None
     assert state.tasks.n_failed == 0 and announced == []
+
+
+def test_a_task_an_overdue_worker_held_keeps_the_queued_worker_that_will_take_it() -> None:
+    """The overdue workers' endings are applied before the rest of the tick: their tasks count as
+    queued again, so a worker still waiting in the scheduler is not removed as surplus."""
+    state = SweepState(2, heartbeat_timeout=5)
+    state.add_workers(["quiet", "busy"])
+    for worker in ("quiet", "busy"):
+        state.hello(worker, now=0)
+        assert len(state.lease(worker, 0)) == 1
+    state.add_workers(["queued"])
+    state.heartbeat("busy", None, now=9)
+    overdue = state.expire_overdue(now=10)
+    assert overdue.workers == ["quiet"] and [c.outcome for c in overdue.closings] == [TaskState.PENDING]
+    state.apply(overdue.closings)
+    tick = state.tick({}, now=10)
+    assert tick.surplus == [] and tick.counts["queued"] == 1
+    assert state.workers.all["queued"].phase is WorkerPhase.SUBMITTED

@@ -53,7 +53,7 @@ Leftover = tuple[str, Optional[str], Optional[int]]
 
 
 class Backend(Protocol):
-    """What the runner needs from a scheduler. All calls come from one thread, except ``check_request``
+    """What the driver needs from a scheduler. All calls come from one thread, except ``check_request``
     and ``execution_hosts``, which ``map`` runs at the same time in two threads: neither may call the
     DRMAA library."""
 

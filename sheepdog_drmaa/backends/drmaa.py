@@ -300,7 +300,7 @@ class DrmaaBackend:
             except self.drmaa.errors.DrmaaException as error:
                 if not ids:
                     raise
-                # Some arrays went out: they are this submission (the runner asks again
+                # Some arrays went out: they are this submission (the driver asks again
                 # for the rest), never ids dropped with an exception.
                 log.warning("submitted %d of %d workers before %s refused the rest (%s); the rest "
                             "will be asked for again", len(ids), count, self.scheduler.title, error)

@@ -2,7 +2,7 @@
 
 DRMAA does not say where a job runs, so the scheduler's own listing (``qstat -s r``, ``squeue``) is
 run in the background (a subprocess read on a later call, never waited for), at most every few
-seconds and only while someone asks: while the runner wants the hosts, or while removals wait for
+seconds and only while someone asks: while the driver wants the hosts, or while removals wait for
 the scheduler to answer again, which a successful listing shows.
 """
 from __future__ import annotations

@@ -1,11 +1,11 @@
 """One sweep's state: what happens goes in, what to do comes out. Pure: no I/O, no clock, no threads.
 
-The driver feeds it what happens (a worker says hello, asks for tasks, reports, dies, goes
-quiet; the clock ticks) with the current time, and carries out what it answers (the attempts to
-store as ended, the workers to submit, remove or write off, the hosts to avoid). Not
-thread-safe; the driver serialises calls. The parts: :mod:`.tasks` (the task ledger), :mod:`.workers`
-(worker phases), :mod:`.health` (can workers start at all), :mod:`.batches` (lease sizes),
-:mod:`.endings` (which attempt a worker's end is charged to).
+The routes (a worker says hello, asks for tasks, reports) and the driver (a worker died or went
+quiet; the clock ticks) feed it what happens with the current time, and carry out what it
+answers (the endings to store and then apply, the workers to submit, remove or write off, the
+hosts to avoid). Not thread-safe: callers hold the run's lock. The parts: :mod:`.tasks` (the
+task ledger), :mod:`.workers` (worker phases), :mod:`.health` (can workers start at all),
+:mod:`.batches` (lease sizes), :mod:`.endings` (which attempt a worker's end is charged to).
 """
 from __future__ import annotations
 
@@ -24,11 +24,17 @@ REPORTED = frozenset({Cause.RESULT, Cause.EXCEPTION})
 
 
 @dataclass(frozen=True)
+class Overdue:
+    """Workers that ran past the timeout or went quiet."""
+
+    closings: list[Closing]  # the endings of their attempts: store, then apply them
+    workers: list[str]       # to remove from the scheduler now
+
+
+@dataclass(frozen=True)
 class Tick:
     """What the driver does after a turn of the clock."""
 
-    closings: list[Closing]       # attempts ended on our decision (timeout, lost): store, then apply them
-    overdue: list[str]            # their workers, to remove from the scheduler now
     written_off: list[Worker]     # started but never reached the server, or hung: remove them
     surplus: list[str]            # queued workers no longer needed: remove them
     avoid_hosts: tuple[str, ...]  # hosts no more workers are sent to
@@ -157,7 +163,8 @@ class SweepState:
         if attempt is not None:
             worker = self.workers.all[worker_id]
             worker.current = attempt
-            worker.death_named, worker.death_peak_rss_kb = True, peak_rss_kb
+            # Only a death with its measurement settles which task ran (as before the record was typed).
+            worker.death_named, worker.death_peak_rss_kb = peak_rss_kb is not None, peak_rss_kb
 
     def report(self, worker_id: str, task: int, number: int, cause: Cause, now: float,
                detail: AttemptDetail) -> Closing | None:
@@ -253,13 +260,17 @@ class SweepState:
         spare = not_started + working - (len(self.workers.holding) - retiring_holding)
         return max(min(pending - spare, self.max_workers - width), 0)
 
-    def tick(self, started: Mapping[str, str | None], now: float) -> Tick:
-        """A turn of the clock: end overdue workers' attempts, write off silent ones, drop surplus ones."""
+    def expire_overdue(self, now: float) -> Overdue:
+        """A turn of the clock, first part: the endings of overdue workers' attempts, and those
+        workers, to remove. Store and apply the endings before :meth:`tick`, which counts their tasks."""
         overdue = self.overdue(now)
         closings = [closing for worker, cause in overdue for closing in self.expire(worker, cause, now)]
+        return Overdue(closings, [worker for worker, _ in overdue])
+
+    def tick(self, started: Mapping[str, str | None], now: float) -> Tick:
+        """A turn of the clock, second part: write off silent workers, drop surplus queued ones."""
         written_off = self.unresponsive(started, now)
-        return Tick(closings, [worker for worker, _ in overdue], written_off, self.surplus_workers(),
-                    tuple(sorted(self.health.silent_hosts)), self.counts())
+        return Tick(written_off, self.surplus_workers(), tuple(sorted(self.health.silent_hosts)), self.counts())
 
     def cancel(self, now: float) -> list[Closing]:
         """Every held attempt, to end as cancelled (the tasks stay unfinished); no worker gets more work."""

@@ -84,8 +84,8 @@ class TaskLedger:
         return attempt
 
     def outcome(self, attempt: Attempt, cause: Cause, detail: AttemptDetail) -> TaskState:
-        """What the attempt's task becomes if the attempt ends so; changes nothing (the runner stores
-        that first, and ends the attempt only once it is stored)."""
+        """What the attempt's task becomes if the attempt ends so; changes nothing (the ledger stores
+        that first, and the attempt is closed only once it is stored)."""
         if cause is Cause.RESULT:
             return TaskState.DONE
         if cause is Cause.RETURNED:

@@ -71,7 +71,12 @@ class Channel:
     def ask(self, request: messages.Request, read: Callable[[dict[str, Any]], R],
             attempts: int = CONNECT_ATTEMPTS) -> R:
         """Send ``request``; its reply, as ``read`` (the reply's from_wire) makes it."""
-        return read(self.call(request.route, request.to_wire(), attempts))
+        reply = self.call(request.route, request.to_wire(), attempts)
+        try:
+            return read(reply)
+        except messages.MalformedMessage as error:
+            raise ChannelError(f"the server's answer on {request.route} is not one this worker understands "
+                               f"({error}); is sheepdog_drmaa on the nodes the same version as the client's?") from None
 
     def call(self, route: str, message: dict[str, Any], attempts: int = CONNECT_ATTEMPTS) -> dict[str, Any]:
         """Send ``message``, naming this worker, to ``route``, trying ``attempts`` times; the reply as sent."""
