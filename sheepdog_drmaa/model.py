@@ -84,7 +84,7 @@ class AttemptDetail(NamedTuple):
     def to_json(self) -> dict[str, Any]:
         """The stored form: the known fields only; and a scheduler's ending (it always says the
         signal, "" for none) says its exit status, none included."""
-        return {name: value for name, value in self._asdict().items()
+        return {name: value for name, value in zip(self._fields, self)
                 if value is not None or (name == "exit_status" and self.signal is not None)}
 
     @property
