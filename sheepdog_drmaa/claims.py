@@ -14,7 +14,7 @@ import socket
 import time
 from typing import TYPE_CHECKING, Callable
 
-from .model import Claim
+from .model import Claim, SweepPhase, SweepRecord
 
 if TYPE_CHECKING:  # only for annotations: claims.py itself needs neither the store nor a scheduler
     from .backends import Backend
@@ -78,6 +78,12 @@ def is_live(claim: Claim | None, now: float | None = None) -> bool:
         pass  # alive, another user's: the start time below still tells
     started = process_start(claim.pid)
     return started is None or claim.started is None or started == claim.started
+
+
+def driver_gone(record: SweepRecord) -> bool:
+    """Whether the sweep is stored as running while no live client drives it (killed, or its host
+    rebooted): it is interrupted, whatever the store still says."""
+    return record.state == SweepPhase.RUNNING and not is_live(record.owner)
 
 
 def end_leftover_workers(store: Store, sweep_id: str, backend: Backend) -> list[str]:

@@ -18,7 +18,7 @@ from typing import Any
 from . import claims
 from .errors import SheepdogError, SweepLocked
 from .handle import Sweep
-from .model import SweepPhase
+from .model import SweepPhase, SweepRecord
 from .options import DEFAULT_STORE, ENV_PREFIX
 from .records import UNLOADABLE, TaskFailure
 from .store import Store, check_readable
@@ -41,13 +41,24 @@ def cmd_list(args: argparse.Namespace) -> int:
     store = Store(args.store, readonly=True)
     rows: list[dict[str, Any]] = []
     for record in store.sweeps():
-        rows.append({"name": record.name, "id": record.id, "state": record.state, "tasks": record.n_tasks,
-                     "age_seconds": time.time() - record.created, **Sweep(store, record).status()})
-    lines = [f"{'NAME':24} {'STATE':10} {'TASKS':>7} {'DONE':>7} {'FAILED':>7} {'RUNNING':>7} {'QUEUED':>7} AGE"]
-    lines += [f"{(r['name'] or r['id']):24} {r['state']:10} {r['tasks']:7} {r['done']:7} {r['failed']:7} "
-              f"{r['running']:7} {r['queued']:7} {_age(r['age_seconds'])}" for r in rows]
+        gone = claims.driver_gone(record)
+        rows.append({"name": record.name, "id": record.id, "state": _state(record, gone), "driver_gone": gone,
+                     "tasks": record.n_tasks, "age_seconds": time.time() - record.created,
+                     **Sweep(store, record).status()})
+    lines = [f"{'NAME':24} {'STATE':25} {'TASKS':>7} {'DONE':>7} {'FAILED':>7} {'RUNNING':>7} {'QUEUED':>7} AGE"]
+    lines += [f"{(r['name'] or r['id']):24} {_shown(r['state'], r['driver_gone']):25} {r['tasks']:7} {r['done']:7} "
+              f"{r['failed']:7} {r['running']:7} {r['queued']:7} {_age(r['age_seconds'])}" for r in rows]
     _emit(args, rows, "\n".join(lines) if rows else f"no sweeps in {args.store}")
     return 0
+
+
+def _state(record: SweepRecord, driver_gone: bool) -> str:
+    """The sweep's phase as it is: one stored as running that nobody drives is interrupted."""
+    return SweepPhase.INTERRUPTED.value if driver_gone else str(record.state)
+
+
+def _shown(state: str, driver_gone: bool) -> str:
+    return f"{state} (driver gone)" if driver_gone else state
 
 
 def _open(args: argparse.Namespace) -> Sweep:
@@ -65,16 +76,22 @@ def cmd_status(args: argparse.Namespace) -> int:
     retried = len({a.task for a in attempts if a.number > 1})
     record = sweep.record
     counts = sweep.status()
-    data: dict[str, Any] = {"name": record.name, "id": record.id, "state": record.state, "tasks": record.n_tasks,
+    gone = claims.driver_gone(record)
+    data: dict[str, Any] = {"name": record.name, "id": record.id, "state": _state(record, gone),
+            "driver_gone": gone, "tasks": record.n_tasks,
             "counts": counts, "running_jobs": running, "retried_tasks": retried,
             "failed_attempts_by_cause": by_cause,
             "owner": record.owner and f"{record.owner.pid}@{record.owner.host}"}
-    text = [f"sweep {record.name or record.id} ({record.id}): {record.state}, {record.n_tasks} tasks",
+    text = [f"sweep {record.name or record.id} ({record.id}): {_shown(data['state'], gone)}, {record.n_tasks} tasks",
             "  " + ", ".join(f"{k} {v}" for k, v in counts.items()),
             f"  retried tasks: {retried}",
             "  failed attempts by cause: " + (", ".join(f"{k} {v}" for k, v in sorted(by_cause.items())) or "none"),
             "  running jobs: " + (" ".join(running) or "none")]
-    if data["owner"]:
+    if gone:
+        text.append(f"  its client ({data['owner'] or 'unknown'}) is gone: "
+                    + (f"run the script again with name={record.name!r} to resume it, or " if record.name else "")
+                    + f"`sheepdog-drmaa cancel {record.name or record.id}` to remove the jobs it left")
+    elif data["owner"]:
         text.append(f"  client: pid {data['owner']}")
     _emit(args, data, "\n".join(text))
     return 0

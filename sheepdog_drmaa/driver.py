@@ -9,6 +9,7 @@ between tries is a :class:`Timing`, set per context (:func:`use_timing`), never 
 """
 from __future__ import annotations
 
+import atexit
 import contextlib
 import contextvars
 import dataclasses
@@ -28,6 +29,7 @@ from .errors import (
     StoreError,
     SubmissionRefused,
     SweepCancelled,
+    SweepInterrupted,
     SweepLocked,
     WorkersCannotStart,
 )
@@ -105,6 +107,8 @@ class Driver:
             if run.state.finished:
                 return True
             if run.cancel_requested.is_set():
+                if run.interrupt_reason is not None:
+                    raise SweepInterrupted(run.interrupt_reason)
                 raise SweepCancelled(run.cancel_reason or f"sweep {run.label} was cancelled")
             if run.state.start_failure is not None:
                 raise WorkersCannotStart(start_failure_message(run, run.state.start_failure))
@@ -281,6 +285,7 @@ class Shutdown:
         run.let_go_of_claim()
         run.completed.close()
         run.finished.set()
+        atexit.unregister(run.interrupt_at_exit)  # if it ran in the background, it no longer needs stopping
 
     def _reap_all(self) -> None:
         run = self.run

@@ -60,6 +60,11 @@ class SweepCancelled(SheepdogError):
     """The sweep was cancelled before every task finished."""
 
 
+class SweepInterrupted(SheepdogError):
+    """The client stopped driving the sweep before every task finished (its interpreter exited, say);
+    the sweep is recorded as interrupted, and a named one resumes."""
+
+
 class SweepFailed(SheepdogError):
     """Some tasks failed for good; ``.failures`` and ``.results`` keep everything that is known."""
 

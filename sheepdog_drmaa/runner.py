@@ -8,7 +8,9 @@ is never held while the scheduler is asked anything (it may take seconds to answ
 from __future__ import annotations
 
 import array
+import atexit
 import dataclasses
+import logging
 import threading
 from collections.abc import Iterable, Iterator
 
@@ -23,6 +25,8 @@ from .routes import Routes
 from .server import TaskServer, make_app
 from .state import SweepState
 from .store import Store
+
+log = logging.getLogger(__name__)
 
 
 class Completions:
@@ -95,6 +99,7 @@ class Run:
         self.submitting = False  # a submission is under way, outside the lock
         self.cancel_requested = threading.Event()
         self.cancel_reason: str | None = None
+        self.interrupt_reason: str | None = None  # why the client stops driving, if not cancelled
         self.finished = threading.Event()
         self.outcome: BaseException | None = None
         self.fatal: BaseException | None = None  # a store error met by a server thread: ends the sweep
@@ -102,13 +107,28 @@ class Run:
     # -- the interface of the user's Sweep handle ----------------------------------------------
 
     def start_in_background(self) -> None:
-        """Drive the sweep from a thread; its ending is kept in ``error`` and waited for with ``wait``."""
+        """Drive the sweep from a thread; its ending is kept in ``error`` and waited for with ``wait``.
+        Should the interpreter exit first (the script ended, or raised), the sweep's jobs are removed
+        then and it is recorded as interrupted, not left running with nobody to drive it."""
         def drive_quietly() -> None:
             try:
                 self.drive()
             except BaseException:
                 pass  # kept in self.outcome, raised by the handle's results()
+        atexit.register(self.interrupt_at_exit)
         threading.Thread(target=drive_quietly, name=f"sheepdog-{self.sweep_id}", daemon=True).start()
+
+    def interrupt_at_exit(self) -> None:
+        """At the interpreter's exit: stop the sweep (its jobs removed, recorded interrupted) and wait
+        for that, within as long as a shutdown takes."""
+        if self.finished.is_set():
+            return
+        self.interrupt_reason = (f"the client's interpreter exited while sweep {self.label} ran; its jobs were "
+                                 "removed" + (" (run it again with the same name= to resume)"
+                                              if self.label != self.sweep_id else ""))
+        self.cancel_requested.set()
+        if not self.finished.wait(self.timing.reap + 2 * self.options.outage_wait):
+            log.error("sweep %s: its jobs could not all be removed before the interpreter exited", self.label)
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until the sweep ends (or ``timeout`` seconds pass); True if it ended."""

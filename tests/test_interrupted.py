@@ -1,0 +1,108 @@
+"""A sweep whose client stops driving it: removed and recorded interrupted when the interpreter exits;
+shown as interrupted, driver gone, when its client was killed. On every backend."""
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import textwrap
+
+from helpers import BackendName, Cluster, sweep_jobs, wait_until
+
+import sheepdog_drmaa
+from sheepdog_drmaa.store import Store
+
+SCRIPT = textwrap.dedent("""
+    import os, sys, time
+    sys.path.insert(0, {root!r})
+    import sheepdog_drmaa
+
+    def slow(directory, x):
+        with open(os.path.join(directory, f"{{x}}.pid"), "w") as handle:
+            handle.write(str(os.getpid()))
+        time.sleep(300)
+
+    tasks = [({directory!r}, x) for x in range(2)]
+    sweep = sheepdog_drmaa.{call}(slow, tasks, backend={backend!r}, store={store!r}, progress=False, name="long")
+    while not all(os.path.exists(os.path.join({directory!r}, f"{{x}}.pid")) for x in range(2)):
+        time.sleep(0.1)
+    raise RuntimeError("the script's own error, after map_async")
+""")
+
+
+def start_client(call: str, backend: BackendName, store: str, directory: pathlib.Path) -> subprocess.Popen[str]:
+    root = os.path.dirname(os.path.dirname(os.path.abspath(sheepdog_drmaa.__file__)))
+    script = directory / "sweep.py"
+    script.write_text(SCRIPT.format(root=root, directory=str(directory), backend=str(backend), store=store, call=call))
+    return subprocess.Popen([sys.executable, str(script)], stderr=subprocess.PIPE, text=True)
+
+
+def task_pids(directory: pathlib.Path) -> list[int]:
+    wait_until(lambda: all((directory / f"{x}.pid").exists() and (directory / f"{x}.pid").read_text()
+                           for x in range(2)), 90, "both tasks to run")
+    return [int((directory / f"{x}.pid").read_text()) for x in range(2)]
+
+
+def alive(pid: int) -> bool:
+    try:
+        return pathlib.Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+def status(store: str) -> dict[str, object]:
+    done = subprocess.run([sys.executable, "-m", "sheepdog_drmaa", "status", "long", "--json", "--store", store],
+                          capture_output=True, text=True, timeout=60, cwd="/")
+    assert done.returncode == 0, done.stderr
+    answer: dict[str, object] = json.loads(done.stdout)
+    return answer
+
+
+def no_job_left(backend: BackendName, store: str) -> None:
+    """Within 10 s, no job of the sweep is left in the scheduler."""
+    if backend == "local":
+        return
+    record = Store(store, readonly=True).sweep_named("long")
+    assert record is not None
+    arrays = sweep_jobs(store, record.id)
+    cluster = Cluster(backend.scheduler)
+    wait_until(lambda: not [line for line in cluster.jobs() if cluster.array_of(line.split()[0]) in arrays], 10,
+               "the sweep's jobs to leave the scheduler")
+
+
+def test_a_script_that_raises_after_map_async_leaves_no_worker_and_an_interrupted_sweep(
+        backend: BackendName, store: str, tmp_path: pathlib.Path) -> None:
+    client = start_client("map_async", backend, store, tmp_path)
+    pids = task_pids(tmp_path)
+    _, stderr = client.communicate(timeout=120)
+    assert client.returncode == 1 and "RuntimeError: the script's own error" in stderr
+    wait_until(lambda: not any(alive(pid) for pid in pids), 10, "every task process to end")
+    no_job_left(backend, store)
+    shown = status(store)
+    assert shown["state"] == "interrupted" and shown["driver_gone"] is False
+    assert shown["counts"] == {"done": 0, "failed": 0, "running": 0, "queued": 2}
+
+
+def test_a_client_killed_mid_sweep_shows_interrupted_driver_gone_until_cancelled(
+        backend: BackendName, store: str, tmp_path: pathlib.Path) -> None:
+    client = start_client("map", backend, store, tmp_path)
+    pids = task_pids(tmp_path)
+    client.send_signal(signal.SIGKILL)
+    client.communicate(timeout=60)
+    shown = status(store)
+    assert shown["state"] == "interrupted" and shown["driver_gone"] is True
+    text = subprocess.run([sys.executable, "-m", "sheepdog_drmaa", "status", "long", "--store", store],
+                          capture_output=True, text=True, timeout=60, cwd="/").stdout
+    assert "interrupted (driver gone)" in text and "name='long' to resume" in text
+    listed = subprocess.run([sys.executable, "-m", "sheepdog_drmaa", "list", "--store", store],
+                            capture_output=True, text=True, timeout=60, cwd="/").stdout
+    assert "interrupted (driver gone)" in listed
+    cancelled = subprocess.run([sys.executable, "-m", "sheepdog_drmaa", "cancel", "long", "--store", store],
+                               capture_output=True, text=True, timeout=120, cwd="/")
+    assert cancelled.returncode == 0, cancelled.stderr
+    wait_until(lambda: not any(alive(pid) for pid in pids), 30, "the killed client's tasks to be removed")
+    no_job_left(backend, store)
+    assert status(store)["state"] == "cancelled"
