@@ -27,6 +27,9 @@ log = logging.getLogger(__name__)
 CLAIM_REFRESH_SECONDS = 30.0
 STALE_CLAIM_SECONDS = 180.0
 
+# The phases of a sweep that a client is taking forward.
+UNDER_WAY = (SweepPhase.CREATED.value, SweepPhase.RUNNING.value)
+
 # Tokens of the claims this process holds now: a claim of this very process is live only while its
 # run is (one left in the store by a run that could not release it is not).
 _held: set[str] = set()
@@ -81,9 +84,14 @@ def is_live(claim: Claim | None, now: float | None = None) -> bool:
 
 
 def driver_gone(record: SweepRecord) -> bool:
-    """Whether the sweep is stored as running while no live client drives it (killed, or its host
+    """Whether the sweep is stored as under way while no live client drives it (killed, or its host
     rebooted): it is interrupted, whatever the store still says."""
-    return record.state == SweepPhase.RUNNING and not is_live(record.owner)
+    return record.state in UNDER_WAY and not is_live(record.owner)
+
+
+def has_ended(record: SweepRecord) -> bool:
+    """Whether nothing more will happen to the sweep until someone runs it again."""
+    return record.state not in UNDER_WAY or driver_gone(record)
 
 
 def end_leftover_workers(store: Store, sweep_id: str, backend: Backend) -> list[str]:

@@ -2,15 +2,19 @@
 from __future__ import annotations
 
 import pickle
+import time
 from collections.abc import Iterator
 from typing import Any
 
+from . import claims
 from .errors import SweepFailed, SweepIncomplete
 from .model import AttemptRecord, SweepRecord, TaskState, counts_by_name
 from .options import DEFAULT_STORE
 from .records import UNLOADABLE, TaskFailure, failure_from_store, render_failures, unloadable_failure
 from .runner import Run
 from .store import Store
+
+FOLLOW_SECONDS = 0.5  # how often a sweep driven by another process is read again from the store
 
 
 class Sweep:
@@ -46,16 +50,38 @@ class Sweep:
         return f"<Sweep {self.name or self.id} {self.status()}>"
 
     def wait(self, timeout: float | None = None) -> bool:
-        """Block until the sweep ends (or ``timeout`` seconds pass); True if it ended."""
-        return self.run is None or self.run.wait(timeout)
+        """Block until the sweep ends (or ``timeout`` seconds pass); True if it ended. A sweep driven
+        by another process is followed in the store until it ends, or nobody drives it any more."""
+        if self.run is not None:
+            return self.run.wait(timeout)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self._ended():
+            left = FOLLOW_SECONDS if deadline is None else deadline - time.monotonic()
+            if left <= 0:
+                return False
+            time.sleep(min(FOLLOW_SECONDS, left))
+        return True
 
-    def results(self) -> list[Any]:
-        """All results in input order, once the sweep ends; raises SweepFailed if tasks failed.
+    def _ended(self) -> bool:
+        self.record = self.store.sweep(self.id) or self.record
+        return claims.has_ended(self.record)
+
+    def _wait_or_raise(self, timeout: float | None) -> None:
+        if not self.wait(timeout):
+            raise self._timed_out(timeout)
+
+    def _timed_out(self, timeout: float | None) -> TimeoutError:
+        return TimeoutError(f"sweep {self.name or self.id} has not ended within {timeout or 0:g} s; it goes on "
+                            f"({self.status()}); ask again, or wait without a timeout")
+
+    def results(self, timeout: float | None = None) -> list[Any]:
+        """All results in input order, once the sweep ends (waiting at most ``timeout`` seconds, else
+        TimeoutError); raises SweepFailed if tasks failed.
 
         Every task is accounted for: a result, or its failure (also when its stored result cannot
         be unpickled here). A task that is neither done nor failed raises SweepIncomplete.
         """
-        self.wait()
+        self._wait_or_raise(timeout)
         if self.run is not None and self.run.error is not None:
             raise self.run.error
         failures = {f.index: f for f in self.failures()}
@@ -90,19 +116,47 @@ class Sweep:
                  "this sweep has no name= and cannot be resumed; run it again")
         return f"{what}; the sweep is {state}. No result is made up for them: {again}."
 
-    def as_completed(self) -> Iterator[tuple[int, Any]]:
-        """Yield ``(index, result)`` as tasks finish; a failed task yields its TaskFailure.
+    def as_completed(self, timeout: float | None = None) -> Iterator[tuple[int, Any]]:
+        """Yield ``(index, result)`` as tasks finish; a failed task yields its TaskFailure. A sweep
+        driven by another process is followed in the store; TimeoutError if it has not ended within
+        ``timeout`` seconds.
 
         The live stream of a running sweep can be read once; later calls read the store.
         """
-        if self.run is None or self._streamed:
+        if self.run is not None and not self._streamed:
+            self._streamed = True
+            yield from self._streamed_live(self.run, timeout)
+        elif self.run is None and not self._ended():
+            yield from self._followed(timeout)
+        else:
             for index, state, blob in self.store.results(self.id):
                 if state in (TaskState.DONE, TaskState.FAILED):
                     yield index, self._value(index, blob)
-            return
-        self._streamed = True
-        for index in self.run.completions():
-            yield index, self._value(index, self.store.result(self.id, index)[0])
+
+    def _streamed_live(self, run: Run, timeout: float | None) -> Iterator[tuple[int, Any]]:
+        try:
+            for index in run.completions(None if timeout is None else time.monotonic() + timeout):
+                yield index, self._value(index, self.store.result(self.id, index)[0])
+        except TimeoutError:
+            raise self._timed_out(timeout) from None
+
+    def _followed(self, timeout: float | None) -> Iterator[tuple[int, Any]]:
+        """The tasks of a sweep driven elsewhere, each once, as the store shows them ended."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        told = bytearray(self.record.n_tasks)
+        while True:
+            ended = self._ended()  # read first: every task that ended before it is in the read below
+            finished = self.store.tasks_in_state(self.id, TaskState.DONE.value)
+            finished += self.store.tasks_in_state(self.id, TaskState.FAILED.value)
+            for index in sorted(finished):
+                if not told[index]:
+                    told[index] = 1
+                    yield index, self._value(index, self.store.result(self.id, index)[0])
+            if ended:
+                return
+            if deadline is not None and time.monotonic() >= deadline:
+                raise self._timed_out(timeout)
+            time.sleep(FOLLOW_SECONDS)
 
     def _value(self, index: int, blob: bytes | None) -> Any:
         """The result, or the task's failure: failed on the cluster, or a result that cannot be loaded here."""

@@ -12,6 +12,7 @@ import atexit
 import dataclasses
 import logging
 import threading
+import time
 from collections.abc import Iterable, Iterator
 
 from . import claims, protocol
@@ -48,12 +49,16 @@ class Completions:
             self.closed = True
             self.changed.notify_all()
 
-    def __iter__(self) -> Iterator[int]:
+    def follow(self, deadline: float | None = None) -> Iterator[int]:
+        """The indices as they come, until closed; TimeoutError at ``deadline`` (time.monotonic())."""
         position = 0
         while True:
             with self.changed:
                 while position >= len(self.indices) and not self.closed:
-                    self.changed.wait()
+                    left = None if deadline is None else deadline - time.monotonic()
+                    if left is not None and left <= 0:
+                        raise TimeoutError("no task ended before the deadline")
+                    self.changed.wait(left)
                 fresh, closed = self.indices[position:], self.closed
             yield from fresh
             position += len(fresh)
@@ -144,9 +149,10 @@ class Run:
         with self.lock:
             return self.state.counts()
 
-    def completions(self) -> Iterator[int]:
-        """Indices of tasks as they end for good (done or failed), until the sweep ends; readable once."""
-        return iter(self.completed)
+    def completions(self, deadline: float | None = None) -> Iterator[int]:
+        """Indices of tasks as they end for good (done or failed), until the sweep ends; readable once.
+        TimeoutError at ``deadline`` (time.monotonic()) if the sweep goes on."""
+        return self.completed.follow(deadline)
 
     def cancel(self, timeout: float = 60.0) -> bool:
         """Ask the driving thread to stop the sweep and terminate its jobs; True once it has."""

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
 from helpers import BackendName, Cluster, sweep_jobs, wait_until
 
 import sheepdog_drmaa
@@ -106,3 +107,44 @@ def test_a_client_killed_mid_sweep_shows_interrupted_driver_gone_until_cancelled
     wait_until(lambda: not any(alive(pid) for pid in pids), 30, "the killed client's tasks to be removed")
     no_job_left(backend, store)
     assert status(store)["state"] == "cancelled"
+
+
+DRIVEN_ELSEWHERE = textwrap.dedent("""
+    import sys, time
+    sys.path.insert(0, {root!r})
+    import sheepdog_drmaa
+
+    def paced(x):
+        time.sleep(0.5 + 0.1 * x)
+        return x * x
+
+    print(sheepdog_drmaa.map(paced, range(8), backend={backend!r}, store={store!r}, progress=False,
+                             name="elsewhere", workers=2))
+""")
+
+
+def test_a_sweep_driven_by_another_process_is_followed_until_it_ends(
+        backend: BackendName, store: str, tmp_path: pathlib.Path) -> None:
+    root = os.path.dirname(os.path.dirname(os.path.abspath(sheepdog_drmaa.__file__)))
+    script = tmp_path / "driver.py"
+    script.write_text(DRIVEN_ELSEWHERE.format(root=root, backend=str(backend), store=store))
+    client = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        def opened() -> sheepdog_drmaa.Sweep | None:
+            try:
+                return sheepdog_drmaa.Sweep.open("elsewhere", store=store)
+            except (KeyError, sheepdog_drmaa.StoreError):
+                return None
+        sweep = wait_until(opened, 90, "the sweep to be stored")
+        with pytest.raises(TimeoutError, match="has not ended within 0.2 s"):
+            sweep.results(timeout=0.2)
+        followed = list(sweep.as_completed(timeout=120))
+        assert sorted(followed) == [(x, x * x) for x in range(8)]  # each task once, none made up
+        assert sweep.wait(0) and sweep.results() == [x * x for x in range(8)]
+        assert sheepdog_drmaa.Sweep.open("elsewhere", store=store).results(timeout=0) == [x * x for x in range(8)]
+        out, err = client.communicate(timeout=60)
+        assert client.returncode == 0, err
+    finally:
+        if client.poll() is None:
+            client.kill()
+            client.communicate()
