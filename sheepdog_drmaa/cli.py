@@ -5,6 +5,7 @@ Plain text for a terminal; ``--json`` for scripts. ``--store PATH`` on every com
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -20,10 +21,12 @@ from .errors import SheepdogError, SweepLocked
 from .handle import Sweep
 from .model import SweepPhase, SweepRecord
 from .options import DEFAULT_STORE, ENV_PREFIX
+from .progress import Progress
 from .records import UNLOADABLE, TaskFailure
 from .store import Store, check_readable
 
 CANCEL_WAIT_SECONDS = 60.0
+ATTACH_REFRESH_SECONDS = 0.5
 
 
 def _age(seconds: float) -> str:
@@ -95,6 +98,45 @@ def cmd_status(args: argparse.Namespace) -> int:
         text.append(f"  client: pid {data['owner']}")
     _emit(args, data, "\n".join(text))
     return 0
+
+
+def cmd_wait(args: argparse.Namespace) -> int:
+    """Block until the sweep ends; the exit status says how (see :func:`_how_it_ended`)."""
+    sweep = _open(args)
+    sweep.wait()
+    return _how_it_ended(args, sweep)
+
+
+def cmd_attach(args: argparse.Namespace) -> int:
+    """A live progress bar until the sweep ends; Ctrl-C leaves it running."""
+    with contextlib.ExitStack() as open_bar:
+        try:
+            sweep = _open(args)
+            progress = Progress(len(sweep), None, sweep.name or sweep.id)
+            open_bar.callback(progress.close)
+            while not sweep.wait(ATTACH_REFRESH_SECONDS):
+                progress.update(sweep.status())
+            progress.update(sweep.status())
+        except KeyboardInterrupt:
+            open_bar.close()
+            print(f"left sweep {args.name}; it goes on (`sheepdog-drmaa attach {args.name}` to watch it again)",
+                  file=sys.stderr)
+            return 0
+    return _how_it_ended(args, sweep)
+
+
+def _how_it_ended(args: argparse.Namespace, sweep: Sweep) -> int:
+    """Say how the sweep ended; 0 when every task is done, 1 when some failed, 2 when it was cancelled,
+    interrupted, or nobody drives it any more."""
+    record = sweep.record
+    gone = claims.driver_gone(record)
+    state = _state(record, gone)
+    counts = sweep.status()
+    code = {SweepPhase.FINISHED.value: 0, SweepPhase.FAILED.value: 1}.get(state, 2)
+    shown_counts = ", ".join(f"{k} {v}" for k, v in counts.items())
+    _emit(args, {"name": record.name, "id": record.id, "state": state, "driver_gone": gone, "counts": counts,
+                 "exit_status": code}, f"sweep {record.name or record.id}: {_shown(state, gone)}; {shown_counts}")
+    return code
 
 
 def cmd_failures(args: argparse.Namespace) -> int:
@@ -200,7 +242,11 @@ def build_parser() -> argparse.ArgumentParser:
     for name, run, text in (("status", cmd_status, "counts per state, running jobs, retries, failures by cause"),
                             ("failures", cmd_failures, "each failed task: index, args, cause, attempts, traceback"),
                             ("results", cmd_results, "results as JSON lines (or --pickle FILE)"),
-                            ("cancel", cmd_cancel, "stop a sweep and terminate its jobs")):
+                            ("cancel", cmd_cancel, "stop a sweep and terminate its jobs"),
+                            ("wait", cmd_wait, "block until the sweep ends: exit 0 all done, 1 some failed, "
+                                               "2 cancelled or nobody drives it"),
+                            ("attach", cmd_attach, "a live progress bar until the sweep ends; Ctrl-C leaves it "
+                                                   "running")):
         command = commands.add_parser(name, parents=[common], help=text)
         command.add_argument("name", help="the sweep's name (or id)")
         command.set_defaults(run=run)

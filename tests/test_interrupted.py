@@ -6,14 +6,17 @@ import json
 import os
 import pathlib
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 from helpers import BackendName, Cluster, sweep_jobs, wait_until
 
 import sheepdog_drmaa
+from sheepdog_drmaa.model import Claim, SweepPhase
 from sheepdog_drmaa.store import Store
 
 SCRIPT = textwrap.dedent("""
@@ -144,6 +147,78 @@ def test_a_sweep_driven_by_another_process_is_followed_until_it_ends(
         assert sheepdog_drmaa.Sweep.open("elsewhere", store=store).results(timeout=0) == [x * x for x in range(8)]
         out, err = client.communicate(timeout=60)
         assert client.returncode == 0, err
+    finally:
+        if client.poll() is None:
+            client.kill()
+            client.communicate()
+
+
+def cli(store: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "sheepdog_drmaa", *args, "--store", store], capture_output=True,
+                          text=True, timeout=120, cwd="/")
+
+
+def fails_on_three(x: int) -> int:
+    if x == 3:
+        raise ValueError("three")
+    return x
+
+
+def test_wait_says_how_the_sweep_ended_in_its_exit_status(store: str) -> None:
+    sheepdog_drmaa.map(abs, [-1, -2], backend="local", store=store, progress=False, name="done")
+    sheepdog_drmaa.map(fails_on_three, range(5), backend="local", store=store, progress=False, name="failed",
+                       errors="return")
+    sheepdog_drmaa.map(abs, [-1], backend="local", store=store, progress=False, name="cancelled")
+    assert cli(store, "cancel", "cancelled").returncode == 0
+    sheepdog_drmaa.map(abs, [-1], backend="local", store=store, progress=False, name="gone")
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    database = Store(store)
+    record = database.sweep_named("gone")
+    assert record is not None
+    database.take_claim(record, Claim(pid=int(dead.stdout), host=socket.gethostname(), started="1", token="t",
+                                      seen=time.time()))
+    database.set_sweep_state(record.id, SweepPhase.RUNNING)  # as a client killed mid-sweep leaves it
+    database.close()
+    for name, status, state in [("done", 0, "finished"), ("failed", 1, "failed"), ("cancelled", 2, "cancelled"),
+                                ("gone", 2, "interrupted")]:
+        waited = cli(store, "wait", name, "--json")
+        assert waited.returncode == status, (name, waited.stdout, waited.stderr)
+        assert json.loads(waited.stdout)["state"] == state
+    assert "interrupted (driver gone)" in cli(store, "wait", "gone").stdout
+
+
+def has_open(pid: int, path: str) -> bool:
+    """Whether process ``pid`` has ``path`` open."""
+    descriptors = pathlib.Path(f"/proc/{pid}/fd")
+    try:
+        return any(os.path.realpath(fd) == os.path.realpath(path) for fd in descriptors.iterdir())
+    except OSError:
+        return False
+
+
+ATTACH = ("import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+          "from sheepdog_drmaa.cli import main; sys.exit(main(sys.argv[1:]))")
+
+
+def test_ctrl_c_leaves_attach_and_the_sweep_goes_on(backend: BackendName, store: str, tmp_path: pathlib.Path) -> None:
+    root = os.path.dirname(os.path.dirname(os.path.abspath(sheepdog_drmaa.__file__)))
+    script = tmp_path / "driver.py"
+    script.write_text(DRIVEN_ELSEWHERE.format(root=root, backend=str(backend), store=store))
+    client = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_until(lambda: cli(store, "status", "elsewhere").returncode == 0, 90, "the sweep to be stored")
+        attached = subprocess.Popen([sys.executable, "-c", ATTACH, "attach", "elsewhere", "--store", store],
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd="/")
+        wait_until(lambda: has_open(attached.pid, store), 30, "attach to open the store")  # following it
+        assert attached.poll() is None, attached.communicate()
+        attached.send_signal(signal.SIGINT)
+        _, said = attached.communicate(timeout=30)
+        assert attached.returncode == 0 and "left sweep elsewhere; it goes on" in said
+        assert client.poll() is None  # the sweep goes on
+        followed = cli(store, "attach", "elsewhere")  # attached again, to the end
+        assert followed.returncode == 0 and "elsewhere: finished" in followed.stdout
+        out, err = client.communicate(timeout=60)
+        assert client.returncode == 0 and str([x * x for x in range(8)]) in out, err
     finally:
         if client.poll() is None:
             client.kill()
