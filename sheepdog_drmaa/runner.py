@@ -11,6 +11,7 @@ import array
 import atexit
 import dataclasses
 import logging
+import os
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -125,8 +126,9 @@ class Run:
 
     def interrupt_at_exit(self) -> None:
         """At the interpreter's exit: stop the sweep (its jobs removed, recorded interrupted) and wait
-        for that, within as long as a shutdown takes."""
-        if self.finished.is_set():
+        for that, within as long as a shutdown takes. Not in a child forked from this process: the
+        sweep is its parent's."""
+        if self.finished.is_set() or os.getpid() != self.claim.pid:
             return
         self.interrupt_reason = (f"the client's interpreter exited while sweep {self.label} ran; its jobs were "
                                  "removed" + (" (run it again with the same name= to resume)"
