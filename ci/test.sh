@@ -2,7 +2,8 @@
 # Set up everything (the package, a one-node Grid Engine with three more hosts in network
 # namespaces, a one-node Slurm) and run ruff, mypy, the import layers, the docs build and the test suite:
 # local and Grid Engine in one pytest process, then Slurm in another (drmaa-python loads one
-# libdrmaa per process), then the local tests under every other declared Python (ci/pythons.sh). Without slurm-drmaa's source (ci/slurm.sh exits 3) Slurm is left out,
+# libdrmaa per process), with the local tests under every other declared Python (ci/pythons.sh)
+# running beside it. Without slurm-drmaa's source (ci/slurm.sh exits 3) Slurm is left out,
 # saying so in one line.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,6 +26,13 @@ if [ "$slurm_status" -ne 3 ]; then cat "$slurm_log" >&2; fi
 
 status=0
 python3 -m pytest -ra -m "not slurm" tests "$@" || status=$?
+# The local-backend tests again under every other Python version pyproject.toml declares, while the
+# Slurm suite runs (it mostly waits on the scheduler); their summary is printed after it.
+pythons_log=$(mktemp)
+trap 'rm -f "$slurm_log" "$pythons_log"' EXIT
+SHEEPDOG_PYTHONS_SKIP=$(python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])') \
+  bash ci/pythons.sh "$@" >"$pythons_log" 2>&1 &
+pythons=$!
 case "$slurm_status" in
   0)
     eval "$slurm_env"
@@ -36,7 +44,6 @@ case "$slurm_status" in
     echo "Slurm was not tested: ci/slurm.sh failed with status $slurm_status (its log is above)"
     status=1 ;;
 esac
-# The local-backend tests again under every other Python version pyproject.toml declares.
-SHEEPDOG_PYTHONS_SKIP=$(python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])') \
-  bash ci/pythons.sh "$@" || status=$?
+wait "$pythons" || status=$?
+cat "$pythons_log"
 exit "$status"
