@@ -92,6 +92,7 @@ class _SharedSession:
         self.users = 0
         self.owner: dict[str, ExitCollector] = {}  # worker id -> the collector of the backend that submitted it
         self.exiting: threading.Thread | None = None  # the previous session, closing in the background
+        self.half_open = False  # an open of ours failed and the library may still believe it open
 
     def open(self, drmaa: Any, outage_wait: float) -> Any:
         """The session, opened on first use. While the scheduler cannot be reached, opening is tried
@@ -104,10 +105,11 @@ class _SharedSession:
             with self.lock:
                 self._wait_for_exiting(deadline)
                 if self.session is None:
+                    ours = self.half_open  # an "existing session" is then our failed one, not the caller's
                     error = self._initialize(drmaa)
                     if error is not None:
                         remaining = deadline - time.monotonic()
-                        unreachable = _unreachable_at_open(drmaa, error)
+                        unreachable = ours or _unreachable_at_open(drmaa, error)
                         if not unreachable or remaining <= 0:
                             failure = SchedulerOutage if unreachable else BackendUnavailable
                             raise failure(
@@ -134,21 +136,34 @@ class _SharedSession:
         try:
             session.initialize()
         except drmaa.errors.AlreadyActiveSessionException as error:
+            if self.half_open:  # our own failed open, which the library still holds: close it, try again
+                self._close_half_open(session, drmaa)
+                refused: BaseException = error
+                return refused
             # Not ours to close: the calling program may hold a DRMAA session of its own.
             failure: BaseException = BackendUnavailable(
                 f"{error}: this process already holds a DRMAA session (opened by other code); DRMAA allows one "
                 "per process, so run the sweep from a process without one")
             return failure
         except drmaa.errors.DrmaaException as error:
-            try:
-                session.exit()
-            except drmaa.errors.DrmaaException as cleanup:
-                log.debug("closing the session that failed to open: %s", cleanup)
+            self.half_open = True
+            self._close_half_open(session, drmaa)
             failure = error
             return failure
         self.scheduler = identify(str(session.drmaaImplementation), str(session.drmsInfo))
         self.session = session
         return None
+
+    def _close_half_open(self, session: Any, drmaa: Any) -> None:
+        """drmaa_exit after a failed open. Seen after a qmaster restart ("can't resolve host name"):
+        it can fail too, and the library refuses every open as "existing DRMAA session" until an
+        exit gets through; so it is tried again before each open while the outage is waited out."""
+        try:
+            session.exit()
+        except drmaa.errors.DrmaaException as cleanup:
+            log.debug("closing the session that failed to open: %s", cleanup)
+        else:
+            self.half_open = False
 
     def _wait_for_exiting(self, deadline: float) -> None:
         """The C library holds one session at a time: let the last one finish closing (bounded)."""
