@@ -2,46 +2,36 @@
 from __future__ import annotations
 
 import builtins
-import concurrent.futures
 import contextlib
-import contextvars
 import dataclasses
 import hashlib
 import inspect
 import logging
 import os
 import pickle
+import re
 import reprlib
-import signal
-import socket
+import secrets
 import sys
-import threading
+import time
 import uuid
 from collections.abc import Iterable, Iterator
 from typing import Any, Callable
 
 import cloudpickle
 
-from . import address, claims, protocol
-from .backends import Backend, WorkerSpec, answers, open_backend
+from . import claims, control
 from .errors import ConfigurationError, SweepLocked, SweepMismatch
 from .handle import Sweep
-from .model import Claim, NewSweep, SweepPhase, SweepRecord, TaskState
+from .model import Claim, Launch, NewSweep, SweepPhase, SweepRecord, TaskState
 from .options import Options, resolve
-from .runner import Run
-from .store import ClaimLost, Store, private_directory
+from .progress import announce
+from .starting import launch_for, make_run, open_checked_backend, termination_cancels
+from .store import ClaimLost, Store
 
 log = logging.getLogger(__name__)
 
 OPTION_NAMES = frozenset(f.name for f in dataclasses.fields(Options)) | {"namespace"}
-# Forwarded to the workers from the submit host's environment (beside PYTHONPATH, every LC_*
-# variable, and env=, which wins): what finds the interpreter, its libraries and its packages, and
-# the user's locale. Not TMPDIR: schedulers give each job its own (Grid Engine's is removed with
-# the job), and the submit host's may not exist on a node.
-FORWARDED_VARIABLES = ("PATH", "LD_LIBRARY_PATH", "PYTHONHOME", "PYTHONUSERBASE", "PYTHONNOUSERSITE", "VIRTUAL_ENV",
-                       "CONDA_PREFIX", "CONDA_DEFAULT_ENV", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE")
-# Set to cores= in the job unless env= sets them, so that numerical libraries use the slots asked for.
-THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS")
 # Exact types that the C pickler writes itself, before it asks cloudpickle's reducer_override: an
 # argument made of these alone (or a tuple of them) pickles to the same bytes with the standard
 # pickler, four times faster (so the stored arguments, and the digest a resume compares, are unchanged).
@@ -73,43 +63,34 @@ def map(f: Callable[..., Any], args: Iterable[Any], **options: Any) -> list[Any]
     finished; it carries ``.failures`` and the partial ``.results``. With ``errors="return"``
     the failure record stands in the list in place of each failed result instead.
     """
-    sweep = _start(f, args, options)
+    sweep, resolved = _start(f, args, options)
     if isinstance(sweep, list):
         return sweep
     try:
         if sweep.run is not None:
-            with _termination_cancels(sweep.run):
+            with termination_cancels(sweep.run, "the client"):
                 sweep.run.drive()
+        elif resolved.detach:
+            _watch_detached(sweep, resolved)
         return sweep.results()
     finally:
         sweep.store.close()
 
 
-@contextlib.contextmanager
-def _termination_cancels(run: Run) -> Iterator[None]:
-    """While ``map`` runs in the main thread, SIGTERM and SIGHUP (a closed ssh session, a kill)
-    end the sweep as Ctrl-C does, so that its jobs are terminated instead of left behind. The
-    handler only asks: the driving loop stops at its next turn, not wherever the signal fell
-    (an exception raised there could leave a lock taken or a scheduler call half done)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def cancel(signum: int, frame: Any) -> None:
-        run.request_cancel(f"the client received {signal.Signals(signum).name}; every job of the sweep was "
-                           "terminated (a named sweep can be resumed)")
-
-    previous = {signum: signal.signal(signum, cancel) for signum in (signal.SIGTERM, signal.SIGHUP)}
+def _watch_detached(sweep: Sweep, options: Options) -> None:
+    """Follow a detached sweep to its end with the progress display; Ctrl-C leaves it running."""
     try:
-        yield
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
+        sweep.watch(options.progress)
+    except KeyboardInterrupt:
+        log.warning("left sweep %s; it goes on, detached (`sheepdog-drmaa attach %s` to watch it again)",
+                    sweep.name, sweep.name)
+        raise
 
 
 def map_async(f: Callable[..., Any], args: Iterable[Any], **options: Any) -> Sweep:
-    """Like :func:`map`, but return a :class:`Sweep` handle at once; the sweep runs in a thread."""
-    sweep = _start(f, args, options)
+    """Like :func:`map`, but return a :class:`Sweep` handle at once; the sweep runs in a thread, or,
+    with ``detach=True``, in a process of its own that outlives the caller."""
+    sweep, _ = _start(f, args, options)
     if isinstance(sweep, list):
         raise ConfigurationError("args is empty: there is nothing to run")
     if sweep.run is not None:
@@ -117,11 +98,59 @@ def map_async(f: Callable[..., Any], args: Iterable[Any], **options: Any) -> Swe
     return sweep
 
 
-def _start(f: Callable[..., Any], args: Iterable[Any], given: dict[str, Any]) -> list[Any] | Sweep:
-    """Check everything, store the sweep (or find the named one), claim it, and prepare its run.
+def _start(f: Callable[..., Any], args: Iterable[Any], given: dict[str, Any]) -> tuple[list[Any] | Sweep, Options]:
+    """Check everything, store the sweep (or find the named one), claim it, and prepare its run, or
+    hand it to a driver process of its own (detach=True). Also returns the options as resolved.
 
-    Returns [] for empty ``args``, and a Sweep without a run for a named sweep already finished.
+    Gives [] for empty ``args``, and a Sweep without a run for a named sweep already finished or
+    one detached.
     """
+    options, function, items = _checked_call(f, args, given)
+    blobs = [_pickle_argument(item, index) for index, item in enumerate(items)]
+    if not blobs:
+        return [], options
+    backend, host, bind = open_checked_backend(options)
+    try:
+        store = Store(options.store)
+    except BaseException:
+        backend.close()
+        raise
+    me = claims.for_this_process()
+    launch = launch_for(options, _source_file(f))
+    with contextlib.ExitStack() as undo:  # on any failure below, in reverse: all that was taken is given back
+        undo.callback(store.close)
+        undo.callback(claims.let_go, me)
+        undo.callback(backend.close)
+        record, done = _prepare_record(store, options, function, blobs, me, launch)
+        undo.callback(_give_back, store, record, me)
+        del blobs  # stored: the client keeps no second copy of every argument while the sweep runs
+        if len(done) == record.n_tasks:  # nothing left to run: the stored results are the answer
+            undo.pop_all()
+            backend.close()
+            store.release_claim(record.id, me.token)
+            claims.let_go(me)
+            return Sweep(store, record, errors=options.errors), options
+        if options.detach:
+            started = control.start_driver(store, record, me)
+            undo.pop_all()
+            backend.close()
+            claims.let_go(me)
+            named = given.get("name") is not None  # else a name was made: said unless progress=False
+            announce(options.progress if named else options.progress is not False,
+                     f"sweep {record.name} runs detached, driven by process {started.pid} (its "
+                                       f"log: {started.log_path}); `sheepdog-drmaa attach {record.name}` to watch it")
+            log.info("sweep %s handed to process %d", record.name, started.pid)
+            return Sweep(store, store.sweep(record.id) or record, errors=options.errors), options
+        claims.end_leftover_workers(store, record.id, backend)
+        run = make_run(store, record, options, launch, function, backend, host, bind, done, me)
+        undo.pop_all()
+    store.set_sweep_state(record.id, SweepPhase.RUNNING)
+    return Sweep(store, record, run, errors=options.errors), options
+
+
+def _checked_call(f: Callable[..., Any], args: Iterable[Any],
+                  given: dict[str, Any]) -> tuple[Options, bytes, Iterator[Any]]:
+    """The options resolved, ``f`` pickled and ``args`` iterated, or an error saying what is wrong."""
     unknown = sorted(set(given) - OPTION_NAMES)
     if unknown:
         raise TypeError(f"unknown option(s) {', '.join(unknown)}; known options are: {', '.join(sorted(OPTION_NAMES))}")
@@ -135,43 +164,23 @@ def _start(f: Callable[..., Any], args: Iterable[Any], given: dict[str, Any]) ->
     except TypeError:
         raise TypeError(f"args must be an iterable of argument tuples or single arguments, "
                         f"got {type(args).__name__}") from None
-    options = resolve({k: v for k, v in given.items() if k != "namespace"})
+    options = _detachable(resolve({k: v for k, v in given.items() if k != "namespace"}), f)
     function = _pickle((f, namespace), "f")
-    blobs = [_pickle_argument(item, index) for index, item in enumerate(items)]
-    if not blobs:
-        return []
-    # What the scheduler says of itself is remembered beside the store, for the sweeps that follow.
-    directory = os.path.dirname(os.path.abspath(options.store))
-    with contextlib.suppress(OSError):  # else nothing is remembered; the store says what is wrong when opened
-        private_directory(directory)
-    with answers.remembered_in(os.path.join(directory, answers.FILE_NAME)):
-        backend = (open_backend(options.backend, local_slots=options.workers, outage_wait=options.outage_wait)
-                   if isinstance(options.backend, str) else options.backend)
-        try:
-            host, bind = _check(options, backend)
-            store = Store(options.store)
-        except BaseException:
-            backend.close()
-            raise
-    me = claims.for_this_process()
-    with contextlib.ExitStack() as undo:  # on any failure below, in reverse: all that was taken is given back
-        undo.callback(store.close)
-        undo.callback(claims.let_go, me)
-        undo.callback(backend.close)
-        record, done = _prepare_record(store, options, function, blobs, me)
-        undo.callback(_give_back, store, record, me)
-        del blobs  # stored: the client keeps no second copy of every argument while the sweep runs
-        if len(done) == record.n_tasks:  # nothing left to run: the stored results are the answer
-            undo.pop_all()
-            backend.close()
-            store.release_claim(record.id, me.token)
-            claims.let_go(me)
-            return Sweep(store, record, errors=options.errors)
-        claims.end_leftover_workers(store, record.id, backend)
-        run = _make_run(store, record, options, function, backend, host, bind, done, me, _source_file(f))
-        undo.pop_all()
-    store.set_sweep_state(record.id, SweepPhase.RUNNING)
-    return Sweep(store, record, run, errors=options.errors)
+    return options, function, items
+
+
+def _detachable(options: Options, f: Callable[..., Any]) -> Options:
+    """The options, checked for detach=True: a backend that another process can open, and a name
+    (one is made from ``f``'s name and the time when none is given)."""
+    if not options.detach:
+        return options
+    if not isinstance(options.backend, str):
+        raise ConfigurationError("detach=True hands the sweep to another process, which cannot be given a Backend "
+                                 "object; pass backend= a name ('drmaa' or 'local')")
+    if options.name is not None:
+        return options
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "-", getattr(f, "__name__", "") or "sweep").strip("-.") or "sweep"
+    return dataclasses.replace(options, name=f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}")
 
 
 def _pickle(value: Any, what: str, index: int | None = None) -> bytes:
@@ -223,56 +232,8 @@ def _digest(blobs: Iterable[bytes]) -> str:
     return digest.hexdigest()
 
 
-def _check(options: Options, backend: Backend) -> tuple[str, str]:
-    """Check the request against the scheduler and find the address workers will reach, both at once
-    (each mostly waits: on the scheduler's commands, on name lookups; neither calls the DRMAA library).
-    Returns (host, bind); a refused request is raised first, as when the two ran one after the other."""
-    spec = _worker_spec(options, log_dir="")
-    pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="sheepdog-check")
-    checked = pool.submit(contextvars.copy_context().run, backend.check_request, spec)
-    try:
-        found = _check_address(options, backend)
-    except Exception:
-        checked.result()  # a refused request first, as when the two ran one after the other
-        raise
-    except BaseException:  # Ctrl-C: not held up by the scheduler's commands
-        pool.shutdown(wait=False)
-        raise
-    checked.result()
-    pool.shutdown()
-    return found
-
-
-def _check_address(options: Options, backend: Backend) -> tuple[str, str]:
-    """The name workers use to reach this host (see address.py for the default), and the address to
-    listen on; both must work."""
-    if not options.host:
-        host = address.default_host(backend.execution_hosts)  # [] (local workers): this machine's name
-    else:
-        host = options.host
-        own = address.addresses_of(host)
-        if own and all(address.is_loopback(a) for a in own) and backend.execution_hosts() != []:
-            address.warn_if_loopback(host)  # not when workers run on this machine only: loopback reaches it
-    bind = options.bind or host
-    for name, value in (("host", host), ("bind", bind)):
-        try:
-            socket.getaddrinfo(value, None)
-        except socket.gaierror as error:
-            raise ConfigurationError(f"{name}={value!r} does not resolve ({error.strerror}); pass host= a name or "
-                                     "address of this submit host that the execution nodes can reach") from None
-    try:
-        family = socket.getaddrinfo(bind, None)[0][0]
-        with socket.socket(family, socket.SOCK_STREAM) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            probe.bind((bind, options.port))
-    except OSError as error:
-        raise ConfigurationError(f"cannot listen on {bind}:{options.port} ({error.strerror}); pass bind= (or host=) "
-                                 "an address of this machine, and port=0 for any free port") from None
-    return host, bind
-
-
-def _prepare_record(store: Store, options: Options, function: bytes, blobs: list[bytes],
-                    me: Claim) -> tuple[SweepRecord, list[int]]:
+def _prepare_record(store: Store, options: Options, function: bytes, blobs: list[bytes], me: Claim,
+                    launch: Launch) -> tuple[SweepRecord, list[int]]:
     """The stored sweep to run, claimed by ``me``: a new one, or the named one to resume (with its done tasks).
 
     Whatever two clients do at once, one claim statement succeeds and the other client gets
@@ -283,7 +244,8 @@ def _prepare_record(store: Store, options: Options, function: bytes, blobs: list
     backend_name = options.backend if isinstance(options.backend, str) else "auto"  # a caller's object: not stored
     new = NewSweep(id=uuid.uuid4().hex[:12], name=options.name, function=function, function_digest=function_digest,
                    args_digest=args_digest, n_tasks=len(blobs),
-                   options={"backend": backend_name, "python": options.python, "job_name": options.job_name})
+                   options={"backend": backend_name, "python": options.python, "job_name": options.job_name},
+                   launch=launch if launch.options else None)
     existing = store.sweep_named(options.name) if options.name else None
     try:
         if existing is None:
@@ -292,7 +254,7 @@ def _prepare_record(store: Store, options: Options, function: bytes, blobs: list
             raise ClaimLost()
         elif options.resume and existing.state != SweepPhase.CREATING:
             _refuse_mismatch(store, existing, options, function_digest, args_digest, len(blobs))
-            store.take_claim(existing, me)
+            store.take_claim(existing, me, launch if launch.options else None)
             done = store.tasks_in_state(existing.id, TaskState.DONE.value)
             log.info("resuming sweep %r: %d of %d tasks already done", options.name, len(done), existing.n_tasks)
             return dataclasses.replace(existing, owner=me), done
@@ -329,44 +291,3 @@ def _refuse_mismatch(store: Store, existing: SweepRecord, options: Options, func
         return
     raise SweepMismatch(f"sweep {options.name!r} in {options.store} was stored with {what}; pass resume=False to "
                         "start that name afresh (its stored results are discarded), or choose another name=")
-
-
-def _make_run(store: Store, record: SweepRecord, options: Options, function: bytes, backend: Backend,
-              host: str, bind: str, done: list[int], claim: Claim, source_file: str | None) -> Run:
-    """The live run: the key file, the log directory (both owner-only) and the server, ready to drive."""
-    base = os.path.dirname(os.path.abspath(options.store))
-    key = protocol.new_key()
-    key_path = os.path.join(private_directory(os.path.join(base, "keys")), f"{record.id}-{os.getpid()}.key")
-    protocol.write_key_file(key_path, key)
-    log_dir = private_directory(os.path.abspath(options.log_dir or os.path.join(base, "logs", record.id)))
-    spec = _worker_spec(options, log_dir)
-    try:
-        return Run(store=store, sweep_id=record.id, label=record.name or record.id, n_tasks=record.n_tasks,
-                   function=function, backend=backend, spec_without_url=spec, key=key, key_path=key_path,
-                   host=host, bind=bind, port=options.port, options=options, done=done, claim=claim,
-                   source_file=source_file)
-    except BaseException:
-        os.unlink(key_path)
-        raise
-
-
-def _worker_spec(options: Options, log_dir: str) -> WorkerSpec:
-    """How this sweep's workers are to be started, as asked of the scheduler."""
-    return WorkerSpec(python=options.python, environment=_worker_environment(options), working_directory=os.getcwd(),
-                      log_dir=log_dir, job_name=options.job_name, queue=options.queue, native_spec=options.native_spec,
-                      walltime=options.walltime, memory=options.memory, cores=options.cores, gpus=options.gpus,
-                      project=options.project, parallel_env=options.parallel_env,
-                      memory_resource=options.memory_resource, setup=tuple(options.setup))
-
-
-def _worker_environment(options: Options) -> dict[str, str]:
-    """The job environment: this host's import path and basic variables, thread counts for cores=,
-    then the user's env=."""
-    environment = {name: value for name, value in os.environ.items()
-                   if name in FORWARDED_VARIABLES or name.startswith("LC_")}
-    paths = [os.path.abspath(p or os.curdir) for p in sys.path]
-    environment["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(p for p in paths if os.path.exists(p)))
-    if options.cores is not None:
-        environment.update(dict.fromkeys(THREAD_VARIABLES, str(options.cores)))
-    environment.update(options.env)
-    return environment

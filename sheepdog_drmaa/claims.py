@@ -37,14 +37,26 @@ _held: set[str] = set()
 
 def process_start(pid: int) -> str | None:
     """The start time of process ``pid`` (field 22 of /proc/PID/stat), or None if it is gone or unknown."""
+    fields = _stat_fields(pid)
+    return fields[19] if len(fields) > 19 else None
+
+
+def _is_zombie(pid: int) -> bool:
+    """Whether ``pid`` has exited and waits to be reaped (field 3 of /proc/PID/stat is "Z"): a driver
+    killed after its parent exited stays so until init reaps it, and must not look alive meanwhile."""
+    fields = _stat_fields(pid)
+    return bool(fields) and fields[0] == "Z"
+
+
+def _stat_fields(pid: int) -> list[str]:
+    """The fields of /proc/PID/stat from the third (the state) on; [] if it cannot be read."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as handle:
             text = handle.read().decode(errors="replace")
     except OSError:
-        return None
+        return []
     # The command name (field 2) may contain spaces and parentheses: split after its last ")".
-    fields = text[text.rfind(")") + 2:].split()
-    return fields[19] if len(fields) > 19 else None
+    return text[text.rfind(")") + 2:].split()
 
 
 def for_this_process() -> Claim:
@@ -79,6 +91,8 @@ def is_live(claim: Claim | None, now: float | None = None) -> bool:
         return False
     except PermissionError:
         pass  # alive, another user's: the start time below still tells
+    if _is_zombie(claim.pid):
+        return False
     started = process_start(claim.pid)
     return started is None or claim.started is None or started == claim.started
 

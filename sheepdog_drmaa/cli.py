@@ -5,28 +5,22 @@ Plain text for a terminal; ``--json`` for scripts. ``--store PATH`` on every com
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
 import os
 import pickle
-import socket
 import sys
 import time
 from collections.abc import Sequence
 from typing import Any
 
-from . import claims
-from .errors import SheepdogError, SweepLocked
+from . import claims, control
+from .errors import SheepdogError
 from .handle import Sweep
 from .model import SweepPhase, SweepRecord
 from .options import DEFAULT_STORE, ENV_PREFIX
-from .progress import Progress
 from .records import UNLOADABLE, TaskFailure
 from .store import Store, check_readable
-
-CANCEL_WAIT_SECONDS = 60.0
-ATTACH_REFRESH_SECONDS = 0.5
 
 
 def _age(seconds: float) -> str:
@@ -91,9 +85,11 @@ def cmd_status(args: argparse.Namespace) -> int:
             "  failed attempts by cause: " + (", ".join(f"{k} {v}" for k, v in sorted(by_cause.items())) or "none"),
             "  running jobs: " + (" ".join(running) or "none")]
     if gone:
-        text.append(f"  its client ({data['owner'] or 'unknown'}) is gone: "
-                    + (f"run the script again with name={record.name!r} to resume it, or " if record.name else "")
-                    + f"`sheepdog-drmaa cancel {record.name or record.id}` to remove the jobs it left")
+        label = record.name or record.id
+        again = (f"`sheepdog-drmaa resume {label}` to drive it on" if record.launch is not None else
+                 f"run the script again with name={record.name!r} to resume it" if record.name else "")
+        text.append(f"  its client ({data['owner'] or 'unknown'}) is gone: " + (f"{again}, or " if again else "")
+                    + f"`sheepdog-drmaa cancel {label}` to remove the jobs it left")
     elif data["owner"]:
         text.append(f"  client: pid {data['owner']}")
     _emit(args, data, "\n".join(text))
@@ -109,19 +105,13 @@ def cmd_wait(args: argparse.Namespace) -> int:
 
 def cmd_attach(args: argparse.Namespace) -> int:
     """A live progress bar until the sweep ends; Ctrl-C leaves it running."""
-    with contextlib.ExitStack() as open_bar:
-        try:
-            sweep = _open(args)
-            progress = Progress(len(sweep), None, sweep.name or sweep.id)
-            open_bar.callback(progress.close)
-            while not sweep.wait(ATTACH_REFRESH_SECONDS):
-                progress.update(sweep.status())
-            progress.update(sweep.status())
-        except KeyboardInterrupt:
-            open_bar.close()
-            print(f"left sweep {args.name}; it goes on (`sheepdog-drmaa attach {args.name}` to watch it again)",
-                  file=sys.stderr)
-            return 0
+    sweep = _open(args)
+    try:
+        sweep.watch()
+    except KeyboardInterrupt:
+        print(f"left sweep {args.name}; it goes on (`sheepdog-drmaa attach {args.name}` to watch it again)",
+              file=sys.stderr)
+        return 0
     return _how_it_ended(args, sweep)
 
 
@@ -200,34 +190,37 @@ def cmd_logs(args: argparse.Namespace) -> int:
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
-    """Stop the owning client (on this host, checked to be that very process), then terminate any job it left."""
+    """Stop the sweep's driver (on this host, checked to be that very process), then terminate any job it left."""
+    store, record = _open_for_writing(args)
+    ended = control.cancel(store, record)
+    _emit(args, {"name": record.name, "id": record.id, "terminated_workers": ended},
+          f"cancelled {record.name or record.id}; terminated {len(ended)} leftover jobs")
+    return 0
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    """Drive on, detached, a sweep nobody drives, from the store alone."""
+    store, record = _open_for_writing(args)
+    label = record.name or record.id
+    started = control.resume(store, record)
+    if started is None:
+        _emit(args, {"name": record.name, "id": record.id, "resumed": False},
+              f"sweep {label} finished: every task is done; nothing to resume")
+        return 0
+    _emit(args, {"name": record.name, "id": record.id, "resumed": True, "driver_pid": started.pid,
+                 "log": started.log_path},
+          f"resumed sweep {label}: driven by process {started.pid}, which logs to {started.log_path}\n"
+          f"  `sheepdog-drmaa attach {label}` to watch it, `sheepdog-drmaa wait {label}` to wait for it")
+    return 0
+
+
+def _open_for_writing(args: argparse.Namespace) -> tuple[Store, SweepRecord]:
     check_readable(args.store)
     store = Store(args.store)
     record = store.sweep_named(args.name) or store.sweep(args.name)
     if record is None:
         raise KeyError(f"no sweep named {args.name!r} in {args.store}")
-    owner = record.owner
-    if owner is not None and owner.host == socket.gethostname() and claims.is_live(owner):
-        def released() -> bool:
-            current = store.sweep(record.id)
-            return current is None or current.owner is None or current.owner.token != owner.token
-        if not claims.stop_client(owner, released, CANCEL_WAIT_SECONDS):
-            raise SweepLocked(f"sweep {record.name or record.id} is run by {owner.describe()}, which did not stop "
-                              f"within {CANCEL_WAIT_SECONDS:g} s of SIGINT; stop it yourself (kill {owner.pid})")
-    # A client on another host cannot be signalled from here: its jobs go now, and it stops by itself
-    # within claims.CLAIM_REFRESH_SECONDS, when it finds its claim released.
-    ended: list[str] = []
-    if store.live_workers(record.id):  # the scheduler is opened only when there is something to remove
-        from .backends import open_backend
-        backend = open_backend(record.options.get("backend", "auto"))
-        try:
-            ended = claims.end_leftover_workers(store, record.id, backend)
-        finally:
-            backend.close()
-    store.release_claim(record.id, None, SweepPhase.CANCELLED)
-    _emit(args, {"name": record.name, "id": record.id, "terminated_workers": ended},
-          f"cancelled {record.name or record.id}; terminated {len(ended)} leftover jobs")
-    return 0
+    return store, record
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -243,6 +236,8 @@ def build_parser() -> argparse.ArgumentParser:
                             ("failures", cmd_failures, "each failed task: index, args, cause, attempts, traceback"),
                             ("results", cmd_results, "results as JSON lines (or --pickle FILE)"),
                             ("cancel", cmd_cancel, "stop a sweep and terminate its jobs"),
+                            ("resume", cmd_resume, "drive on, detached, a sweep whose driver is gone (or that was "
+                                                   "cancelled or interrupted); finished tasks are kept"),
                             ("wait", cmd_wait, "block until the sweep ends: exit 0 all done, 1 some failed, "
                                                "2 cancelled or nobody drives it"),
                             ("attach", cmd_attach, "a live progress bar until the sweep ends; Ctrl-C leaves it "

@@ -72,3 +72,8 @@ class SweepFailed(SheepdogError):
         super().__init__(message)
         self.failures = failures
         self.results = results
+
+
+class DriverFailed(SheepdogError):
+    """The process started to drive a detached or resumed sweep stopped before it took the sweep
+    on; its log (quoted in the message) says why. The sweep is left as it was, resumable."""

@@ -6,10 +6,11 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from . import claims
+from . import claims, control
 from .errors import SweepFailed, SweepIncomplete
 from .model import AttemptRecord, SweepRecord, TaskState, counts_by_name
 from .options import DEFAULT_STORE
+from .progress import Progress
 from .records import UNLOADABLE, TaskFailure, failure_from_store, render_failures, unloadable_failure
 from .runner import Run
 from .store import Store
@@ -61,6 +62,17 @@ class Sweep:
                 return False
             time.sleep(min(FOLLOW_SECONDS, left))
         return True
+
+    def watch(self, progress: bool | None = None) -> None:
+        """Show the progress display (``progress``: as the option of that name) until the sweep ends.
+        Ctrl-C (KeyboardInterrupt) stops watching; a sweep driven elsewhere goes on."""
+        bar = Progress(len(self), progress, self.name or self.id)
+        try:
+            while not self.wait(FOLLOW_SECONDS):
+                bar.update(self.status())
+            bar.update(self.status())
+        finally:
+            bar.close()
 
     def _ended(self) -> bool:
         self.record = self.store.sweep(self.id) or self.record
@@ -183,8 +195,15 @@ class Sweep:
                 for index in self.store.tasks_in_state(self.id, TaskState.FAILED.value)]
 
     def cancel(self, timeout: float = 60.0) -> None:
-        """Terminate every job of a live sweep and wait until they are gone (bounded by ``timeout``)."""
-        if self.run is None:
-            raise RuntimeError("this Sweep was opened read-only; cancel it from its own process "
-                               "or with `sheepdog-drmaa cancel NAME`")
-        self.run.cancel(timeout)
+        """Terminate every job of the sweep and wait until they are gone (bounded by ``timeout``). A
+        sweep driven by another process is stopped as ``sheepdog-drmaa cancel`` stops it."""
+        if self.run is not None:
+            self.run.cancel(timeout)
+            return
+        store = Store(self.store.path)
+        try:
+            record = store.sweep(self.id) or self.record
+            control.cancel(store, record, timeout)
+            self.record = store.sweep(self.id) or record
+        finally:
+            store.close()

@@ -6,6 +6,7 @@ stored as their text.
 from __future__ import annotations
 
 import enum
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -161,6 +162,25 @@ class Claim:
         return f"process {self.pid} on {self.host}"
 
 
+class Launch(NamedTuple):
+    """Everything a driver needs to run a stored sweep, beside its function and arguments: the
+    resolved options (by name), and the workers' environment and working directory as the
+    caller had them. With it, a sweep is driven by a process of its own (detached) or resumed
+    from the store alone, without the user's script."""
+
+    options: dict[str, Any]
+    environment: dict[str, str]
+    working_directory: str
+    source_file: str | None  # where f was defined, to name its frames in remote tracebacks
+
+    def to_json(self) -> str:
+        return json.dumps(self._asdict())
+
+    @classmethod
+    def from_json(cls, text: str) -> Launch:
+        return cls(**json.loads(text))
+
+
 @dataclass(frozen=True)
 class SweepRecord:
     id: str
@@ -173,6 +193,7 @@ class SweepRecord:
     args_digest: str
     options: dict[str, Any]
     owner: Claim | None
+    launch: Launch | None = None  # None: stored by an earlier version, or run with a Backend object
 
 
 @dataclass(frozen=True)
@@ -226,3 +247,4 @@ class NewSweep:
     args_digest: str
     n_tasks: int
     options: dict[str, Any]
+    launch: Launch | None = None

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
 from .errors import ConfigurationError
+from .protocol import qualified_name
 
 if TYPE_CHECKING:  # only for the annotation: options are parsed without loading any backend
     from .backends import Backend
@@ -50,7 +51,7 @@ class Options:
     progress: bool | None = None
     errors: str = "raise"
     retries: int = 3
-    retry_exceptions: tuple[type, ...] = ()
+    retry_exceptions: tuple[str, ...] = ()  # the qualified names of the classes given (module.QualName)
     timeout: float | None = None
     heartbeat_interval: float = 10.0
     heartbeat_timeout: float = 60.0
@@ -70,6 +71,13 @@ class Options:
     output_limit: int = DEFAULT_OUTPUT_LIMIT
     name: str | None = None
     resume: bool = True
+    detach: bool = False                  # driven by a process of its own, which outlives the caller
+
+    def log_directory(self, sweep_id: str) -> str:
+        """Where the sweep's workers (and a detached sweep's driver) write their logs: log_dir=, else
+        ``logs/<sweep id>`` beside the store."""
+        return os.path.abspath(self.log_dir or os.path.join(os.path.dirname(os.path.abspath(self.store)), "logs",
+                                                            sweep_id))
 
     def runtime_limit(self) -> float | None:
         """Each worker's runtime limit in seconds: walltime=, else an ``h_rt`` (Grid Engine) or a
@@ -171,7 +179,7 @@ _FROM_ENV: dict[str, Callable[[str], Any]] = {
     "heartbeat_timeout": _parse_seconds, "outage_wait": _parse_seconds, "store": str, "max_result_size": str,
     "output_limit": str, "walltime": str, "task_time": str, "memory": str, "cores": _parse_whole,
     "gpus": _parse_whole, "project": str, "parallel_env": str, "memory_resource": str,
-    "setup": lambda text: tuple(text.splitlines()),
+    "setup": lambda text: tuple(text.splitlines()), "detach": _parse_bool,
 }
 
 
@@ -298,11 +306,19 @@ def _env(value: Any) -> Any:
     return value
 
 
-def _retry_exceptions(value: Any) -> tuple[type, ...]:
+def _retry_exceptions(value: Any) -> tuple[str, ...]:
+    """The classes' qualified names: a report names the classes of its exception, and the driver
+    needs none of the user's modules to compare them."""
     classes = tuple(value) if isinstance(value, (tuple, list)) else (value,)
     if not all(isinstance(t, type) and issubclass(t, BaseException) for t in classes):
         raise ValueError("expected an exception class or a tuple of them")
-    return classes
+    return tuple(qualified_name(t) for t in classes)
+
+
+def _flag(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError("expected True or False")
+    return value
 
 
 def _python(value: str) -> str:
@@ -383,5 +399,23 @@ _CHECKS: dict[str, Callable[[Any], Any]] = {
     "errors": _one_of("raise", "return"), "env": _env, "retry_exceptions": _retry_exceptions, "python": _python,
     "job_name": _job_name, "name": _name, "memory": _memory, "cores": _whole(1), "gpus": _whole(1),
     "project": _scheduler_name(optional=True), "parallel_env": _scheduler_name(),
-    "memory_resource": _scheduler_name(), "setup": _setup_lines,
+    "memory_resource": _scheduler_name(), "setup": _setup_lines, "resume": _flag, "detach": _flag,
 }
+
+
+def stored_form(options: Options) -> dict[str, Any]:
+    """The options as JSON values by name, for a driver in another process to resolve again with
+    :func:`from_stored`. Only a backend's name can be stored, not a Backend object."""
+    if not isinstance(options.backend, str):
+        raise ConfigurationError("a sweep run with backend= a Backend object cannot be stored for another process "
+                                 "to drive; pass backend= a name ('drmaa' or 'local')")
+    return {option.name: getattr(options, option.name) for option in dataclasses.fields(Options)}
+
+
+def from_stored(values: Mapping[str, Any]) -> Options:
+    """Options stored by :func:`stored_form`, checked again. Names this version does not know are
+    left out; options it has and the stored form lacks take their defaults."""
+    known = {option.name for option in dataclasses.fields(Options)}
+    options = _checked({name: value for name, value in values.items()
+                        if name in known and name != "retry_exceptions"}, {})
+    return dataclasses.replace(options, retry_exceptions=tuple(values.get("retry_exceptions", ())))

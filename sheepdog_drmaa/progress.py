@@ -36,3 +36,10 @@ class Progress:
         self._redirect.close()
         if self.bar is not None:
             self.bar.close()
+
+
+def announce(enabled: bool | None, text: str) -> None:
+    """One line for the user on stderr, where the progress display would be (and only when it would
+    be: ``progress=False`` silences it)."""
+    if enabled or (enabled is None and sys.stderr.isatty()):
+        print(f"sheepdog_drmaa: {text}", file=sys.stderr)

@@ -81,7 +81,7 @@ class Run:
         self.lock = threading.RLock()
         self.state = SweepState(
             n_tasks, retries=options.retries,
-            retry_exceptions=tuple(protocol.qualified_name(t) for t in options.retry_exceptions),
+            retry_exceptions=options.retry_exceptions,
             tasks_per_worker=options.tasks_per_worker,
             max_workers=options.workers or options.max_workers, timeout=options.timeout,
             heartbeat_timeout=options.heartbeat_timeout, done=done, attempts_made=store.attempts_made(sweep_id),

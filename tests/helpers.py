@@ -9,6 +9,7 @@ import re
 import socket
 import sqlite3
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Collection
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -279,3 +280,30 @@ def check_results(results: list[tuple[int, str, str]], n_tasks: int, nodes: Coll
         assert host in nodes, (index, host)
         assert address == f"{SUBMIT_ADDRESS.rsplit('.', 1)[0]}.{10 + int(host.removeprefix('node'))}", \
             (index, host, address)
+
+
+def cli(store: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """``sheepdog-drmaa ARGS --store STORE``, run from / (so that nothing depends on the test's directory)."""
+    return subprocess.run([sys.executable, "-m", "sheepdog_drmaa", *args, "--store", store], capture_output=True,
+                          text=True, timeout=timeout, cwd="/")
+
+
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (a zombie, ended and waiting to be reaped, does not)."""
+    try:
+        return pathlib.Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+def no_job_left(backend: BackendName, store: str, name: str) -> None:
+    """Within 10 s, no job of sweep ``name`` is left in the scheduler (local workers have none)."""
+    if backend == "local":
+        return
+    from sheepdog_drmaa.store import Store
+    record = Store(store, readonly=True).sweep_named(name)
+    assert record is not None
+    arrays = sweep_jobs(store, record.id)
+    cluster = Cluster(backend.scheduler)
+    wait_until(lambda: not [line for line in cluster.jobs() if cluster.array_of(line.split()[0]) in arrays], 10,
+               "the sweep's jobs to leave the scheduler")

@@ -261,6 +261,7 @@ def test_stopping_the_client_terminates_every_job_before_it_exits(backend: Backe
         pytest.fail(f"the client did not exit within 60 s of {stop.name}")
     assert client.returncode != 0
     assert ("KeyboardInterrupt" if stop == signal.SIGINT else "SweepCancelled") in stderr
+    assert ("pass detach=True" in stderr) == (stop == signal.SIGHUP)  # what would have kept the sweep
     for pid_file in pid_files:  # every task process is gone once control returned
         pid = int(pid_file.read_text())
         assert not os.path.exists(f"/proc/{pid}") or pathlib.Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"

@@ -13,7 +13,7 @@ import textwrap
 import time
 
 import pytest
-from helpers import BackendName, Cluster, sweep_jobs, wait_until
+from helpers import BackendName, alive, cli, no_job_left, wait_until
 
 import sheepdog_drmaa
 from sheepdog_drmaa.model import Claim, SweepPhase
@@ -50,31 +50,12 @@ def task_pids(directory: pathlib.Path) -> list[int]:
     return [int((directory / f"{x}.pid").read_text()) for x in range(2)]
 
 
-def alive(pid: int) -> bool:
-    try:
-        return pathlib.Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
-    except OSError:
-        return False
-
-
 def status(store: str) -> dict[str, object]:
     done = subprocess.run([sys.executable, "-m", "sheepdog_drmaa", "status", "long", "--json", "--store", store],
                           capture_output=True, text=True, timeout=60, cwd="/")
     assert done.returncode == 0, done.stderr
     answer: dict[str, object] = json.loads(done.stdout)
     return answer
-
-
-def no_job_left(backend: BackendName, store: str) -> None:
-    """Within 10 s, no job of the sweep is left in the scheduler."""
-    if backend == "local":
-        return
-    record = Store(store, readonly=True).sweep_named("long")
-    assert record is not None
-    arrays = sweep_jobs(store, record.id)
-    cluster = Cluster(backend.scheduler)
-    wait_until(lambda: not [line for line in cluster.jobs() if cluster.array_of(line.split()[0]) in arrays], 10,
-               "the sweep's jobs to leave the scheduler")
 
 
 def test_a_script_that_raises_after_map_async_leaves_no_worker_and_an_interrupted_sweep(
@@ -84,7 +65,7 @@ def test_a_script_that_raises_after_map_async_leaves_no_worker_and_an_interrupte
     _, stderr = client.communicate(timeout=120)
     assert client.returncode == 1 and "RuntimeError: the script's own error" in stderr
     wait_until(lambda: not any(alive(pid) for pid in pids), 10, "every task process to end")
-    no_job_left(backend, store)
+    no_job_left(backend, store, "long")
     shown = status(store)
     assert shown["state"] == "interrupted" and shown["driver_gone"] is False
     assert shown["counts"] == {"done": 0, "failed": 0, "running": 0, "queued": 2}
@@ -100,7 +81,7 @@ def test_a_client_killed_mid_sweep_shows_interrupted_driver_gone_until_cancelled
     assert shown["state"] == "interrupted" and shown["driver_gone"] is True
     text = subprocess.run([sys.executable, "-m", "sheepdog_drmaa", "status", "long", "--store", store],
                           capture_output=True, text=True, timeout=60, cwd="/").stdout
-    assert "interrupted (driver gone)" in text and "name='long' to resume" in text
+    assert "interrupted (driver gone)" in text and "`sheepdog-drmaa resume long` to drive it on" in text
     listed = subprocess.run([sys.executable, "-m", "sheepdog_drmaa", "list", "--store", store],
                             capture_output=True, text=True, timeout=60, cwd="/").stdout
     assert "interrupted (driver gone)" in listed
@@ -108,7 +89,7 @@ def test_a_client_killed_mid_sweep_shows_interrupted_driver_gone_until_cancelled
                                capture_output=True, text=True, timeout=120, cwd="/")
     assert cancelled.returncode == 0, cancelled.stderr
     wait_until(lambda: not any(alive(pid) for pid in pids), 30, "the killed client's tasks to be removed")
-    no_job_left(backend, store)
+    no_job_left(backend, store, "long")
     assert status(store)["state"] == "cancelled"
 
 
@@ -151,11 +132,6 @@ def test_a_sweep_driven_by_another_process_is_followed_until_it_ends(
         if client.poll() is None:
             client.kill()
             client.communicate()
-
-
-def cli(store: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "sheepdog_drmaa", *args, "--store", store], capture_output=True,
-                          text=True, timeout=120, cwd="/")
 
 
 def fails_on_three(x: int) -> int:

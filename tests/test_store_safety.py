@@ -440,3 +440,18 @@ def test_a_too_deeply_nested_argument_is_a_clear_error(store: str) -> None:
         nested = [nested]
     with pytest.raises(ConfigurationError, match=r"args\[1\] = .* is nested too deeply"):
         run(len, [[1], nested], store=store)
+
+
+def test_a_second_store_opened_in_a_process_keeps_the_first_ones_locks(store: str) -> None:
+    """Opening the store again in this process must not drop the locks of the connection already
+    open: else another process, closing last as it thinks, deletes the WAL under it."""
+    first = Store(store)
+    first.create_sweep(new_sweep(2, "kept"), [b"a", b"b"], for_this_process())
+    Store(store).close()  # a second Store of the same file, in this same process
+    other = subprocess.run([sys.executable, "-c", "import sys; from sheepdog_drmaa.store import Store; "
+                            "Store(sys.argv[1]).close()", store], capture_output=True, text=True, timeout=60,
+                           env={**os.environ, "PYTHONPATH": str(pathlib.Path(__file__).parent.parent)})
+    assert other.returncode == 0, other.stderr
+    assert os.path.exists(store + "-wal")  # the other process saw this one's connection: it did not clean up
+    assert [record.name for record in first.sweeps()] == ["kept"]
+    first.close()

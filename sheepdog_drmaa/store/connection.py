@@ -3,6 +3,7 @@ transactions, and sqlite3's errors turned into errors that name the store and sa
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import sqlite3
 import stat
@@ -37,7 +38,7 @@ class Database:
         db = None
         try:
             _private_directory(os.path.dirname(os.path.abspath(path)))
-            os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))  # SQLite gives -wal and -shm this mode
+            _create_private(path)
             db = sqlite3.connect(path, check_same_thread=False, timeout=self.busy_seconds)
             db.row_factory = sqlite3.Row
             db.execute("PRAGMA journal_mode=WAL")
@@ -117,6 +118,20 @@ class Database:
             raise StoreError(f"the sweep store {self.path} cannot be used: {error}") from error
         except sqlite3.DatabaseError as error:
             raise StoreError(f"the sweep store {self.path} is damaged or not a sweep store ({error})") from error
+
+
+def _create_private(path: str) -> None:
+    """Create the store file owner-only if it is missing (SQLite gives -wal and -shm its mode), or
+    check that this user may write it. An existing file is never opened and closed here: closing
+    any descriptor of it drops every POSIX lock this process holds on it, those of the other
+    connections of this process included, and another process closing its last connection would
+    then take itself for the last and delete the WAL under them ("disk I/O error")."""
+    if os.path.exists(path):
+        if not os.access(path, os.R_OK | os.W_OK):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), path)
+        return
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
 
 
 def _private_directory(path: str) -> None:

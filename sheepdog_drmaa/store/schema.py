@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import sqlite3
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS sweeps (
     id TEXT PRIMARY KEY,
@@ -24,7 +24,8 @@ CREATE TABLE IF NOT EXISTS sweeps (
     owner_host TEXT,
     owner_seen REAL,
     owner_started TEXT,
-    owner_token TEXT
+    owner_token TEXT,
+    launch TEXT
 );
 CREATE TABLE IF NOT EXISTS tasks (
     sweep_id TEXT NOT NULL,
@@ -69,7 +70,7 @@ CREATE TABLE IF NOT EXISTS workers (
 # Columns added since the first release, by table: added on open to stores written by it.
 _ADDED_COLUMNS = {
     "workers": (("host", "TEXT"), ("process_group", "INTEGER")),
-    "sweeps": (("owner_started", "TEXT"), ("owner_token", "TEXT")),
+    "sweeps": (("owner_started", "TEXT"), ("owner_token", "TEXT"), ("launch", "TEXT")),
     "tasks": (("args_large", "INTEGER"),),
     "attempts": (("stdout", "TEXT"), ("stderr", "TEXT")),
 }

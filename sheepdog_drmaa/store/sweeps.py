@@ -8,7 +8,7 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from ..model import Claim, NewSweep, SweepPhase, SweepRecord
+from ..model import Claim, Launch, NewSweep, SweepPhase, SweepRecord
 from .connection import Database
 from .tasks import insert_tasks
 
@@ -40,12 +40,12 @@ class SweepRows(Database):
             try:
                 db.execute(
                     "INSERT INTO sweeps (id, name, created, updated, n_tasks, state, function, function_digest, "
-                    "args_digest, options, owner_pid, owner_host, owner_seen, owner_started, owner_token) "
-                    "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    "args_digest, options, owner_pid, owner_host, owner_seen, owner_started, owner_token, launch) "
+                    "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                     (new.id, new.name, now, now, new.n_tasks, SweepPhase.CREATED.value, new.function,
                      new.function_digest,
                      new.args_digest, json.dumps(new.options), owner.pid, owner.host, now, owner.started,
-                     owner.token))
+                     owner.token, new.launch and new.launch.to_json()))
             except sqlite3.IntegrityError as error:
                 raise ClaimLost(f"sweep {new.name!r} was just created by another client") from error
             count = insert_tasks(db, new.id, args)
@@ -58,13 +58,16 @@ class SweepRows(Database):
         if row is None or (row["owner_token"], row["owner_pid"]) != expected:
             raise ClaimLost(f"sweep {record.name!r} was claimed by another client")
 
-    def take_claim(self, record: SweepRecord, owner: Claim) -> None:
-        """Make ``owner`` the sweep's client, if its claim is still what ``record`` says; else ClaimLost."""
+    def take_claim(self, record: SweepRecord, owner: Claim, launch: Launch | None = None) -> None:
+        """Make ``owner`` the sweep's client, if its claim is still what ``record`` says; else ClaimLost.
+        A ``launch`` given replaces the stored one (a sweep resumed by a new call runs with its options)."""
         with self._writing() as db:
             self._require_claim(record)
             db.execute("UPDATE sweeps SET owner_pid = ?, owner_host = ?, owner_seen = ?, owner_started = ?, "
                        "owner_token = ?, updated = ? WHERE id = ?",
                        (owner.pid, owner.host, time.time(), owner.started, owner.token, time.time(), record.id))
+            if launch is not None:
+                db.execute("UPDATE sweeps SET launch = ? WHERE id = ?", (launch.to_json(), record.id))
 
     def refresh_claim(self, sweep_id: str, token: str) -> bool:
         """Mark the claim fresh; False if it is no longer ours (another client took over)."""
@@ -88,6 +91,14 @@ class SweepRows(Database):
         with self._writing() as db:
             _delete(db, sweep_id)
 
+    def function(self, sweep_id: str) -> bytes:
+        """The sweep's pickled function (with its extra globals), as its workers receive it."""
+        with self._reading() as db:
+            row = db.execute("SELECT function FROM sweeps WHERE id = ?", (sweep_id,)).fetchone()
+        if row is None:
+            raise KeyError(f"no sweep {sweep_id!r} in {self.path}")
+        return bytes(row["function"])
+
     def sweep(self, sweep_id: str) -> SweepRecord | None:
         return self._one_sweep("id = ?", sweep_id)
 
@@ -96,12 +107,18 @@ class SweepRows(Database):
 
     def _one_sweep(self, where: str, value: str) -> SweepRecord | None:
         with self._reading() as db:
-            row = db.execute(f"SELECT {_SWEEP_COLUMNS} FROM sweeps WHERE {where}", (value,)).fetchone()
+            row = db.execute(f"SELECT {self._columns()} FROM sweeps WHERE {where}", (value,)).fetchone()
         return _sweep_record(row) if row else None
+
+    def _columns(self) -> str:
+        """The columns a record is read from. A store of schema 2 opened read-only (so not upgraded)
+        has no launch column: its sweeps read as having none."""
+        present = {row["name"] for row in self.db.execute("PRAGMA table_info(sweeps)")}
+        return _SWEEP_COLUMNS + (", launch" if "launch" in present else ", NULL AS launch")
 
     def sweeps(self) -> list[SweepRecord]:
         with self._reading() as db:
-            rows = db.execute(f"SELECT {_SWEEP_COLUMNS} FROM sweeps ORDER BY created").fetchall()
+            rows = db.execute(f"SELECT {self._columns()} FROM sweeps ORDER BY created").fetchall()
         return [_sweep_record(row) for row in rows]
 
     def set_sweep_state(self, sweep_id: str, state: SweepPhase) -> None:
@@ -125,4 +142,5 @@ def _sweep_record(row: sqlite3.Row) -> SweepRecord:
                       token=row["owner_token"], seen=row["owner_seen"] or 0.0)
     return SweepRecord(id=row["id"], name=row["name"], created=row["created"], updated=row["updated"],
                        n_tasks=row["n_tasks"], state=row["state"], function_digest=row["function_digest"],
-                       args_digest=row["args_digest"], options=json.loads(row["options"]), owner=owner)
+                       args_digest=row["args_digest"], options=json.loads(row["options"]), owner=owner,
+                       launch=Launch.from_json(row["launch"]) if row["launch"] else None)
