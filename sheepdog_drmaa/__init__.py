@@ -11,6 +11,7 @@ if TYPE_CHECKING:  # the same names, typed for checkers; at run time they load o
     from .api import map_async as map_async
     from .errors import BackendUnavailable as BackendUnavailable
     from .errors import ConfigurationError as ConfigurationError
+    from .errors import DriverFailed as DriverFailed
     from .errors import ResultTooLarge as ResultTooLarge
     from .errors import SheepdogError as SheepdogError
     from .errors import StoreError as StoreError
@@ -31,7 +32,7 @@ _EXPORTS = {
     "SheepdogError": "errors", "ConfigurationError": "errors", "BackendUnavailable": "errors",
     "WorkersCannotStart": "errors", "SweepFailed": "errors", "SweepLocked": "errors",
     "SweepMismatch": "errors", "SweepIncomplete": "errors", "StoreError": "errors",
-    "ResultTooLarge": "errors", "SweepCancelled": "errors", "SubmissionRefused": "errors",
+    "ResultTooLarge": "errors", "SweepCancelled": "errors", "SubmissionRefused": "errors", "DriverFailed": "errors",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

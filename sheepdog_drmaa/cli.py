@@ -88,10 +88,10 @@ def cmd_status(args: argparse.Namespace) -> int:
         label = record.name or record.id
         again = (f"`sheepdog-drmaa resume {label}` to drive it on" if record.launch is not None else
                  f"run the script again with name={record.name!r} to resume it" if record.name else "")
-        text.append(f"  its client ({data['owner'] or 'unknown'}) is gone: " + (f"{again}, or " if again else "")
+        text.append(f"  its driver ({data['owner'] or 'unknown'}) is gone: " + (f"{again}, or " if again else "")
                     + f"`sheepdog-drmaa cancel {label}` to remove the jobs it left")
     elif data["owner"]:
-        text.append(f"  client: pid {data['owner']}")
+        text.append(f"  driven by: process {data['owner']}")
     _emit(args, data, "\n".join(text))
     return 0
 

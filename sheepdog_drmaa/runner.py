@@ -131,8 +131,8 @@ class Run:
         if self.finished.is_set() or os.getpid() != self.claim.pid:
             return
         self.interrupt_reason = (f"the client's interpreter exited while sweep {self.label} ran; its jobs were "
-                                 "removed" + (" (run it again with the same name= to resume)"
-                                              if self.label != self.sweep_id else ""))
+                                 f"removed (`sheepdog-drmaa resume {self.label}` drives it on, detached; "
+                                 "detach=True would have kept it running)")
         self.cancel_requested.set()
         if not self.finished.wait(self.timing.reap + 2 * self.options.outage_wait):
             log.error("sweep %s: its jobs could not all be removed before the interpreter exited", self.label)
