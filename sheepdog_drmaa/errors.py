@@ -77,3 +77,12 @@ class SweepFailed(SheepdogError):
 class DriverFailed(SheepdogError):
     """The process started to drive a detached or resumed sweep stopped before it took the sweep
     on; its log (quoted in the message) says why. The sweep is left as it was, resumable."""
+
+
+class TaskFailed(SheepdogError):
+    """An Executor's call that the cluster broke (killed, lost, out of time ...) once its retries
+    were spent; ``.failure`` is its record: cause, attempts, host, the end of its stderr."""
+
+    def __init__(self, message: str, failure: Any) -> None:
+        super().__init__(message)
+        self.failure = failure

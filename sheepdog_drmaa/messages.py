@@ -351,19 +351,22 @@ class HelloReply(NamedTuple):
 
 
 class LeaseReply(NamedTuple):
-    """The worker's next batch; empty when it should exit."""
+    """The worker's next batch; empty when it should exit, or, with ``wait``, ask again after that
+    many seconds (a growing sweep has no task for it yet)."""
 
     leases: tuple[LeasedTask, ...] = ()
+    wait: float | None = None
 
     @classmethod
     def from_wire(cls, value: object, where: str = "message") -> LeaseReply:
         fields = _fields(value, where)
         leases = _maybe(fields, "leases", list, where) or []
+        wait = None if fields.get("wait") is None else _number(fields, "wait", where)
         return cls(tuple(LeasedTask.from_wire(lease, f"{where}['leases'][{index}]")
-                         for index, lease in enumerate(leases)))
+                         for index, lease in enumerate(leases)), wait)
 
     def to_wire(self) -> dict[str, Any]:
-        return {"leases": [lease.to_wire() for lease in self.leases]}
+        return {"leases": [lease.to_wire() for lease in self.leases], "wait": self.wait}
 
 
 class HeartbeatReply(NamedTuple):

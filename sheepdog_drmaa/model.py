@@ -22,6 +22,7 @@ class TaskState(str, enum.Enum):
     RUNNING = "running"
     DONE = "done"
     FAILED = "failed"
+    CANCELLED = "cancelled"  # withdrawn before it ran (a cancelled future): never run, not counted
 
 
 # What the user is shown for each task state (a pending task is "queued" to them).

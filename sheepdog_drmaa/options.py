@@ -72,6 +72,7 @@ class Options:
     name: str | None = None
     resume: bool = True
     detach: bool = False                  # driven by a process of its own, which outlives the caller
+    idle_timeout: float = 60.0            # an Executor's worker with nothing to do exits after this
 
     def log_directory(self, sweep_id: str) -> str:
         """Where the sweep's workers (and a detached sweep's driver) write their logs: log_dir=, else
@@ -180,6 +181,7 @@ _FROM_ENV: dict[str, Callable[[str], Any]] = {
     "output_limit": str, "walltime": str, "task_time": str, "memory": str, "cores": _parse_whole,
     "gpus": _parse_whole, "project": str, "parallel_env": str, "memory_resource": str,
     "setup": lambda text: tuple(text.splitlines()), "detach": _parse_bool,
+    "idle_timeout": _parse_seconds,
 }
 
 
@@ -392,7 +394,7 @@ _CHECKS: dict[str, Callable[[Any], Any]] = {
     "backend": _backend, "workers": _whole(1), "max_workers": _whole(1, optional=False),
     "tasks_per_worker": _whole(1), "retries": _whole(0, optional=False), "port": _port, "timeout": _seconds(),
     "heartbeat_interval": _seconds(optional=False), "heartbeat_timeout": _seconds(optional=False),
-    "outage_wait": _seconds(optional=False),
+    "outage_wait": _seconds(optional=False), "idle_timeout": _seconds(optional=False),
     "max_result_size": _size(1, LARGEST_RESULT_SIZE, "(the sweep store cannot hold larger values)"),
     "walltime": _duration, "task_time": _duration,
     "output_limit": _size(0, LARGEST_OUTPUT_LIMIT, "of each stream kept per attempt"),

@@ -32,6 +32,12 @@ class Progress:
         self.bar.set_postfix(counts, refresh=True)
         self.last = dict(counts)
 
+    def grow(self, added: int) -> None:
+        """Tasks joined the sweep (an Executor's submissions): the bar's total grows."""
+        if self.bar is not None and self.bar.total is not None:
+            self.bar.total += added
+            self.bar.refresh()
+
     def close(self) -> None:
         self._redirect.close()
         if self.bar is not None:

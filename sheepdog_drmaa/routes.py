@@ -72,7 +72,7 @@ class Routes:
                 return messages.LeaseReply()
             batch = self.run.state.lease(worker, now)
             if not batch:
-                return messages.LeaseReply()
+                return messages.LeaseReply(wait=self.run.state.idle_poll(worker, now))
             args = self.run.store.record_leases(self.run.sweep_id, [Lease(a.task, a.number, worker, a.host, a.started)
                                                             for a in batch])
         return messages.LeaseReply(tuple(

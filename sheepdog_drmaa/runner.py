@@ -14,13 +14,13 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 
 from . import claims, protocol
 from .backends import Backend, WorkerSpec
 from .driver import Driver, current_timing
 from .ledger import Ledger
-from .model import Claim
+from .model import Claim, TaskState
 from .options import Options
 from .progress import Progress
 from .routes import Routes
@@ -73,7 +73,7 @@ class Run:
     def __init__(self, *, store: Store, sweep_id: str, label: str, n_tasks: int, function: bytes,
                  backend: Backend, spec_without_url: WorkerSpec, key: bytes, key_path: str,
                  host: str, bind: str, port: int, options: Options, done: list[int], claim: Claim,
-                 source_file: str | None = None) -> None:
+                 source_file: str | None = None, accepting: bool = False) -> None:
         self.store, self.sweep_id, self.label, self.claim = store, sweep_id, label, claim
         self.source_file = source_file  # where f was defined, to name its frames in remote tracebacks
         self.function, self.backend, self.key_path = function, backend, key_path
@@ -86,7 +86,8 @@ class Run:
             max_workers=options.workers or options.max_workers, timeout=options.timeout,
             heartbeat_timeout=options.heartbeat_timeout, done=done, attempts_made=store.attempts_made(sweep_id),
             walltime=options.runtime_limit(),
-            task_time=options.task_time, memory_limit=options.memory)
+            task_time=options.task_time, memory_limit=options.memory, accepting=accepting,
+            idle_timeout=options.idle_timeout)
         self.completed = Completions(done)
         self.ledger = Ledger(store, sweep_id, self.state, self.completed.add)
         self.timing = current_timing()  # read in the caller's context: tests set it there
@@ -167,6 +168,39 @@ class Run:
         if reason is not None and self.cancel_reason is None:
             self.cancel_reason = reason
         self.cancel_requested.set()
+
+    # -- a sweep that grows (an Executor's) ----------------------------------------------------
+
+    def add_tasks(self, args: Sequence[bytes], digests: Sequence[str]) -> range:
+        """Tasks joining the live sweep, stored first, then pending; their indices. RuntimeError once
+        it no longer accepts tasks."""
+        with self.lock:
+            if not self.state.accepting or self.finished.is_set():
+                raise RuntimeError(f"sweep {self.label} no longer accepts tasks")
+            first = self.state.tasks.n_tasks
+            self.store.add_tasks(self.sweep_id, first, args, digests)
+            added = self.state.add_tasks(len(args))
+        self.progress.grow(len(added))
+        return added
+
+    def withdraw(self, task: int) -> bool:
+        """Take back a task that has not started (its future was cancelled); False if it has."""
+        with self.lock:
+            if task >= self.state.tasks.n_tasks or self.state.tasks.states[task] is not TaskState.PENDING:
+                return False
+            self.store.withdraw_tasks(self.sweep_id, [task])
+            return self.state.withdraw(task)
+
+    def leave_alone(self, tasks: Iterable[int]) -> None:
+        """Tasks of an earlier run of the sweep that this run does not run (a reopened Executor's)."""
+        with self.lock:
+            for task in tasks:
+                self.state.withdraw(task)
+
+    def stop_accepting(self) -> None:
+        """No more tasks: the sweep ends once those it has end."""
+        with self.lock:
+            self.state.stop_accepting()
 
     # -- driving side (one thread) -----------------------------------------------------------
 

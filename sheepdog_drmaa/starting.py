@@ -114,8 +114,9 @@ def _check_address(options: Options, backend: Backend) -> tuple[str, str]:
 
 
 def make_run(store: Store, record: SweepRecord, options: Options, launch: Launch, function: bytes, backend: Backend,
-             host: str, bind: str, done: list[int], claim: Claim) -> Run:
-    """The live run: the key file, the log directory (both owner-only) and the server, ready to drive."""
+             host: str, bind: str, done: list[int], claim: Claim, accepting: bool = False) -> Run:
+    """The live run: the key file, the log directory (both owner-only) and the server, ready to drive.
+    ``accepting``: tasks may be added while it runs (an Executor's)."""
     base = os.path.dirname(os.path.abspath(options.store))
     key = protocol.new_key()
     key_path = os.path.join(private_directory(os.path.join(base, "keys")), f"{record.id}-{os.getpid()}.key")
@@ -126,7 +127,7 @@ def make_run(store: Store, record: SweepRecord, options: Options, launch: Launch
         return Run(store=store, sweep_id=record.id, label=record.name or record.id, n_tasks=record.n_tasks,
                    function=function, backend=backend, spec_without_url=spec, key=key, key_path=key_path,
                    host=host, bind=bind, port=options.port, options=options, done=done, claim=claim,
-                   source_file=launch.source_file)
+                   source_file=launch.source_file, accepting=accepting)
     except BaseException:
         os.unlink(key_path)
         raise

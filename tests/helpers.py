@@ -210,7 +210,7 @@ def sweep_jobs(store: str, sweep_id: str) -> set[str]:
     """The array jobs of every worker the sweep ever submitted."""
     with contextlib.closing(sqlite3.connect(f"file:{store}?mode=ro", uri=True)) as db:
         ids = [row[0] for row in db.execute("SELECT id FROM workers WHERE sweep_id = ?", (sweep_id,))]
-    return {worker.split(".")[0] for worker in ids}
+    return {re.split(r"[._]", worker, maxsplit=1)[0] for worker in ids}  # 12.3 (Grid Engine), 12_3 (Slurm)
 
 
 def brief(lines: list[str]) -> str:

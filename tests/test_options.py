@@ -80,7 +80,7 @@ INVALID_FROM_ENV = {
     "backend": "nope", "workers": "abc", "max_workers": "0", "tasks_per_worker": "-2", "port": "70000",
     "env": "A", "native_spec": "-t 90", "job_name": "1st", "progress": "maybe", "errors": "ignore",
     "retries": "-1", "timeout": "0", "heartbeat_interval": "soon", "heartbeat_timeout": "5",  # below the interval
-    "outage_wait": "-1", "detach": "sometimes",
+    "outage_wait": "-1", "detach": "sometimes", "idle_timeout": "0",
     "max_result_size": "huge", "output_limit": "1T", "walltime": "soon", "task_time": "1:2:3:4", "memory": "lots",
     "cores": "0", "gpus": "1.5", "project": "my lab", "parallel_env": "a b", "memory_resource": "h_vmem=4G",
     "setup": "echo it's",

@@ -13,11 +13,15 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from ..model import Attempt, AttemptDetail, Cause, Closing, ExitInfo, TaskState
-from . import endings
+from . import demand, endings
 from .batches import BatchPolicy
 from .health import StartFailure, StartHealth
 from .tasks import TaskLedger
 from .workers import Worker, WorkerPhase, Workers
+
+# How often a worker waiting for a growing sweep's tasks asks for them: first, and at the most.
+FIRST_IDLE_POLL_SECONDS = 0.05
+IDLE_POLL_SECONDS = 2.0
 
 # Causes a worker reports itself, after which it runs the next task of its batch.
 REPORTED = frozenset({Cause.RESULT, Cause.EXCEPTION})
@@ -48,8 +52,12 @@ class SweepState:
                  tasks_per_worker: int | None = None, max_workers: int = 1000, timeout: float | None = None,
                  heartbeat_timeout: float = 60.0, start_failure_limit: int = 5, done: Iterable[int] = (),
                  attempts_made: Mapping[int, int] | None = None, walltime: float | None = None,
-                 task_time: float | None = None, memory_limit: int | None = None) -> None:
+                 task_time: float | None = None, memory_limit: int | None = None, accepting: bool = False,
+                 idle_timeout: float = 60.0) -> None:
         self.max_workers = max_workers
+        # A sweep that grows (an Executor's) is not finished while it accepts tasks; its idle workers
+        # wait for them, each for up to idle_timeout seconds, instead of exiting.
+        self.accepting, self.idle_timeout = accepting, idle_timeout
         self.timeout = timeout
         self.heartbeat_timeout = heartbeat_timeout
         self.memory_limit = memory_limit  # each worker's memory request in bytes, to tell kills for memory
@@ -62,7 +70,11 @@ class SweepState:
 
     @property
     def finished(self) -> bool:
-        return self.tasks.finished
+        return self.tasks.finished and not self.accepting
+
+    def stop_accepting(self) -> None:
+        """No task will be added: the sweep finishes once those it has end, and idle workers exit."""
+        self.accepting = False
 
     @property
     def start_failure(self) -> StartFailure | None:
@@ -116,13 +128,36 @@ class SweepState:
         self.health.got_going()
         size = self.batches.size(worker, self.tasks.n_pending, len(self.workers), now)
         if not size:
-            self.workers.move(worker, WorkerPhase.RETIRING)
+            if not self._waits_for_work(worker, now):
+                self.workers.move(worker, WorkerPhase.RETIRING)
             return []
+        worker.idle_since = None
         batch = self._take_batch(worker, size, now)
         worker.current = batch[0]  # it starts the first at once
         worker.tasks_leased += size
         worker.last_batch = size
         return batch
+
+    def _waits_for_work(self, worker: Worker, now: float) -> bool:
+        """Whether a worker given nothing waits for tasks to come (a growing sweep's, idle for less
+        than idle_timeout) rather than exit."""
+        if not self.accepting or self.tasks.n_pending or worker.held:
+            return False
+        if worker.idle_since is None:
+            worker.idle_since = now
+        return now - worker.idle_since < self.idle_timeout
+
+    def idle_poll(self, worker_id: str, now: float) -> float | None:
+        """Seconds after which a worker given nothing asks again (it waits for work); None: it exits.
+        Soon at first (submissions come in bursts), then more rarely, up to IDLE_POLL_SECONDS."""
+        worker = self.workers.get(worker_id)
+        if worker is None or worker.phase is not WorkerPhase.WORKING or worker.idle_since is None:
+            return None
+        return min(max((now - worker.idle_since) / 10, FIRST_IDLE_POLL_SECONDS), IDLE_POLL_SECONDS)
+
+    def withdraw(self, task: int) -> bool:
+        """Take back a pending task before it runs (its future was cancelled); False if it is not pending."""
+        return self.tasks.withdraw(task)
 
     def _take_batch(self, worker: Worker, size: int, now: float) -> list[Attempt]:
         """Up to ``size`` pending tasks, opened as attempts held by ``worker``; a suspect goes alone."""
@@ -215,14 +250,7 @@ class SweepState:
 
     def overdue(self, now: float) -> list[tuple[str, Cause]]:
         """Workers whose running attempt ran past the timeout or that went quiet, with the cause to record."""
-        late = []
-        for worker_id, worker in self.workers.holding.items():
-            current = worker.current
-            if self.timeout is not None and current is not None and now - current.started > self.timeout:
-                late.append((worker_id, Cause.TIMEOUT))
-            elif now - worker.last_seen > self.heartbeat_timeout:
-                late.append((worker_id, Cause.LOST))
-        return late
+        return demand.overdue(self.workers, self.timeout, self.heartbeat_timeout, now)
 
     def expire(self, worker_id: str, cause: Cause, now: float) -> list[Closing]:
         """The endings of a worker's attempts on our own decision (lost, timeout); its job is to be removed."""
@@ -234,31 +262,11 @@ class SweepState:
 
     def surplus_workers(self) -> list[str]:
         """Once nothing is pending, workers that never started are not needed: mark and return them."""
-        if self.tasks.n_pending:
-            return []
-        surplus = list(self.workers.in_phase(WorkerPhase.SUBMITTED).values())
-        for worker in surplus:
-            self.workers.terminate(worker)
-        return [w.id for w in surplus]
+        return demand.surplus(self.workers, self.tasks.n_pending)
 
     def workers_to_submit(self) -> int:
-        """How many new workers the pending tasks need now: one for each that no spare worker (idle,
-        or still queued) will take. A spare worker may never come (sent to a dead node, say): it
-        does not hold back the others' replacements. A worker told to leave that holds nothing is
-        not counted, however long the scheduler takes to see it gone."""
-        pending = self.tasks.n_pending
-        if not pending:
-            return 0
-        in_phase = self.workers.in_phase
-        retiring, retiring_holding = WorkerPhase.RETIRING, 0
-        for worker in self.workers.holding.values():
-            if worker.phase is retiring:
-                retiring_holding += 1
-        working = len(in_phase(WorkerPhase.WORKING))
-        not_started = len(in_phase(WorkerPhase.SUBMITTED)) + len(in_phase(WorkerPhase.GREETED))
-        width = not_started + working + retiring_holding
-        spare = not_started + working - (len(self.workers.holding) - retiring_holding)
-        return max(min(pending - spare, self.max_workers - width), 0)
+        """How many new workers the pending tasks need now (see :func:`.demand.workers_to_submit`)."""
+        return demand.workers_to_submit(self.workers, self.tasks.n_pending, self.max_workers)
 
     def expire_overdue(self, now: float) -> Overdue:
         """A turn of the clock, first part: the endings of overdue workers' attempts, and those

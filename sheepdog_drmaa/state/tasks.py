@@ -38,6 +38,8 @@ class TaskLedger:
         self.walltime_retried: set[int] = set()  # tasks already retried once, uncounted, after a walltime end
         self.n_done = sum(1 for s in self.states if s is TaskState.DONE)
         self.n_failed = 0
+        self.n_withdrawn = 0  # pending tasks taken back before they ran (cancelled futures)
+        self._withdrawn_queued = 0  # of those, still in the queue (skipped when reached)
 
     @property
     def n_tasks(self) -> int:
@@ -45,11 +47,11 @@ class TaskLedger:
 
     @property
     def n_pending(self) -> int:
-        return len(self._fresh) - self._fresh_next + len(self._returned)
+        return len(self._fresh) - self._fresh_next + len(self._returned) - self._withdrawn_queued
 
     @property
     def finished(self) -> bool:
-        return self.n_done + self.n_failed == self.n_tasks
+        return self.n_done + self.n_failed + self.n_withdrawn == self.n_tasks
 
     def counts(self) -> dict[str, int]:
         return counts_by_name({TaskState.DONE.value: self.n_done, TaskState.FAILED.value: self.n_failed,
@@ -65,11 +67,25 @@ class TaskLedger:
         return added
 
     def take_pending(self) -> int:
-        if self._returned:
-            return self._returned.popleft()
-        task = self._fresh[self._fresh_next]
-        self._fresh_next += 1
-        return task
+        """The next pending task (there must be one), those to try again first."""
+        while True:
+            if self._returned:
+                task = self._returned.popleft()
+            else:
+                task = self._fresh[self._fresh_next]
+                self._fresh_next += 1
+            if self.states[task] is TaskState.PENDING:
+                return task
+            self._withdrawn_queued -= 1  # withdrawn while it waited
+
+    def withdraw(self, task: int) -> bool:
+        """Take back a pending task before it runs; False if it is not pending (running, or ended)."""
+        if not 0 <= task < self.n_tasks or self.states[task] is not TaskState.PENDING:
+            return False
+        self.states[task] = TaskState.CANCELLED
+        self.n_withdrawn += 1
+        self._withdrawn_queued += 1
+        return True
 
     def put_back(self, task: int) -> None:
         """A task taken but not leased after all goes back to the head of the queue."""

@@ -53,6 +53,7 @@ class Worker:
     last_seen: float = 0.0
     last_batch: int = 0
     tasks_leased: int = 0
+    idle_since: float | None = None  # when it last asked for work and found none (a growing sweep's)
     dispatched: float | None = None  # first seen started by the scheduler, before its hello
     dispatched_to: str | None = None
 

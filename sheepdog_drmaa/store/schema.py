@@ -36,6 +36,7 @@ CREATE TABLE IF NOT EXISTS tasks (
     result BLOB,
     error BLOB,
     args_large INTEGER,
+    digest TEXT,
     PRIMARY KEY (sweep_id, idx)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS large_values (
@@ -71,7 +72,7 @@ CREATE TABLE IF NOT EXISTS workers (
 _ADDED_COLUMNS = {
     "workers": (("host", "TEXT"), ("process_group", "INTEGER")),
     "sweeps": (("owner_started", "TEXT"), ("owner_token", "TEXT"), ("launch", "TEXT")),
-    "tasks": (("args_large", "INTEGER"),),
+    "tasks": (("args_large", "INTEGER"), ("digest", "TEXT")),
     "attempts": (("stdout", "TEXT"), ("stderr", "TEXT")),
 }
 
@@ -90,4 +91,6 @@ def create_or_upgrade(db: sqlite3.Connection) -> None:
             for column, kind in added:
                 if column not in present:
                     db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+        # A named Executor finds the calls it already ran by their digest.
+        db.execute("CREATE INDEX IF NOT EXISTS tasks_by_digest ON tasks (sweep_id, digest) WHERE digest IS NOT NULL")
         db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")

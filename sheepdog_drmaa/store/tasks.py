@@ -81,6 +81,34 @@ def read_args(db: sqlite3.Connection, sweep_id: str, index: int) -> bytes:
 class TaskRows(Database):
     """What a running sweep writes: leases, attempt ends, workers; and what a resumed one reads back."""
 
+    def add_tasks(self, sweep_id: str, first: int, args: Sequence[bytes], digests: Sequence[str]) -> None:
+        """Tasks ``first``, ``first + 1`` ... joining a live sweep (an Executor's submissions), pending,
+        each with the digest of its call, in one transaction with the sweep's new task count."""
+        with self._writing() as db:
+            rows = []
+            for index, (blob, digest) in enumerate(zip(args, digests), start=first):
+                large = _write_large(db, blob) if len(blob) > LARGE_VALUE_BYTES else None
+                rows.append((sweep_id, index, b"" if large else blob, large, digest))
+            db.executemany(f"INSERT INTO tasks (sweep_id, idx, args, state, args_large, digest) "
+                           f"VALUES (?,?,?,'{TaskState.PENDING.value}',?,?)", rows)
+            db.execute("UPDATE sweeps SET n_tasks = ?, updated = ? WHERE id = ?",
+                       (first + len(rows), time.time(), sweep_id))
+
+    def withdraw_tasks(self, sweep_id: str, indices: Iterable[int]) -> None:
+        """Tasks not done that are not to run after all (their futures were cancelled, or an earlier
+        run of a reopened Executor left them)."""
+        with self._writing() as db:
+            db.executemany(f"UPDATE tasks SET state = '{TaskState.CANCELLED.value}' WHERE sweep_id = ? AND idx = ? "
+                           f"AND state IN ('{TaskState.PENDING.value}', '{TaskState.RUNNING.value}')",
+                           [(sweep_id, index) for index in indices])
+
+    def done_by_digest(self, sweep_id: str) -> dict[str, int]:
+        """The done tasks that carry a call's digest, by that digest (the last of equal ones)."""
+        with self._reading() as db:
+            rows = db.execute(f"SELECT digest, idx FROM tasks WHERE sweep_id = ? AND digest IS NOT NULL "
+                              f"AND state = '{TaskState.DONE.value}' ORDER BY idx", (sweep_id,)).fetchall()
+        return {row["digest"]: row["idx"] for row in rows}
+
     def attempts_made(self, sweep_id: str) -> dict[int, int]:
         """How many attempts each unfinished task has had, for those that had any (a resumed sweep)."""
         with self._reading() as db:

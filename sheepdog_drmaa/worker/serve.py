@@ -78,14 +78,18 @@ def load_function(channel: Channel, welcome: messages.Welcome) -> Callable[..., 
 
 def run_batches(channel: Channel, function: Callable[..., Any], welcome: messages.Welcome, running: RunningTask,
                 outbox: Outbox) -> None:
-    """Lease a batch, run its tasks in order and report them with the next lease, until a lease is empty."""
+    """Lease a batch, run its tasks in order and report them with the next lease, until a lease is
+    empty (waiting and asking again while the server says to: a growing sweep's tasks are to come)."""
     output = CapturedOutput(welcome.output_limit)
     while True:
         with outbox.sending:
-            batch = channel.ask(messages.LeaseRequest(channel.worker_id, outbox.take()),
-                                messages.LeaseReply.from_wire).leases
+            reply = channel.ask(messages.LeaseRequest(channel.worker_id, outbox.take()), messages.LeaseReply.from_wire)
+        batch = reply.leases
         if not batch:
-            return
+            if reply.wait is None:
+                return
+            time.sleep(reply.wait)
+            continue
         for position, lease in enumerate(batch):
             running.start(lease.task, lease.number, server_knows=position == 0)
             outbox.add(output.run(functools.partial(run_task, function, lease, welcome.max_result_size)))
