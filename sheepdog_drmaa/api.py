@@ -110,6 +110,8 @@ def _start(f: Callable[..., Any], args: Iterable[Any], given: dict[str, Any]) ->
     if not blobs:
         return [], options
     backend, host, bind = open_checked_backend(options)
+    if isinstance(options.backend, str):  # stored as opened: "auto" could mean another one elsewhere
+        options = dataclasses.replace(options, backend=backend.name)
     try:
         store = Store(options.store)
     except BaseException:
@@ -144,7 +146,8 @@ def _start(f: Callable[..., Any], args: Iterable[Any], given: dict[str, Any]) ->
         claims.end_leftover_workers(store, record.id, backend)
         run = make_run(store, record, options, launch, function, backend, host, bind, done, me)
         undo.pop_all()
-    store.set_sweep_state(record.id, SweepPhase.RUNNING)
+    if not store.set_sweep_state(record.id, SweepPhase.RUNNING, me.token):  # cancelled in between
+        run.request_cancel(f"sweep {record.name or record.id} was cancelled before it started")
     return Sweep(store, record, run, errors=options.errors), options
 
 

@@ -88,7 +88,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         label = record.name or record.id
         again = (f"`sheepdog-drmaa resume {label}` to drive it on" if record.launch is not None else
                  f"run the script again with name={record.name!r} to resume it" if record.name else "")
-        text.append(f"  its driver ({data['owner'] or 'unknown'}) is gone: " + (f"{again}, or " if again else "")
+        who = f"its driver ({data['owner']}) is gone" if data["owner"] else "nobody drives it"
+        text.append(f"  {who}: " + (f"{again}, or " if again else "")
                     + f"`sheepdog-drmaa cancel {label}` to remove the jobs it left")
     elif data["owner"]:
         text.append(f"  driven by: process {data['owner']}")

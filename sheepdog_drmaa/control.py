@@ -7,9 +7,12 @@ store), so that exactly one process drives the sweep, and the caller may exit at
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
+import select
+import signal
 import socket
 import subprocess
 import sys
@@ -26,7 +29,8 @@ from .store import ClaimLost, Store, private_directory
 log = logging.getLogger(__name__)
 
 DRIVER_LOG = "driver.log"  # in the sweep's log directory
-HANDOVER_POLL_SECONDS = 0.05
+HANDOVER_MARGIN_SECONDS = 60.0  # beyond outage_wait, for a driver to open the scheduler and start the sweep
+READY = b"ready"  # what the driver writes on the pipe it was given once it runs the sweep
 CANCEL_WAIT_SECONDS = 60.0
 LOG_TAIL_LINES = 20
 _PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -41,53 +45,78 @@ class DriverStarted(NamedTuple):
 
 def start_driver(store: Store, record: SweepRecord, holder: Claim) -> DriverStarted:
     """Start a process to drive the stored sweep ``record``, whose claim ``holder`` (this process)
-    holds, and return once it has taken the claim and started the sweep. DriverFailed, with its
-    log's last lines, if it stops before that."""
+    holds, and return once that process says it took the claim and started the sweep. DriverFailed,
+    with its log's last lines, if it stops before that, or has not started it within the scheduler's
+    outage_wait and a margin (it is then stopped). Interrupted (Ctrl-C), the driver is stopped too:
+    the sweep is left as it was, resumable."""
     if record.launch is None or not record.launch.options:
         raise SheepdogError(f"sweep {label(record)} was stored without what another process needs to drive it (by "
                             "an earlier version, or run with backend= a Backend object); run its script again with "
                             f"name={record.name or record.id!r} to go on with it")
-    log_path = os.path.join(private_directory(from_stored(record.launch.options).log_directory(record.id)),
-                            DRIVER_LOG)
-    environment = dict(os.environ)  # the scheduler's settings (SGE_ROOT, DRMAA_LIBRARY_PATH ...) among them
-    environment["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_ROOT, environment.get("PYTHONPATH")) if p)
-    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    options = from_stored(record.launch.options)
+    log_path = os.path.join(private_directory(options.log_directory(record.id)), DRIVER_LOG)
+    # The caller's environment, with the scheduler's settings as the sweep was started with them (a
+    # resume from a shell without them must not fall back to another scheduler).
+    environment = {**os.environ, **record.launch.scheduler_environment}
+    environment["PYTHONPATH"] = os.pathsep.join(p for p in (environment.get("PYTHONPATH"), _PACKAGE_ROOT) if p)
+    ready, ready_for_driver = os.pipe()
+    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)
     try:
         process = subprocess.Popen(
-            [sys.executable, "-m", "sheepdog_drmaa.detached", os.path.abspath(store.path), record.id],
-            stdin=subprocess.PIPE, stdout=fd, stderr=subprocess.STDOUT, start_new_session=True,
-            cwd=record.launch.working_directory, env=environment)
+            [sys.executable, "-m", "sheepdog_drmaa.detached", os.path.abspath(store.path), record.id,
+             str(ready_for_driver)], stdin=subprocess.PIPE, stdout=fd, stderr=subprocess.STDOUT,
+            start_new_session=True, pass_fds=(ready_for_driver,), cwd=record.launch.working_directory,
+            env=environment)
     except OSError as error:
+        os.close(ready)
         raise DriverFailed(f"cannot start a driver for sweep {label(record)}: {error}") from None
     finally:
         os.close(fd)
+        os.close(ready_for_driver)
     # Reaped by a thread of its own when it ends, so that it lingers neither as a zombie (which looks
     # alive to a claim check) nor as a Popen warned about when collected while it runs.
     threading.Thread(target=process.wait, name=f"sheepdog-reap-{process.pid}", daemon=True).start()
     assert process.stdin is not None
-    with process.stdin:  # the token only: stdin is closed after it
+    with contextlib.suppress(BrokenPipeError), process.stdin:  # the token only; a driver gone at once says so below
         process.stdin.write(f"{holder.token}\n".encode())
-    _wait_for_handover(store, record, holder, process, log_path)
+    try:
+        _wait_until_ready(ready, process, record, log_path, options.outage_wait + HANDOVER_MARGIN_SECONDS)
+    except BaseException:
+        _stop(process)
+        raise
+    finally:
+        os.close(ready)
     log.info("sweep %s is driven by process %d, which logs to %s", label(record), process.pid, log_path)
     return DriverStarted(process.pid, log_path)
 
 
-def _wait_for_handover(store: Store, record: SweepRecord, holder: Claim, process: subprocess.Popen[bytes],
-                       log_path: str) -> None:
-    """Until the driver holds the claim with the sweep running, or has ended (it may end a sweep
-    with nothing left to run at once); DriverFailed if it stops with an error first."""
+def _wait_until_ready(ready: int, process: subprocess.Popen[bytes], record: SweepRecord, log_path: str,
+                      within: float) -> None:
+    """Until the driver writes that it runs the sweep; DriverFailed if it closes its end first (it
+    stopped) or says nothing ``within`` seconds."""
+    deadline = time.monotonic() + within
     while True:
-        current = store.sweep(record.id)
-        taken = current is not None and current.owner is not None and current.owner.token != holder.token
-        if taken and current is not None and current.state == SweepPhase.RUNNING.value:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise DriverFailed(f"the driver of sweep {label(record)} did not start the sweep within {within:g} s "
+                               f"and was stopped; its log {log_path} ends:\n{_tail(log_path)}")
+        readable, _, _ = select.select([ready], [], [], min(left, 1.0))
+        if not readable:
+            continue
+        if os.read(ready, 16).startswith(READY):
             return
-        status = process.poll()
-        if status == 0:
-            return
-        if status is not None:
-            raise DriverFailed(f"the driver of sweep {label(record)} stopped before it started the sweep (exit "
-                               f"status {status}); its log {log_path} ends:\n{_tail(log_path)}")
-        time.sleep(HANDOVER_POLL_SECONDS)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(5)  # its log is complete once it has exited
+        raise DriverFailed(f"the driver of sweep {label(record)} stopped before it started the sweep (exit status "
+                           f"{process.returncode}); its log {log_path} ends:\n{_tail(log_path)}")
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    """Stop a driver that has not started the sweep, with anything it started, and wait a while for it."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        process.wait(10)
 
 
 def resume(store: Store, record: SweepRecord) -> DriverStarted | None:

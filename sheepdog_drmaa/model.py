@@ -173,6 +173,7 @@ class Launch(NamedTuple):
     environment: dict[str, str]
     working_directory: str
     source_file: str | None  # where f was defined, to name its frames in remote tracebacks
+    scheduler_environment: dict[str, str] = {}  # the scheduler's settings, for a driver process (never changed)
 
     def to_json(self) -> str:
         return json.dumps(self._asdict())

@@ -132,8 +132,9 @@ class Run:
         if self.finished.is_set() or os.getpid() != self.claim.pid:
             return
         self.interrupt_reason = (f"the client's interpreter exited while sweep {self.label} ran; its jobs were "
-                                 f"removed (`sheepdog-drmaa resume {self.label}` drives it on, detached; "
-                                 "detach=True would have kept it running)")
+                                 "removed" + (f" (`sheepdog-drmaa resume {self.label}` drives it on, detached; "
+                                              "detach=True would have kept it running)"
+                                              if isinstance(self.options.backend, str) else ""))
         self.cancel_requested.set()
         if not self.finished.wait(self.timing.reap + 2 * self.options.outage_wait):
             log.error("sweep %s: its jobs could not all be removed before the interpreter exited", self.label)

@@ -32,6 +32,11 @@ from .store import Store, private_directory
 # the job), and the submit host's may not exist on a node.
 FORWARDED_VARIABLES = ("PATH", "LD_LIBRARY_PATH", "PYTHONHOME", "PYTHONUSERBASE", "PYTHONNOUSERSITE", "VIRTUAL_ENV",
                        "CONDA_PREFIX", "CONDA_DEFAULT_ENV", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE")
+# What a driver process needs of the caller's environment to reach the same scheduler, kept with the
+# sweep so that one resumed from another shell does not fall back to another (or to none).
+SCHEDULER_VARIABLES = ("SGE_ROOT", "SGE_CELL", "SGE_QMASTER_PORT", "SGE_EXECD_PORT", "SGE_CLUSTER_NAME",
+                       "DRMAA_LIBRARY_PATH", "SHEEPDOG_SLURM_DRMAA_LIBRARY", "SLURM_CONF", "SLURM_DRMAA_CONF",
+                       "GLIBC_TUNABLES", "PATH", "LD_LIBRARY_PATH")
 # Set to cores= in the job unless env= sets them, so that numerical libraries use the slots asked for.
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS")
 
@@ -44,7 +49,9 @@ def launch_for(options: Options, source_file: str | None) -> Launch:
                                             log_dir=options.log_dir and os.path.abspath(options.log_dir)))
             if isinstance(options.backend, str) else {})
     return Launch(options=kept, environment=worker_environment(options), working_directory=os.getcwd(),
-                  source_file=source_file)
+                  source_file=source_file,
+                  scheduler_environment={name: value for name, value in os.environ.items()
+                                         if name in SCHEDULER_VARIABLES})
 
 
 def open_checked_backend(options: Options) -> tuple[Backend, str, str]:

@@ -22,7 +22,7 @@ from helpers import BackendName, alive, cli, no_job_left, wait_until
 import sheepdog_drmaa
 from sheepdog_drmaa import control
 from sheepdog_drmaa.backends.local import LocalBackend
-from sheepdog_drmaa.errors import ConfigurationError, DriverFailed, SheepdogError
+from sheepdog_drmaa.errors import ConfigurationError, SheepdogError
 from sheepdog_drmaa.model import SweepPhase
 from sheepdog_drmaa.store import Store
 
@@ -198,20 +198,22 @@ def test_a_driver_that_cannot_start_the_sweep_says_why_and_leaves_it_resumable(s
         port = holder.getsockname()[1]
     sweep = sheepdog_drmaa.map_async(sleeps_long, range(2), backend="local", store=store, progress=False,
                                      detach=True, name="port-taken", host="127.0.0.1", port=port)
-    sweep.cancel()
+    killed = driver_pid(store, "port-taken")
+    os.kill(killed, signal.SIGKILL)  # the sweep is left stored as running, its driver dead
+    wait_until(lambda: status(store, "port-taken")["driver_gone"], 10, "the driver to be seen gone")
     with socket.socket() as holder:  # the port is taken when the sweep is resumed
         holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         holder.bind(("127.0.0.1", port))
         holder.listen()
-        database = Store(store)
-        record = database.sweep_named("port-taken")
-        assert record is not None
-        with pytest.raises(DriverFailed, match=f"cannot listen on 127.0.0.1:{port}"):
-            control.resume(database, record)
-        after = database.sweep(record.id)
-        assert after is not None and after.owner is None and after.state == SweepPhase.CANCELLED.value
+        failed = cli(store, "resume", "port-taken")
+        assert failed.returncode == 2, failed.stdout
+        assert "stopped before it started the sweep" in failed.stderr
+        assert f"cannot listen on 127.0.0.1:{port}" in failed.stderr  # the driver's log, quoted
+        shown = status(store, "port-taken")
+        assert shown["driver_gone"] is True and shown["owner"] is None
     resumed = cli(store, "resume", "port-taken")  # the port free again
     assert resumed.returncode == 0, resumed.stderr
+    wait_until(lambda: sweep.status()["running"] == 2, 60, "the resumed sweep's tasks to run")
     assert cli(store, "cancel", "port-taken").returncode == 0
 
 
@@ -245,6 +247,7 @@ def _claim() -> Any:
 def test_the_launch_keeps_the_callers_environment_and_directory_for_a_later_resume(
         store: str, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SGE_CELL", "elsewhere")  # a scheduler setting: kept for a driver started from another shell
     marker = uuid.uuid4().hex
     sweep = sheepdog_drmaa.map_async(sleeps_long, range(1), backend="local", store=store, progress=False,
                                      name="launch", env={"MARKER": marker}, retry_exceptions=(KeyError,))
@@ -255,3 +258,4 @@ def test_the_launch_keeps_the_callers_environment_and_directory_for_a_later_resu
     assert launch.working_directory == str(tmp_path) and launch.environment["MARKER"] == marker
     assert launch.options["store"] == os.path.abspath(store) and launch.options["detach"] is False
     assert launch.options["retry_exceptions"] == ["builtins.KeyError"]
+    assert launch.scheduler_environment["SGE_CELL"] == "elsewhere" and "MARKER" not in launch.scheduler_environment

@@ -121,9 +121,17 @@ class SweepRows(Database):
             rows = db.execute(f"SELECT {self._columns()} FROM sweeps ORDER BY created").fetchall()
         return [_sweep_record(row) for row in rows]
 
-    def set_sweep_state(self, sweep_id: str, state: SweepPhase) -> None:
+    def set_sweep_state(self, sweep_id: str, state: SweepPhase, token: str | None = None) -> bool:
+        """Set the sweep's state; with ``token``, only while that claim holds it (else False: a
+        cancel, say, came first)."""
         with self._writing() as db:
-            db.execute("UPDATE sweeps SET state = ?, updated = ? WHERE id = ?", (state.value, time.time(), sweep_id))
+            if token is None:
+                cursor = db.execute("UPDATE sweeps SET state = ?, updated = ? WHERE id = ?",
+                                    (state.value, time.time(), sweep_id))
+            else:
+                cursor = db.execute("UPDATE sweeps SET state = ?, updated = ? WHERE id = ? AND owner_token = ?",
+                                    (state.value, time.time(), sweep_id, token))
+            return cursor.rowcount == 1
 
 
 def _delete(db: sqlite3.Connection, sweep_id: str) -> None:
