@@ -21,7 +21,9 @@ if TYPE_CHECKING:  # the same names, typed for checkers; at run time they load o
     from .errors import SweepIncomplete as SweepIncomplete
     from .errors import SweepLocked as SweepLocked
     from .errors import SweepMismatch as SweepMismatch
+    from .errors import TaskFailed as TaskFailed
     from .errors import WorkersCannotStart as WorkersCannotStart
+    from .executor import Executor as Executor
     from .handle import Sweep as Sweep
     from .records import TaskFailure as TaskFailure
 
@@ -33,6 +35,7 @@ _EXPORTS = {
     "WorkersCannotStart": "errors", "SweepFailed": "errors", "SweepLocked": "errors",
     "SweepMismatch": "errors", "SweepIncomplete": "errors", "StoreError": "errors",
     "ResultTooLarge": "errors", "SweepCancelled": "errors", "SubmissionRefused": "errors", "DriverFailed": "errors",
+    "TaskFailed": "errors", "Executor": "executor",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
