@@ -72,14 +72,15 @@ def sweep(f: Callable[..., Any], n: int, store: str, **options: Any) -> tuple[fl
     return elapsed, n / (last - first), together / (first_out - all_in) if first_out > all_in else float("nan")
 
 
-def dask_jobqueue(n: int, scratch: str) -> float:
-    """End-to-end seconds of the same trivial tasks through dask-jobqueue's SGECluster."""
+def dask_jobqueue(n: int, scratch: str, mode: str = "map") -> float:
+    """End-to-end seconds of the same trivial tasks through dask-jobqueue's SGECluster: one
+    client.map (``map``), or client.submit once per task (``submit``)."""
     python = os.path.join(DASK_VENV, "bin", "python")
     if not os.path.exists(python):
         subprocess.run([sys.executable, "-m", "venv", DASK_VENV], check=True)
         subprocess.run([python, "-m", "pip", "install", "-q", "dask-jobqueue", "distributed"], check=True)
     script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "dask_jobqueue_run.py")
-    done = subprocess.run([python, script, str(n), str(WORKERS), scratch], check=True, capture_output=True,
+    done = subprocess.run([python, script, str(n), str(WORKERS), scratch, mode], check=True, capture_output=True,
                           text=True, cwd=scratch)
     return float(done.stdout.split()[-1])
 

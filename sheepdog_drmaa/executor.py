@@ -167,16 +167,25 @@ class Executor(concurrent.futures.Executor):
 
     def _resolve(self) -> None:
         """Settle each future as its task ends for good; once the sweep ends, fail those left."""
-        for index in self.run.completions():
+        for batch in self.run.completion_batches():
             with self._lock:
-                future = self._futures.pop(index, None)
-                digest = self._remembered.pending.pop(index, None)
-            if future is None or future.done():
+                taken = [(index, self._futures.pop(index, None), self._remembered.pending.pop(index, None))
+                         for index in batch]
+            settling = [(index, future, digest) for index, future, digest in taken
+                        if future is not None and not future.done()]
+            if not settling:
                 continue
             try:
-                self._settle(future, index, digest)
-            except Exception as error:  # a result that cannot be read here: the future says so
-                future.set_exception(error)
+                outcomes = self.store.outcomes(self.run.sweep_id, [index for index, _, _ in settling])
+            except Exception as error:  # the store cannot be read: these futures say so
+                for _, future, _ in settling:
+                    future.set_exception(error)
+                continue
+            for index, future, digest in settling:
+                try:
+                    self._settle(future, index, digest, outcomes[index][0])
+                except Exception as error:  # a result that cannot be read here: the future says so
+                    future.set_exception(error)
         with self._lock:
             left = list(self._futures.values())
             self._futures.clear()
@@ -185,8 +194,8 @@ class Executor(concurrent.futures.Executor):
             if not future.done():
                 future.set_exception(ending)
 
-    def _settle(self, future: SweepFuture, index: int, digest: str | None) -> None:
-        blob, _ = self.store.result(self.run.sweep_id, index)
+    def _settle(self, future: SweepFuture, index: int, digest: str | None, blob: bytes | None) -> None:
+        """The future of a task ended for good, from its stored result (``blob``: None if it failed)."""
         if blob is not None:
             future.set_result(pickle.loads(blob))
             if digest is not None:

@@ -52,6 +52,11 @@ class Completions:
 
     def follow(self, deadline: float | None = None) -> Iterator[int]:
         """The indices as they come, until closed; TimeoutError at ``deadline`` (time.monotonic())."""
+        for fresh in self.follow_batches(deadline):
+            yield from fresh
+
+    def follow_batches(self, deadline: float | None = None) -> Iterator[array.array[int]]:
+        """The indices as they come, those that came together at once (never none), until closed."""
         position = 0
         while True:
             with self.changed:
@@ -61,7 +66,8 @@ class Completions:
                         raise TimeoutError("no task ended before the deadline")
                     self.changed.wait(left)
                 fresh, closed = self.indices[position:], self.closed
-            yield from fresh
+            if fresh:
+                yield fresh
             position += len(fresh)
             if closed and position >= len(self.indices):
                 return
@@ -157,6 +163,10 @@ class Run:
         """Indices of tasks as they end for good (done or failed), until the sweep ends; readable once.
         TimeoutError at ``deadline`` (time.monotonic()) if the sweep goes on."""
         return self.completed.follow(deadline)
+
+    def completion_batches(self) -> Iterator[array.array[int]]:
+        """As :meth:`completions`, those that ended together at once (an Executor settles them in one read)."""
+        return self.completed.follow_batches()
 
     def cancel(self, timeout: float = 60.0) -> bool:
         """Ask the driving thread to stop the sweep and terminate its jobs; True once it has."""

@@ -31,6 +31,8 @@ def _insert_tasks(rows: int) -> str:
 
 
 _INSERT_TASKS = _insert_tasks(INSERT_ROWS)
+# Tasks whose outcomes one query reads (``TaskRows.outcomes``): 501 parameters, within SQLite's old 999.
+OUTCOME_ROWS = 500
 
 
 def insert_tasks(db: sqlite3.Connection, sweep_id: str, args: Iterable[bytes]) -> int:
@@ -108,6 +110,18 @@ class TaskRows(Database):
             rows = db.execute(f"SELECT digest, idx FROM tasks WHERE sweep_id = ? AND digest IS NOT NULL "
                               f"AND state = '{TaskState.DONE.value}' ORDER BY idx", (sweep_id,)).fetchall()
         return {row["digest"]: row["idx"] for row in rows}
+
+    def outcomes(self, sweep_id: str, indices: Sequence[int]) -> dict[int, tuple[bytes | None, bytes | None]]:
+        """(pickled result, pickled exception) of each of these tasks, by index: an Executor's
+        resolver reads those that ended together at once, not one read (and lock) each."""
+        found: dict[int, tuple[bytes | None, bytes | None]] = {}
+        for start in range(0, len(indices), OUTCOME_ROWS):
+            chunk = indices[start:start + OUTCOME_ROWS]
+            with self._reading() as db:
+                rows = db.execute(f"SELECT idx, result, error FROM tasks WHERE sweep_id = ? AND idx IN "
+                                  f"({','.join('?' * len(chunk))})", (sweep_id, *chunk)).fetchall()
+            found.update((row["idx"], (row["result"], row["error"])) for row in rows)
+        return found
 
     def attempts_made(self, sweep_id: str) -> dict[int, int]:
         """How many attempts each unfinished task has had, for those that had any (a resumed sweep)."""
