@@ -123,6 +123,12 @@ class Executor(concurrent.futures.Executor):
             self._resolver.join()
             self.store.close()
 
+    def stop(self, reason: str) -> None:
+        """Give up on every call: those not started are cancelled, the jobs of those running are
+        removed (their futures fail with ``reason``); returns at once (``shutdown`` waits)."""
+        self.shutdown(wait=False, cancel_futures=True)
+        self.run.request_cancel(reason)
+
     # -- the intake thread ----------------------------------------------------------------------
 
     def _add(self, batch: list[Call]) -> None:
@@ -237,6 +243,9 @@ def _pickled(call: Call, functions: dict[int, tuple[Any, bytes]]) -> tuple[bytes
 def _exception_of(failure: TaskFailure) -> BaseException:
     """What the future of a failed call raises: the user's own exception, its remote traceback as
     its cause; or TaskFailed with the failure record when the cluster broke the call."""
+    if isinstance(failure.args, tuple) and len(failure.args) == 3:  # the call as stored: shown by its arguments
+        _, args, kwargs = failure.args
+        failure = dataclasses.replace(failure, args=(*args, *(f"{k}={v!r}" for k, v in kwargs.items())))
     exception = failure.exception
     if failure.cause == "exception" and exception is not None:
         exception.__cause__ = RemoteTraceback(f"\n\"\"\"\n{failure.traceback or ''}\"\"\"")

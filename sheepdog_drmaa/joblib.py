@@ -158,8 +158,7 @@ class SheepdogBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[m
         if executor is None:
             return
         log.info("joblib aborted its call: cancelling sweep %s", executor.sweep_id)
-        executor.shutdown(wait=False, cancel_futures=True)
-        executor.run.request_cancel("joblib aborted the Parallel call (a task raised, or its caller stopped)")
+        executor.stop("joblib aborted the Parallel call (a task raised, or its caller stopped)")
         self._aborted.append(executor)
         if ensure_ready and self._made is not None:
             self._executor = _open_executor(*self._made)

@@ -136,6 +136,7 @@ def test_a_call_killed_by_sigkill_is_retried_then_reported_with_its_record(execu
     failure = raised.value.failure
     assert failure.cause == "signal" and failure.attempts == 2 and runs(tmp_path, 2) == 2
     assert "SIGKILL" in failure.summary and "SIGKILL" in str(raised.value)
+    assert failure.args == (str(tmp_path), 2) and f"({str(tmp_path)!r}, 2)" in str(raised.value)
 
 
 def test_cancel_takes_back_a_call_not_started_and_not_a_running_one(executor: Any, tmp_path: pathlib.Path) -> None:
