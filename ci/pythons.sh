@@ -5,7 +5,8 @@
 # and remade when pyproject.toml changes; the suites run at the same time. A declared version with no
 # interpreter here is skipped, saying so, except in CI (CI=true), where it is an error. Versions
 # listed in $SHEEPDOG_PYTHONS_SKIP are left to the caller (ci/test.sh runs the whole suite under
-# python3). Arguments go to pytest.
+# python3). The browser tests of the dashboard (marker dashboard) run under python3 alone, where
+# ci/test.sh installs its extra, Playwright and Chromium. Arguments go to pytest.
 # Prints one line per version at the end; exits non-zero if any version failed or was missing in CI.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -74,7 +75,7 @@ for run in "${runs[@]}"; do
   version=${run%%:*} venv=${run#*:}
   # Temporary files of its own, removed with the logs: nothing of one run is left to another.
   "$venv/bin/python" -m pytest -q -p no:cacheprovider --basetemp="$logs/tmp-$version" \
-    -m "not gridengine and not slurm and not multihost" tests "$@" >"$logs/$version" 2>&1 &
+    -m "not gridengine and not slurm and not multihost and not dashboard" tests "$@" >"$logs/$version" 2>&1 &
   pids+=($!)
 done
 for index in "${!runs[@]}"; do

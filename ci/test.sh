@@ -10,7 +10,14 @@ cd "$(dirname "$0")/.."
 eval "$(bash ci/gridengine.sh)"
 # Three execution hosts in network namespaces; after gridengine.sh, which restarts every execd.
 eval "$(bash ci/multihost.sh)"
-python3 -m pip install -q --disable-pip-version-check -e '.[test]' 2>&1 | grep -v -e "Running pip as the 'root' user" -e "is ignored: it is neither" || true
+python3 -m pip install -q --disable-pip-version-check -e '.[test,dashboard]' 'playwright>=1.40' 2>&1 \
+  | grep -v -e "Running pip as the 'root' user" -e "is ignored: it is neither" || true
+# A real browser for the dashboard's tests: Debian's Chromium, which Playwright drives (nothing is
+# downloaded at test time).
+if ! command -v chromium >/dev/null; then
+  apt-get update -q >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null
+fi
 
 # The habits first: lint, types and the layers on the whole tree; the documentation builds without a warning.
 python3 -m ruff check .

@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import pickle
+import socket
 import sys
 import time
 from collections.abc import Sequence
@@ -224,6 +225,43 @@ def _open_for_writing(args: argparse.Namespace) -> tuple[Store, SweepRecord]:
     return store, record
 
 
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    """Serve the read-only dashboard until Ctrl-C; say its URL and how to reach it from a laptop."""
+    check_readable(args.store)
+    from .dashboard import app
+    server, url = app.serve(args.store, args.bind, args.port, args.name)
+    print(url, flush=True)
+    if not app.needs_token(args.bind):
+        port = server.server_port
+        print(f"from your laptop: ssh -N -L {port}:{args.bind}:{port} {os.environ.get('USER', 'you')}@"
+              f"{socket.getfqdn()}  then open the URL above", file=sys.stderr, flush=True)
+    app.announce(args.store, url)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        app.withdraw(args.store, url)
+        server.server_close()
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """The sweep's page as one self-contained HTML file: no script, style or chart from the network."""
+    check_readable(args.store)
+    from .dashboard import data, pages
+    store = Store(args.store, readonly=True)
+    record = data.find(store, args.name)
+    if record is None:
+        raise KeyError(f"no sweep named {args.name!r} in {args.store}")
+    text = pages.sweep_page(data.sweep_view(store, record), lambda path: "#", None)
+    with open(args.output, "w", encoding="utf-8") as handle:
+        handle.write(text)
+    print(f"report of sweep {record.name or record.id} written to {args.output} ({len(text.encode()) // 1024} KiB)",
+          file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--store", default=os.environ.get(ENV_PREFIX + "STORE") or DEFAULT_STORE,
@@ -248,6 +286,19 @@ def build_parser() -> argparse.ArgumentParser:
         command.set_defaults(run=run)
         if name == "results":
             command.add_argument("--pickle", metavar="FILE", help="write {index: result} as one pickle to FILE")
+    dashboard = commands.add_parser("dashboard", parents=[common],
+                                    help="a live, read-only web page of the store's sweeps (pip install "
+                                         "sheepdog_drmaa[dashboard])")
+    dashboard.add_argument("name", nargs="?", help="open this sweep's page first")
+    dashboard.add_argument("--port", type=int, default=8787, help="port to listen on (default %(default)s; 0: any)")
+    dashboard.add_argument("--bind", default="127.0.0.1",
+                           help="address to listen on (default %(default)s; any other asks for a token)")
+    dashboard.set_defaults(run=cmd_dashboard)
+    report = commands.add_parser("report", parents=[common],
+                                 help="the sweep's page as one self-contained HTML file, to share or archive")
+    report.add_argument("name", help="the sweep's name (or id)")
+    report.add_argument("-o", "--output", required=True, metavar="FILE", help="the HTML file to write")
+    report.set_defaults(run=cmd_report)
     logs = commands.add_parser("logs", parents=[common], help="what a task printed: stdout and stderr of an attempt")
     logs.add_argument("name", help="the sweep's name (or id)")
     logs.add_argument("task", type=int, help="the task's index")

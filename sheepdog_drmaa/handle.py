@@ -1,15 +1,19 @@
 """``Sweep``: the user's handle on a sweep, live in this process or reopened from the store."""
 from __future__ import annotations
 
+import html
+import json
+import os
 import pickle
 import time
+import urllib.parse
 from collections.abc import Iterator
 from typing import Any
 
 from . import claims, control
 from .errors import SweepFailed, SweepIncomplete
-from .model import AttemptRecord, SweepRecord, TaskState, counts_by_name
-from .options import DEFAULT_STORE
+from .model import AttemptRecord, SweepPhase, SweepRecord, TaskState, counts_by_name
+from .options import DASHBOARD_ANNOUNCEMENT, DEFAULT_STORE
 from .progress import Progress
 from .records import UNLOADABLE, TaskFailure, failure_from_store, render_failures, unloadable_failure
 from .runner import Run
@@ -49,6 +53,19 @@ class Sweep:
 
     def __repr__(self) -> str:
         return f"<Sweep {self.name or self.id} {self.status()}>"
+
+    def _repr_html_(self) -> str:
+        """A notebook's view: the sweep's state and counts, and a link to its page on the store's
+        live dashboard when one runs (``sheepdog-drmaa dashboard``)."""
+        counts = self.status()
+        record = self.store.sweep(self.id) or self.record
+        state = SweepPhase.INTERRUPTED.value if claims.driver_gone(record) else record.state
+        cells = "".join(f"<td>{html.escape(str(value))}</td>" for value in (
+            self.name or self.id, state, len(self), *counts.values()))
+        heads = "".join(f"<th>{name}</th>" for name in ("sweep", "state", "tasks", *counts))
+        url = _dashboard_link(self.store.path, self.id)
+        link = f'<p><a href="{html.escape(url)}" target="_blank">open it on the dashboard</a></p>' if url else ""
+        return f"<table><tr>{heads}</tr><tr>{cells}</tr></table>{link}"
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until the sweep ends (or ``timeout`` seconds pass); True if it ended. A sweep driven
@@ -207,3 +224,16 @@ class Sweep:
             self.record = store.sweep(self.id) or record
         finally:
             store.close()
+
+
+def _dashboard_link(store_path: str, sweep_id: str) -> str | None:
+    """The sweep's page on the live dashboard of this store, if one runs (with the token it asks for)."""
+    path = os.path.join(os.path.dirname(os.path.abspath(store_path)), DASHBOARD_ANNOUNCEMENT)
+    try:
+        with open(path) as handle:
+            announced = json.load(handle)
+        os.kill(int(announced["pid"]), 0)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    parts = urllib.parse.urlsplit(str(announced["url"]))
+    return urllib.parse.urlunsplit((parts.scheme, parts.netloc, f"/sweep/{sweep_id}", parts.query, ""))

@@ -22,6 +22,8 @@ if TYPE_CHECKING:  # only for the annotation: options are parsed without loading
 
 ENV_PREFIX = "SHEEPDOG_"
 DEFAULT_STORE = os.path.join(".sheepdog", "sweeps.sqlite")
+# Beside the store, written by a live dashboard of it: {"url": ..., "pid": ...} (a notebook links it).
+DASHBOARD_ANNOUNCEMENT = "dashboard.json"
 DEFAULT_MAX_RESULT_SIZE = 256 << 20
 DEFAULT_OUTPUT_LIMIT = 64 << 10  # bytes of each stream kept per attempt (head and tail)
 # SQLite stores no value longer than 1e9 bytes; the pickled exception and envelope need room too.

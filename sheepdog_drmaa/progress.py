@@ -14,11 +14,11 @@ class Progress:
 
     def __init__(self, total: int, enabled: bool | None, description: str) -> None:
         if enabled is None:
-            enabled = sys.stderr.isatty()
+            enabled = sys.stderr.isatty() or in_notebook()
         self.bar = None
         self._redirect = contextlib.ExitStack()
         if enabled:
-            from tqdm import tqdm
+            from tqdm.auto import tqdm  # in a notebook, its widget bar
             from tqdm.contrib.logging import logging_redirect_tqdm
             self.bar = tqdm(total=total, desc=description, file=sys.stderr, unit="task", dynamic_ncols=True)
             self._redirect.enter_context(logging_redirect_tqdm(tqdm_class=tqdm))
@@ -42,6 +42,11 @@ class Progress:
         self._redirect.close()
         if self.bar is not None:
             self.bar.close()
+
+
+def in_notebook() -> bool:
+    """Whether this runs in a Jupyter kernel (whose stderr is no terminal, but shows a bar)."""
+    return "ipykernel" in sys.modules
 
 
 def announce(enabled: bool | None, text: str) -> None:
