@@ -159,3 +159,18 @@ def test_a_dashboard_off_loopback_refuses_requests_without_its_token(dashboard: 
         assert refused.value.code == 403
     with urllib.request.urlopen(f"{local}/api/sweep/private?token={token[1]}", timeout=30) as answer:
         assert json.load(answer)["counts"]["done"] == 1
+
+
+def test_a_sweep_in_a_notebook_shows_its_counts_and_links_the_live_dashboard(dashboard: Any, store: str,
+                                                                              tmp_path: pathlib.Path) -> None:
+    (tmp_path / "release").touch()
+    sheepdog_drmaa.map(held_unless_bad, [(str(tmp_path), x) for x in (1, 2)], backend="local", store=store,
+                       progress=False, name="noted")
+    sweep = sheepdog_drmaa.Sweep.open("noted", store=store)
+    shown = sweep._repr_html_()
+    assert "<td>noted</td><td>finished</td><td>2</td><td>2</td><td>0</td>" in shown and "dashboard" not in shown
+    url = dashboard()
+    linked = sweep._repr_html_()
+    assert f'href="{url.rstrip("/")}/sweep/{sweep.id}"' in linked
+    with urllib.request.urlopen(f"{url.rstrip('/')}/sweep/{sweep.id}", timeout=30) as page:
+        assert "noted" in page.read().decode()
