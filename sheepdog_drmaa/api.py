@@ -26,7 +26,7 @@ from .handle import Sweep
 from .model import Claim, Launch, NewSweep, SweepPhase, SweepRecord, TaskState
 from .options import Options, resolve
 from .progress import announce
-from .starting import launch_for, make_run, open_checked_backend, termination_cancels
+from .starting import launch_for, make_run, open_for_run, termination_cancels
 from .store import ClaimLost, Store
 
 log = logging.getLogger(__name__)
@@ -109,14 +109,7 @@ def _start(f: Callable[..., Any], args: Iterable[Any], given: dict[str, Any]) ->
     blobs = [_pickle_argument(item, index) for index, item in enumerate(items)]
     if not blobs:
         return [], options
-    backend, host, bind = open_checked_backend(options)
-    if isinstance(options.backend, str):  # stored as opened: "auto" could mean another one elsewhere
-        options = dataclasses.replace(options, backend=backend.name)
-    try:
-        store = Store(options.store)
-    except BaseException:
-        backend.close()
-        raise
+    options, backend, host, bind, store = open_for_run(options)
     me = claims.for_this_process()
     launch = launch_for(options, _source_file(f))
     with contextlib.ExitStack() as undo:  # on any failure below, in reverse: all that was taken is given back

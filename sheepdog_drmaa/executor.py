@@ -30,7 +30,7 @@ from .model import Claim, NewSweep, SweepPhase, SweepRecord, TaskState
 from .options import Options, resolve
 from .records import TaskFailure, failure_from_store
 from .runner import Run
-from .starting import launch_for, make_run, open_checked_backend
+from .starting import launch_for, make_run, open_for_run
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -256,12 +256,7 @@ def _exception_of(failure: TaskFailure) -> BaseException:
 def _open_sweep(options: Options) -> tuple[Store, Run, _Remembered]:
     """The executor's live sweep: a new one, or the named one reopened (its done calls remembered,
     anything else of its earlier run left alone)."""
-    backend, host, bind = open_checked_backend(options)
-    try:
-        store = Store(options.store)
-    except BaseException:
-        backend.close()
-        raise
+    options, backend, host, bind, store = open_for_run(options)
     me = claims.for_this_process()
     launch = launch_for(options, None)
     with contextlib.ExitStack() as undo:

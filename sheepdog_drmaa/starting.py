@@ -72,6 +72,20 @@ def open_checked_backend(options: Options) -> tuple[Backend, str, str]:
     return backend, host, bind
 
 
+def open_for_run(options: Options) -> tuple[Options, Backend, str, str, Store]:
+    """The backend opened and checked (see :func:`open_checked_backend`), the options naming the
+    backend as opened ("auto" could mean another one to a process that reads them later), and the
+    store; nothing is left open if any of it fails."""
+    backend, host, bind = open_checked_backend(options)
+    if isinstance(options.backend, str):
+        options = dataclasses.replace(options, backend=backend.name)
+    try:
+        return options, backend, host, bind, Store(options.store)
+    except BaseException:
+        backend.close()
+        raise
+
+
 def _check(options: Options, backend: Backend) -> tuple[str, str]:
     """Check the request against the scheduler and find the address workers will reach, both at once
     (each mostly waits: on the scheduler's commands, on name lookups; neither calls the DRMAA library).
