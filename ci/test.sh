@@ -32,7 +32,11 @@ slurm_env=$(bash ci/slurm.sh 2>"$slurm_log") || slurm_status=$?
 if [ "$slurm_status" -ne 3 ]; then cat "$slurm_log" >&2; fi
 
 status=0
-python3 -m pytest -ra --durations=10 -m "not slurm" tests "$@" || status=$?
+python3 -m pytest -ra --durations=10 -m "not slurm" --ignore=tests/test_qmaster_restart.py tests "$@" || status=$?
+# The qmaster restarts last, in a process of their own: a DRMAA session that lived through many sweeps
+# and a restart was seen to time out on Grid Engine's requests for a minute after qmaster was back
+# (failing the tests after it too); a fresh one does not carry that into them, nor out of them.
+python3 -m pytest -ra -m "not slurm" tests/test_qmaster_restart.py "$@" || status=$?
 # The local-backend tests again under every other Python version pyproject.toml declares, while the
 # Slurm suite runs (it mostly waits on the scheduler); their summary is printed after it.
 pythons_log=$(mktemp)
