@@ -35,13 +35,16 @@ CALLER = textwrap.dedent("""
     sys.path.insert(0, {root!r})
     import sheepdog_drmaa
 
-    def marked(directory, x, seconds):
+    def marked(directory, x, seconds, held):
         with open(os.path.join(directory, f"{{x}}-{{uuid.uuid4().hex}}.run"), "w") as handle:
             handle.write(str(os.getpid()))
         time.sleep(seconds)
+        deadline = time.monotonic() + 90
+        while held and not os.path.exists(os.path.join(directory, "release")) and time.monotonic() < deadline:
+            time.sleep(0.05)
         return x * x
 
-    tasks = [({directory!r}, x, {seconds}) for x in range({n})]
+    tasks = [({directory!r}, x, {seconds}, x >= {held_from}) for x in range({n})]
     sweep = sheepdog_drmaa.map_async(marked, tasks, backend={backend!r}, store={store!r}, progress=False,
                                      name={name!r}, workers=4, detach=True)
     print("detached", sweep.name, os.getpid(), flush=True)
@@ -50,13 +53,14 @@ CALLER = textwrap.dedent("""
 
 
 def start_caller(tmp_path: pathlib.Path, backend: BackendName, store: str, name: str, n: int,
-                 seconds: float) -> subprocess.Popen[str]:
-    """The caller, in its own session, once it has detached its sweep."""
+                 seconds: float, held_from: int | None = None) -> subprocess.Popen[str]:
+    """The caller, in its own session, once it has detached its sweep; tasks from ``held_from`` on
+    run until the file ``runs/release`` appears (at most 90 s)."""
     runs = tmp_path / "runs"
     runs.mkdir()
     script = tmp_path / "caller.py"
     script.write_text(CALLER.format(root=ROOT, directory=str(runs), backend=str(backend), store=store, name=name,
-                                    n=n, seconds=seconds))
+                                    n=n, seconds=seconds, held_from=n if held_from is None else held_from))
     caller = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True, start_new_session=True, cwd=tmp_path)
     assert caller.stdout is not None
@@ -110,11 +114,13 @@ def test_a_detached_sweep_outlives_its_session_closed_by_sighup_and_its_caller_k
 
 def test_a_killed_driver_is_shown_interrupted_and_resumed_without_rerunning_finished_tasks(
         backend: BackendName, store: str, tmp_path: pathlib.Path) -> None:
-    caller = start_caller(tmp_path, backend, store, "resumable", n=12, seconds=1.5)
+    caller = start_caller(tmp_path, backend, store, "resumable", n=12, seconds=0.2, held_from=3)
     caller.kill()
     caller.communicate(timeout=30)
     driver = driver_pid(store, "resumable")
-    wait_until(lambda: status(store, "resumable")["counts"]["done"] >= 3, 120, "three tasks to finish")
+    # Tasks 0-2 finish; the others run until released, so the driver is killed mid-sweep however fast
+    # the scheduler is.
+    wait_until(lambda: status(store, "resumable")["counts"]["done"] == 3, 120, "three tasks to finish")
     refused = cli(store, "resume", "resumable")  # its driver lives: nothing changes
     assert refused.returncode == 2 and f"is driven by process {driver}" in refused.stderr
     assert driver_pid(store, "resumable") == driver
@@ -123,10 +129,12 @@ def test_a_killed_driver_is_shown_interrupted_and_resumed_without_rerunning_fini
     record = store_now.sweep_named("resumable")
     assert record is not None
     finished_before = set(store_now.tasks_in_state(record.id, "done"))  # nothing is stored after the kill
+    assert finished_before == {0, 1, 2}
     left_by_driver = [worker for worker, _, _ in store_now.live_workers(record.id)]
     assert left_by_driver
     shown = wait_until(lambda: (lambda s: s if s["state"] == "interrupted" else None)(status(store, "resumable")),
                        5, "status to show the sweep interrupted")
+    (tmp_path / "runs" / "release").touch()  # the tasks of the resumed sweep run to their end
     assert shown["driver_gone"] is True
     assert "`sheepdog-drmaa resume resumable` to drive it on" in cli(store, "status", "resumable").stdout
 
