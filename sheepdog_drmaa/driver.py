@@ -33,6 +33,7 @@ from .errors import (
     SweepLocked,
     WorkersCannotStart,
 )
+from .failures import NODE_FAILED
 from .model import ExitInfo, SweepPhase
 from .state import StartFailure, Tick, Worker
 
@@ -231,11 +232,27 @@ def worker_ended(run: Run, info: ExitInfo) -> None:
     # A scheduler may say in the worker's stderr that it killed it for memory (slurmstepd does).
     tail = _tail(log_paths(run.spec, info.worker)["stderr"]) if info.signaled or info.aborted else ""
     with run.lock:
+        given_up = run.state.workers.quiet_ones([info.worker])
         closings = run.state.worker_ended(info, time.time(), tail)
         if closings:
             run.ledger.commit(closings, worker_ended=info.worker)
         else:
             run.store.record_workers_ended(run.sweep_id, [info.worker])
+        if given_up and info.state == NODE_FAILED:
+            run.store.add_to_lost_summaries(run.sweep_id, info.worker, "Slurm then ended its job NODE_FAIL: "
+                                                                      "its node had failed")
+
+
+def _say_not_waited_for(run: Run, quiet: dict[str, str | None]) -> None:
+    """Name the removed workers of hosts that stopped answering, whose end the scheduler has not reported:
+    their jobs stay listed until the host answers or is declared down, and the sweep does not wait."""
+    if not quiet:
+        return
+    hosts = sorted({host or "an unknown host" for host in quiet.values()})
+    log.warning("sweep %s did not wait for %d removed workers on %s, which stopped answering: the scheduler may "
+                "list their jobs (%s) as still ending (Slurm: COMPLETING; Grid Engine: dr) until the host answers "
+                "again or is declared down; their processes, if any are left, exit once they find the server gone",
+                run.label, len(quiet), ", ".join(hosts), ", ".join(sorted(quiet)))
 
 
 class Shutdown:
@@ -264,6 +281,7 @@ class Shutdown:
                 run.backend.terminate(leftover)
             if run.state.finished:  # idle or queued workers, asked to go: nothing to wait for
                 self._quietly(run.store.record_workers_ended, run.sweep_id, leftover)
+                _say_not_waited_for(run, run.state.workers.quiet_ones(leftover))
             else:
                 self._reap_all()
         finally:

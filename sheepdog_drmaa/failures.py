@@ -11,9 +11,15 @@ from typing import Any, Callable
 from .model import INFRASTRUCTURE_CAUSES, Cause, Ending, ExitInfo
 from .protocol import EXIT_BAD_CONFIGURATION, EXIT_RESERVED_STATUS, EXIT_SERVER_UNREACHABLE, EXIT_SETUP_FAILED
 
+NODE_FAILED = "NODE_FAIL"  # Slurm's state of a job whose node stopped answering
+
 
 def _aborted(info: ExitInfo) -> Ending:
     return Ending(Cause.ABORTED, "the scheduler aborted or deleted the job before it finished", False)
+
+
+def _node_failed(info: ExitInfo) -> Ending:
+    return Ending(Cause.LOST, "lost with its node: Slurm ended the job NODE_FAIL (the node stopped answering)", False)
 
 
 def _signaled(info: ExitInfo) -> Ending:
@@ -43,9 +49,10 @@ def _unknown(info: ExitInfo) -> Ending:
     return Ending(Cause.ABORTED, "the job ended without an exit status or signal", False)
 
 
-# Checked in order; the first predicate that holds decides. Aborted comes first because Grid
-# Engine may also report an exit status for a job it deleted.
+# Checked in order; the first predicate that holds decides. A node's failure comes first (slurm-drmaa
+# calls it aborted), then aborted, because Grid Engine may also report an exit status for a job it deleted.
 _TABLE: list[tuple[Callable[[ExitInfo], bool], Callable[[ExitInfo], Ending]]] = [
+    (lambda info: info.state == NODE_FAILED, _node_failed),
     (lambda info: info.aborted, _aborted),
     (lambda info: info.signaled, _signaled),
     (lambda info: info.exited and info.exit_status is not None, _exited),

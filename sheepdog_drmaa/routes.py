@@ -27,6 +27,16 @@ log = logging.getLogger(__name__)
 OUT_OF_BAND_BYTES = 64 * 1024  # arguments larger than this travel beside the lease's pickle
 
 
+def _say_if_started_again(run: Run, hello: messages.Hello) -> None:
+    """Log a hello refused because another process already said hello under the worker's id."""
+    known = run.state.workers.get(hello.worker)
+    if known is not None and known.reached and not known.terminated and not run.cancel_requested.is_set():
+        log.warning("worker %s said hello again from another process (host %s, process group %s; the first was on "
+                    "%s, process group %s): the scheduler started its job again (Slurm requeues a job whose node "
+                    "failed); the new process is told to exit, and the first one's tasks end as it does",
+                    hello.worker, hello.host, hello.process_group, known.host, known.process_group)
+
+
 class Routes:
     """The handlers of one run's task server, by route."""
 
@@ -41,9 +51,12 @@ class Routes:
     def hello(self, message: messages.Hello) -> messages.HelloReply:
         worker, run = message.worker, self.run
         with run.lock, self._fatal_on_store_error():
-            accepted = not run.cancel_requested.is_set() and run.state.hello(worker, message.host, time.time())
+            accepted = not run.cancel_requested.is_set() and run.state.hello(worker, message.host, time.time(),
+                                                                             message.process_group)
             if accepted:
                 self.run.store.record_worker_process(self.run.sweep_id, worker, message.host, message.process_group)
+            else:
+                _say_if_started_again(run, message)
             # A worker of the submission under way may start before its id is known here: it asks again.
             unknown_yet = not accepted and self.run.submitting and self.run.state.workers.get(worker) is None
         if not accepted:

@@ -94,7 +94,7 @@ def _check(options: Options, backend: Backend) -> tuple[str, str]:
     pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="sheepdog-check")
     checked = pool.submit(contextvars.copy_context().run, backend.check_request, spec)
     try:
-        found = _check_address(options, backend)
+        found = _check_address(options, backend, spec)
     except Exception:
         checked.result()  # a refused request first, as when the two ran one after the other
         raise
@@ -106,15 +106,15 @@ def _check(options: Options, backend: Backend) -> tuple[str, str]:
     return found
 
 
-def _check_address(options: Options, backend: Backend) -> tuple[str, str]:
-    """The name workers use to reach this host (see address.py for the default), and the address to
-    listen on; both must work."""
+def _check_address(options: Options, backend: Backend, spec: WorkerSpec) -> tuple[str, str]:
+    """The name workers use to reach this host (see address.py for the default: the address on the
+    route to the hosts of the queue or partition asked for), and the address to listen on; both must work."""
     if not options.host:
-        host = address.default_host(backend.execution_hosts)  # [] (local workers): this machine's name
+        host = address.default_host(lambda: backend.execution_hosts(spec))  # []: local workers, this machine's name
     else:
         host = options.host
         own = address.addresses_of(host)
-        if own and all(address.is_loopback(a) for a in own) and backend.execution_hosts() != []:
+        if own and all(address.is_loopback(a) for a in own) and backend.execution_hosts(spec) != []:
             address.warn_if_loopback(host)  # not when workers run on this machine only: loopback reaches it
     bind = options.bind or host
     for name, value in (("host", host), ("bind", bind)):

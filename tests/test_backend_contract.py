@@ -6,6 +6,8 @@ alone, whatever the workers do.
 """
 from __future__ import annotations
 
+import dataclasses
+import logging
 import os
 import pathlib
 import stat
@@ -113,9 +115,9 @@ def test_started_workers_are_shown_with_their_host_until_they_end(contract_backe
     assert backend.running_hosts() == {}  # an ended worker is never shown started
 
 
-def test_execution_hosts_are_listed(contract_backend: Contract) -> None:
+def test_execution_hosts_are_listed(contract_backend: Contract, tmp_path: pathlib.Path) -> None:
     backend, cluster = contract_backend
-    hosts = backend.execution_hosts()
+    hosts = backend.execution_hosts(spec_for(tmp_path, "sleep"))
     if cluster is None:
         assert hosts == []  # local workers run on this machine only
     else:
@@ -179,3 +181,19 @@ def stand_ins(tmp_path: pathlib.Path) -> list[str]:
         if tagged and alive:
             found.append(pid)
     return found
+
+
+def test_hosts_to_avoid_that_are_unknown_or_every_host_there_is_do_not_stop_the_workers(
+        contract_backend: Contract, tmp_path: pathlib.Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Excluding a host the scheduler does not know (Slurm refuses the job) or every host the request can
+    run on (the job could never start) is left out of the submission, saying so; the workers run."""
+    backend, cluster = contract_backend
+    here = os.uname().nodename  # the one-node test cluster's host (ci/ names it after this machine)
+    spec = dataclasses.replace(spec_for(tmp_path, "0"), avoid_hosts=("no-such-host", here))
+    with caplog.at_level(logging.WARNING):
+        ids = backend.submit(2, spec)
+    assert all(classify(info).clean for info in collect(backend, ids).values())
+    if cluster is not None:
+        assert "not excluding no-such-host" in caplog.text, caplog.text
+        assert f"every host this request can run on is to be avoided ({here})" in caplog.text, caplog.text
+

@@ -18,6 +18,8 @@ from sheepdog_drmaa.model import Cause, ExitInfo
     # Grid Engine may report an exit status for a job it deleted: aborted wins.
     (ExitInfo("1.1", aborted=True, exited=True, exit_status=137), Cause.ABORTED, False, "aborted"),
     (ExitInfo("1.1"), Cause.ABORTED, False, "without an exit status"),
+    # Slurm's word for a job whose node failed: lost with its node, whatever slurm-drmaa's flags say.
+    (ExitInfo("1_1", aborted=True, exited=True, exit_status=0, state="NODE_FAIL"), Cause.LOST, False, "NODE_FAIL"),
 ])
 def test_classify(info: ExitInfo, cause: Cause, clean: bool, words: str) -> None:
     ending = classify(info)

@@ -7,7 +7,10 @@ reports the end of the jobs it was asked to remove. And a store written by versi
 from __future__ import annotations
 
 import contextlib
+import logging
+import os
 import pathlib
+import signal
 import sqlite3
 import time
 from collections.abc import Iterable, Sequence
@@ -170,3 +173,58 @@ def test_a_refusal_while_workers_are_alive_is_tried_again_and_one_with_none_aliv
     refusing = bent(slots=2, refused_submissions={1})  # refused with no worker alive: nothing could ever run
     with pytest.raises(SubmissionRefused, match="too many jobs"):
         sheepdog_drmaa.map(abs, range(-6, 0), backend=refusing, store=store, progress=False, workers=2)
+
+
+def freeze_my_worker_once(directory: str, x: int) -> int:
+    """Task 0's first run stops its whole worker (as a frozen node does), naming it in a file; its retry
+    waits until the test's scheduler has said how that worker's job ended."""
+    base = pathlib.Path(directory)
+    if x == 0 and not (base / "frozen").exists():
+        (base / "frozen").write_text(os.environ["SHEEPDOG_WORKER_ID"])
+        os.killpg(os.getpgrp(), signal.SIGSTOP)
+    if x == 0:
+        deadline = time.monotonic() + 60
+        while not (base / "told").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+    return x
+
+
+class NodeLossBackend(BentBackend):
+    """The frozen worker's end is reported as Slurm reports a job whose node failed (NODE_FAIL), or
+    never, as Slurm keeps a job COMPLETING while its node does not answer."""
+
+    def __init__(self, directory: pathlib.Path, report: str) -> None:
+        super().__init__(slots=2)
+        self.directory, self.report = directory, report
+
+    def wait_any(self, timeout: float) -> ExitInfo | None:
+        info = super().wait_any(timeout)
+        frozen = self.directory / "frozen"
+        if info is None or not frozen.exists() or info.worker != frozen.read_text():
+            return info
+        (self.directory / "told").touch()
+        return ExitInfo(info.worker, aborted=True, state="NODE_FAIL") if self.report == "node_fail" else None
+
+
+@pytest.mark.parametrize("report", ["node_fail", "never"])
+def test_a_worker_lost_with_its_node_is_retried_once_named_in_its_record_and_not_waited_for(
+        store: str, tmp_path: pathlib.Path, report: str, caplog: pytest.LogCaptureFixture) -> None:
+    backend = NodeLossBackend(tmp_path, report)
+    with caplog.at_level(logging.WARNING, logger="sheepdog_drmaa.driver"):
+        sweep = sheepdog_drmaa.map_async(freeze_my_worker_once, [(str(tmp_path), x) for x in range(4)],
+                                         backend=backend, store=store, progress=False, workers=2, name="lost",
+                                         heartbeat_interval=0.2, heartbeat_timeout=1.5)
+        assert sweep.wait(60), "the sweep did not end"
+    assert sweep.results() == [0, 1, 2, 3]
+    frozen = (tmp_path / "frozen").read_text()
+    first, second = sweep.attempts(0)
+    assert (first.worker, first.cause, second.cause) == (frozen, "lost", "result")
+    summary = first.detail["summary"]
+    assert "no sign of life from its worker" in summary
+    assert ("NODE_FAIL" in summary) is (report == "node_fail"), summary
+    assert [len(sweep.attempts(x)) for x in (1, 2, 3)] == [1, 1, 1]  # counted once each
+    not_waited = [r.getMessage() for r in caplog.records if "did not wait for" in r.getMessage()]
+    if report == "never":
+        assert len(not_waited) == 1 and frozen in not_waited[0] and "COMPLETING" in not_waited[0], not_waited
+    else:
+        assert not not_waited, not_waited

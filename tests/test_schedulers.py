@@ -45,8 +45,10 @@ def spec_of(**fields: Any) -> WorkerSpec:
 def test_queue_is_the_partition_on_slurm() -> None:
     assert GridEngine().native_specification(spec_of(queue="long.q", native_spec="-l h_vmem=1G")) == \
         "-q long.q -l h_vmem=1G"
-    assert Slurm().native_specification(spec_of(queue="long", native_spec="--mem=1G")) == "-p long --mem=1G"
-    assert Slurm().native_specification(spec_of()) is None
+    assert Slurm().native_specification(spec_of(queue="long", native_spec="--mem=1G")) == \
+        "-p long --mem=1G --no-requeue"
+    assert Slurm().native_specification(spec_of()) == "--no-requeue"  # the sweep retries; Slurm must not
+    assert Slurm().native_specification(spec_of(native_spec="--requeue")) == "--requeue"
 
 
 def test_resources_by_name_in_grid_engine_terms_with_native_spec_last() -> None:
@@ -65,12 +67,12 @@ def test_resources_by_name_in_grid_engine_terms_with_native_spec_last() -> None:
 def test_resources_by_name_in_slurm_terms_with_native_spec_last() -> None:
     spec = spec_of(memory=(3 << 29) + 1, cores=4, gpus=2, project="lab", walltime=90, native_spec="--mem=100")
     assert Slurm().native_specification(spec) == \
-        "-t 0:02 --cpus-per-task=4 --mem=1537 --gres=gres:gpu:2 --account=lab --mem=100"
+        "-t 0:02 --cpus-per-task=4 --mem=1537 --gres=gres:gpu:2 --account=lab --mem=100 --no-requeue"
 
 
 def test_hosts_to_avoid_are_excluded() -> None:
     assert GridEngine().native_specification(spec_of(avoid_hosts=("node1", "node2"))) == "-l h=!node1&!node2"
-    assert Slurm().native_specification(spec_of(avoid_hosts=("node1", "node2"))) == "--exclude=node1,node2"
+    assert Slurm().native_specification(spec_of(avoid_hosts=("node1", "node2"))) == "--exclude=node1,node2 --no-requeue"
 
 
 def test_a_scheduler_not_known_takes_no_resource_by_name() -> None:

@@ -174,10 +174,10 @@ def test_answers_remembered_leave_nothing_to_ask(cell: Scheduler, path: str) -> 
 def test_slurm_requests_are_checked_against_the_cluster_and_a_named_partition_in_one_round(
         monkeypatch: pytest.MonkeyPatch) -> None:
     partitions = ("sinfo", "--noheader", "--format=%P")
-    nodes_of = {part: ("sinfo", "--noheader", "--Node", f"--partition={part}", "--format=%N|%c|%m|%G")
+    nodes_of = {part: ("sinfo", "--noheader", "--Node", f"--partition={part}", "--format=%N|%c|%m|%G|%o")
                 for part in ("debug", "big")}
-    scheduler = Scheduler({partitions: "debug*\n", nodes_of["debug"]: "n1|4|8000|(null)\n",
-                           nodes_of["big"]: "n2|64|512000|gpu:2\n"})
+    scheduler = Scheduler({partitions: "debug*\n", nodes_of["debug"]: "n1|4|8000|(null)|n1\n",
+                           nodes_of["big"]: "n2|64|512000|gpu:2|n2\n"})
     rounds: list[tuple[Command, ...]] = []
     fetch = Answers.fetch
 

@@ -42,6 +42,20 @@ def test_a_terminated_worker_is_never_leased_nor_greeted_again() -> None:
     assert state.workers.all["w"].phase is WorkerPhase.TERMINATED
 
 
+def test_a_second_process_under_a_greeted_workers_id_is_refused_and_the_first_keeps_its_tasks() -> None:
+    """A job the scheduler started again (Slurm requeues one whose node failed) says hello from another
+    process: it is told to exit; the first process's lease stands, to end as that process does."""
+    state = SweepState(2)
+    state.add_workers(["w"])
+    assert state.hello("w", host="node1", now=0, process_group=100)
+    held = state.lease("w", 1)
+    assert state.hello("w", host="node1", now=2, process_group=100)  # the same process, its answer lost
+    assert state.hello("w", host="node2", now=3, process_group=200) is False
+    assert state.hello("w", host="node1", now=3, process_group=300) is False
+    worker = state.workers.all["w"]
+    assert (worker.host, worker.process_group) == ("node1", 100) and list(worker.held) == [a.task for a in held]
+
+
 def test_tasks_added_to_a_live_sweep_are_leased_after_those_already_there_and_counted() -> None:
     state = SweepState(2, max_workers=5)
     state.add_workers(["w"])

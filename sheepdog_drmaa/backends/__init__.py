@@ -74,9 +74,10 @@ class Backend(Protocol):
         """Workers the scheduler shows started (running, or being sent to their host), each with the
         host it was sent to where known. Cheap: answered from what the backend last listed."""
 
-    def execution_hosts(self) -> list[str] | None:
-        """The names of the scheduler's execution hosts, which must reach the server at the address
-        workers are told; [] when workers run on this machine only, None when they cannot be listed."""
+    def execution_hosts(self, spec: WorkerSpec) -> list[str] | None:
+        """The names or addresses of the execution hosts that could run ``spec``'s workers, which must
+        reach the server at the address workers are told; [] when workers run on this machine only,
+        None when they cannot be listed."""
 
     def wait_any(self, timeout: float) -> ExitInfo | None:
         """The exit information of one finished worker, or None after ``timeout`` seconds."""

@@ -17,6 +17,7 @@ for as long while the scheduler cannot be reached.
 """
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import os
@@ -266,6 +267,19 @@ class DrmaaBackend:
         sites.check_request(self.scheduler, spec)
 
     def submit(self, count: int, spec: WorkerSpec) -> list[str]:
+        """Submit, excluding only the hosts to avoid that may be excluded (see :func:`.sites.exclusions`);
+        a submission refused for its exclusions goes out again without them."""
+        if spec.avoid_hosts:
+            spec = dataclasses.replace(spec, avoid_hosts=sites.exclusions(self.scheduler, spec))
+        try:
+            return self._submit(count, spec)
+        except SubmissionRefused as refusal:
+            if not spec.avoid_hosts:
+                raise
+            log.warning("%s; submitting without excluding %s instead", refusal, ", ".join(spec.avoid_hosts))
+            return self._submit(count, dataclasses.replace(spec, avoid_hosts=()))
+
+    def _submit(self, count: int, spec: WorkerSpec) -> list[str]:
         native = self.scheduler.native_specification(spec)
         title = self.scheduler.title
         errors = self.drmaa.errors
@@ -332,8 +346,12 @@ class DrmaaBackend:
         self._names.add(name, job)
         return name
 
-    def execution_hosts(self) -> list[str] | None:
-        """The names of the scheduler's execution hosts; None when they cannot be listed."""
+    def execution_hosts(self, spec: WorkerSpec) -> list[str] | None:
+        """Where the hosts that could run ``spec``'s workers are reached (their names, or Slurm's NodeAddr),
+        else every execution host's name; None when they cannot be listed."""
+        hosts = sites.request_hosts(self.scheduler, spec)
+        if hosts:
+            return list(dict.fromkeys(host.address for host in hosts))
         if not self.scheduler.hosts_command:
             return None
         text = sites.read(self.scheduler, self.scheduler.hosts_command)

@@ -85,7 +85,7 @@ class LocalBackend:
         here = os.uname().nodename
         return {worker_id: here for worker_id in self._running}
 
-    def execution_hosts(self) -> list[str] | None:
+    def execution_hosts(self, spec: WorkerSpec) -> list[str] | None:
         """None but this machine: workers reach the server at this machine's own name, loopback or not."""
         return []
 

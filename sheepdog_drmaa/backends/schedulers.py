@@ -238,10 +238,16 @@ class Slurm(SlurmIds, Scheduler):
         return max(int(found.group(1)) - 1, 1) if found else self.default_max_array_size
 
     def native_specification(self, spec: WorkerSpec) -> str | None:
-        """Refuses Grid Engine spellings before anything is submitted, naming the Slurm option."""
+        """Refuses Grid Engine spellings before anything is submitted, naming the Slurm option. Workers
+        are not requeued (Slurm's JobRequeue=1 default requeues a job whose node failed): the sweep
+        retries their tasks itself, and a requeued worker would be a second one under the same id.
+        A native_spec= asking for --requeue has it (a requeued worker is then told to exit)."""
         if spec.native_spec:
             _refuse_grid_engine_spellings(spec.native_spec)
-        return super().native_specification(spec)
+        own = super().native_specification(spec)
+        if "--requeue" in (spec.native_spec or "").split():
+            return own
+        return f"{own} --no-requeue" if own else "--no-requeue"
 
     def resource_requests(self, spec: WorkerSpec) -> list[str]:
         """slurm-drmaa 1.1.6 takes --mem as a number of MB only ("1G" is refused), and hands --gres to

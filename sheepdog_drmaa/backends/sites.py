@@ -20,6 +20,7 @@ import shlex
 import socket
 import subprocess
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from ..errors import ConfigurationError
 from ..failures import format_size
@@ -103,6 +104,14 @@ def _answers(key: str) -> Answers:
     return Answers(key, _command_output)
 
 
+@dataclass(frozen=True)
+class Host:
+    """An execution host: its name as the scheduler knows it, and the name or address it is reached at."""
+
+    name: str
+    address: str
+
+
 class _Site:
     """A scheduler's answers to the commands that describe it (see :mod:`.answers`)."""
 
@@ -113,6 +122,9 @@ class _Site:
         return self.answers.read(*command)
 
     def check(self, spec: WorkerSpec) -> None:
+        raise NotImplementedError
+
+    def hosts(self, spec: WorkerSpec) -> list[Host] | None:
         raise NotImplementedError
 
 
@@ -157,10 +169,9 @@ class GridEngineSite(_Site):
         all_queues = list(self._all_queues())
         if not all_queues:
             return  # qmaster did not answer: the submission will say what is wrong
-        asked = (_native_option(words, "-q") or [spec.queue or ""])[-1]
+        asked = _asked_queue(words, spec)
         queues = self._queues(asked, all_queues) if asked else all_queues
         complexes = self.complexes()
-        requested = {name.split("=")[0] for value in _native_option(words, "-l") for name in value.split(",")}
         if with_pe:
             self._check_parallel_env(spec, queues)
             queues = [q for q in queues if spec.parallel_env in self._queue(q).get("pe_list", "").replace(",", " ")]
@@ -176,11 +187,35 @@ class GridEngineSite(_Site):
                 raise ConfigurationError(f"project={spec.project!r}: Grid Engine knows no such project; "
                                          + (f"its projects are {', '.join(projects)}" if projects else
                                             "it has no projects (qconf -sprjl)"))
-        # A queue whose FORCED complex the job does not request takes none of its jobs.
+        self._check_hosts(spec, self._taking(queues, words, complexes), asked, complexes)
+
+    def hosts(self, spec: WorkerSpec) -> list[Host] | None:
+        """The hosts of the queues that could take the request's jobs; None when qmaster did not answer."""
+        words = _native_words(spec.native_spec)
+        self.answers.fetch(_ALL_QUEUES, ("qconf", "-sc"))
+        all_queues = list(self._all_queues())
+        if not all_queues:
+            return None
+        asked = _asked_queue(words, spec)
+        try:
+            queues = self._queues(asked, all_queues) if asked else all_queues
+        except ConfigurationError:
+            return None  # the check says what is wrong with the queue
+        if spec.cores is not None and "-pe" not in words:
+            queues = [q for q in queues if spec.parallel_env in self._queue(q).get("pe_list", "").replace(",", " ")]
+        queues = self._taking(queues, words, self.complexes())
+        self.answers.fetch(*(("qconf", "-shgrp_resolved", group) for queue in queues for group in
+                             self._group_names(queue)))
+        names = dict.fromkeys(host for queue in queues for host in self._hosts(queue))
+        return [Host(name, name) for name in names]
+
+    def _taking(self, queues: list[str], words: list[str], complexes: dict[str, list[str]]) -> list[str]:
+        """The queues that take the job: a queue whose FORCED complex the job does not request takes none."""
+        named = {name.split("=")[0] for value in _native_option(words, "-l") for name in value.split(",")}
+        requested = {complexes[name][0] if name in complexes else name for name in named}  # shortcuts too
         forced = {f[0] for f in complexes.values() if f[4] == "FORCED"}
-        queues = [q for q in queues if not (set(_assignments(self._queue(q).get("complex_values", ""))) & forced)
-                  or set(_assignments(self._queue(q).get("complex_values", ""))) & forced & requested]
-        self._check_hosts(spec, queues, asked, complexes)
+        return [q for q in queues if not (set(_assignments(self._queue(q).get("complex_values", ""))) & forced)
+                or set(_assignments(self._queue(q).get("complex_values", ""))) & forced & requested]
 
     def _queues(self, asked: str, all_queues: list[str]) -> list[str]:
         """The queues ``asked`` names ("all.q", "a.q,b.q", "*.q", "all.q@vm"); unknown names refused."""
@@ -300,25 +335,10 @@ class SlurmSite(_Site):
                          f"{os.environ.get('SLURM_CLUSTERS', '')}")
 
     def check(self, spec: WorkerSpec) -> None:
-        words = _native_words(spec.native_spec)
-        asked = ([w.split("=", 1)[1] for w in words if w.startswith("--partition=")] + _native_option(words, "-p")
-                 + _native_option(words, "--partition") or [spec.queue or ""])[-1]
-        # Partitions named in the request are listed in the same round as the partitions themselves.
-        self.answers.fetch(_PARTITIONS, *(_nodes_of(part) for part in asked.split(",") if part),
-                           Slurm.config_command, Slurm.hosts_command)  # what the DRMAA backend reads too
-        listing = self.read(*_PARTITIONS)
-        if listing is None:
+        chosen = self._partitions(spec)
+        if chosen is None:
             return  # slurmctld did not answer: the submission will say what is wrong
-        partitions = [p.rstrip("*") for p in listing.split()]
-        default = [p.rstrip("*") for p in listing.split() if p.endswith("*")]
-        for name in asked.split(","):
-            if name and name not in partitions:
-                raise ConfigurationError(f"queue={name!r}: Slurm has no such partition; its partitions are "
-                                         f"{', '.join(partitions)} (sinfo)")
-        chosen = asked.split(",") if asked else default or partitions
-        self.answers.fetch(*(_nodes_of(part) for part in chosen))
-        nodes = [line.split("|") for part in chosen for line in (self.read(*_nodes_of(part)) or "").splitlines()]
-        nodes = [n for n in nodes if len(n) == 4 and n[0] not in spec.avoid_hosts]
+        nodes = [n for n in self._nodes(chosen) if n[0] not in spec.avoid_hosts]
         if not nodes:
             return
         where = f"partition {','.join(chosen)}"
@@ -339,9 +359,48 @@ class SlurmSite(_Site):
                 raise ConfigurationError(f"gpus={spec.gpus}: no node of {where} has that many GPUs ({having})")
 
 
+    def hosts(self, spec: WorkerSpec) -> list[Host] | None:
+        """The nodes of the partitions the request's jobs go to, each with its NodeAddr; None when
+        slurmctld did not answer."""
+        try:
+            chosen = self._partitions(spec)
+        except ConfigurationError:
+            return None  # the check says what is wrong with the partition
+        if chosen is None:
+            return None
+        nodes = {n[0]: n[4] for n in self._nodes(chosen)}
+        return [Host(name, address) for name, address in nodes.items()]
+
+    def _partitions(self, spec: WorkerSpec) -> list[str] | None:
+        """The partitions the request names, or else the default one; an unknown one refused; None when
+        slurmctld did not answer."""
+        words = _native_words(spec.native_spec)
+        asked = ([w.split("=", 1)[1] for w in words if w.startswith("--partition=")] + _native_option(words, "-p")
+                 + _native_option(words, "--partition") or [spec.queue or ""])[-1]
+        # Partitions named in the request are listed in the same round as the partitions themselves.
+        self.answers.fetch(_PARTITIONS, *(_nodes_of(part) for part in asked.split(",") if part),
+                           Slurm.config_command, Slurm.hosts_command)  # what the DRMAA backend reads too
+        listing = self.read(*_PARTITIONS)
+        if listing is None:
+            return None
+        partitions = [p.rstrip("*") for p in listing.split()]
+        default = [p.rstrip("*") for p in listing.split() if p.endswith("*")]
+        for name in asked.split(","):
+            if name and name not in partitions:
+                raise ConfigurationError(f"queue={name!r}: Slurm has no such partition; its partitions are "
+                                         f"{', '.join(partitions)} (sinfo)")
+        return asked.split(",") if asked else default or partitions
+
+    def _nodes(self, partitions: list[str]) -> list[list[str]]:
+        """The nodes of ``partitions``: [name, CPUs, memory in MB, gres, NodeAddr] each."""
+        self.answers.fetch(*(_nodes_of(part) for part in partitions))
+        nodes = [line.split("|") for part in partitions for line in (self.read(*_nodes_of(part)) or "").splitlines()]
+        return [n for n in nodes if len(n) == 5]
+
+
 def _nodes_of(partition: str) -> Command:
-    """The command listing a partition's nodes: name|CPUs|memory in MB|gres."""
-    return ("sinfo", "--noheader", "--Node", f"--partition={partition}", "--format=%N|%c|%m|%G")
+    """The command listing a partition's nodes: name|CPUs|memory in MB|gres|NodeAddr."""
+    return ("sinfo", "--noheader", "--Node", f"--partition={partition}", "--format=%N|%c|%m|%G|%o")
 
 
 def _gpu_count(gres: str) -> int:
@@ -352,6 +411,11 @@ def _gpu_count(gres: str) -> int:
         if fields[0] == "gpu" and fields[-1].isdigit():
             total += int(fields[-1])
     return total
+
+
+def _asked_queue(words: list[str], spec: WorkerSpec) -> str:
+    """The Grid Engine queue list the request names ("" for any queue): -q in native_spec= wins."""
+    return (_native_option(words, "-q") or [spec.queue or ""])[-1]
 
 
 def _site_of(scheduler: Scheduler) -> _Site | None:
@@ -377,6 +441,36 @@ def check_request(scheduler: Scheduler, spec: WorkerSpec) -> None:
             raise
         log.debug("refused on remembered answers (%s); asking the scheduler again", refusal)
         site.check(spec)
+
+
+def request_hosts(scheduler: Scheduler, spec: WorkerSpec) -> list[Host] | None:
+    """The execution hosts that could run ``spec``'s workers (those of the queue or partition it asks
+    for, or else the default ones); None when they cannot be listed."""
+    site = _site_of(scheduler)
+    return site.hosts(spec) if site is not None else None
+
+
+def exclusions(scheduler: Scheduler, spec: WorkerSpec) -> tuple[str, ...]:
+    """The hosts of ``spec.avoid_hosts`` that may be excluded from its submission: those the scheduler
+    knows among the request's hosts, unless that excludes every one of them (the job could then
+    never run, or Slurm refuses it): then none, and a warning says so. Unchanged when the hosts
+    cannot be listed."""
+    if not spec.avoid_hosts:
+        return ()
+    hosts = request_hosts(scheduler, spec)
+    if not hosts:
+        return spec.avoid_hosts
+    names = {host.name for host in hosts}
+    known = tuple(host for host in spec.avoid_hosts if host in names)
+    if len(known) < len(spec.avoid_hosts):
+        log.warning("not excluding %s: %s does not list %s among the hosts of this request",
+                 ", ".join(h for h in spec.avoid_hosts if h not in names), scheduler.title,
+                 "it" if len(spec.avoid_hosts) - len(known) == 1 else "them")
+    if known and names <= set(known):
+        log.warning("every host this request can run on is to be avoided (%s); submitting without excluding any, "
+                    "so that the workers can run at all", ", ".join(known))
+        return ()
+    return known
 
 
 def read(scheduler: Scheduler, command: Sequence[str]) -> str | None:

@@ -52,6 +52,7 @@ def worker_ended(state: SweepState, info: ExitInfo, now: float, stderr_tail: str
 def expire(state: SweepState, worker: Worker, cause: Cause, now: float) -> list[Closing]:
     """The endings of a worker's attempts on our own decision (lost, timeout); its job is to be removed."""
     state.workers.terminate(worker)
+    worker.went_quiet = cause is Cause.LOST
     charged = _charged(worker)
     if charged is None:
         return []

@@ -91,6 +91,7 @@ class StartHealth:
                 worker.dispatched, worker.dispatched_to = now, host
             elif now - worker.dispatched > self.hello_timeout:
                 workers.terminate(worker)
+                worker.went_quiet = True
                 self._never_reached(worker, now)
                 stuck.append(worker)
         return stuck

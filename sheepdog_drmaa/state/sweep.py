@@ -92,8 +92,11 @@ class SweepState:
 
     # -- what workers say -------------------------------------------------------------------
 
-    def hello(self, worker_id: str, host: str | None = None, now: float = 0.0) -> bool:
-        """A worker reached the server. False if it is not one of ours (it is told to exit)."""
+    def hello(self, worker_id: str, host: str | None = None, now: float = 0.0,
+              process_group: int | None = None) -> bool:
+        """A worker reached the server. False if it is not one of ours (it is told to exit), and for a
+        second process under the id of a worker that already said hello (its job was started again,
+        as Slurm requeues a job whose node failed): the first one's tasks end as that one's do."""
         worker = self.workers.get(worker_id)
         if worker is None:
             return False
@@ -101,9 +104,11 @@ class SweepState:
             self.health.said_hello(worker, host, now)
             return False
         if worker.phase is WorkerPhase.SUBMITTED:  # a hello repeated because its answer was lost changes nothing
-            worker.host, worker.started = host, now
+            worker.host, worker.started, worker.process_group = host, now, process_group
             self.workers.move(worker, WorkerPhase.GREETED)
             self.health.said_hello(worker, host, now)
+        elif (host, process_group) != (worker.host, worker.process_group):
+            return False
         worker.last_seen = now
         return True
 

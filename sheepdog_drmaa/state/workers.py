@@ -45,6 +45,7 @@ class Worker:
     phase: WorkerPhase = WorkerPhase.SUBMITTED
     started: float | None = None  # when it said hello: its runtime limit counts from about then
     host: str | None = None   # the execution host it said hello from
+    process_group: int | None = None  # its process group there, as its hello said
     setup_error: str | None = None  # why it could not load the function, if it could not
     held: dict[int, Attempt] = field(default_factory=dict)  # task -> its attempt, in the order they run
     current: Attempt | None = None  # the held attempt running now, as far as the server knows
@@ -56,6 +57,12 @@ class Worker:
     idle_since: float | None = None  # when it last asked for work and found none (a growing sweep's)
     dispatched: float | None = None  # first seen started by the scheduler, before its hello
     dispatched_to: str | None = None
+    went_quiet: bool = False  # removed for silence (no heartbeat, no hello): its host may not answer either
+
+    @property
+    def where(self) -> str | None:
+        """The host it said hello from, else the one the scheduler sent it to."""
+        return self.host or self.dispatched_to
 
     @property
     def reached(self) -> bool:
@@ -87,6 +94,11 @@ class Workers:
 
     def get(self, worker_id: str) -> Worker | None:
         return self.all.get(worker_id)
+
+    def quiet_ones(self, worker_ids: Iterable[str]) -> dict[str, str | None]:
+        """Of ``worker_ids``, those removed for silence, each with its host where known."""
+        known = (self.all.get(worker_id) for worker_id in worker_ids)
+        return {worker.id: worker.where for worker in known if worker is not None and worker.went_quiet}
 
     def in_phase(self, phase: WorkerPhase) -> dict[str, Worker]:
         """The workers in ``phase`` now, by id (a live view: copy it to change phases while iterating)."""

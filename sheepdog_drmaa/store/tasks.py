@@ -9,7 +9,7 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from ..model import AttemptEnd, Lease, TaskState
+from ..model import AttemptEnd, Cause, Lease, TaskState
 from .connection import Database
 
 # Arguments larger than this go to their own table, written and read in chunks (see _write_large).
@@ -169,6 +169,19 @@ class TaskRows(Database):
         with self._writing() as db:
             db.executemany("UPDATE workers SET ended = ? WHERE sweep_id = ? AND id = ?",
                            ((now, sweep_id, worker) for worker in ids))
+
+    def add_to_lost_summaries(self, sweep_id: str, worker: str, words: str) -> None:
+        """Add ``words`` to the summary of every attempt of ``worker`` that ended lost: what the
+        scheduler said of its job once the sweep had given up on it."""
+        with self._writing() as db:
+            rows = db.execute("SELECT task, number, detail FROM attempts WHERE sweep_id = ? AND worker = ? "
+                              "AND cause = ?", (sweep_id, worker, Cause.LOST.value)).fetchall()
+            updated = []
+            for task, number, text in rows:
+                detail = json.loads(text or "{}")
+                detail["summary"] = f"{detail.get('summary') or 'lost'}; {words}"
+                updated.append((json.dumps(detail), sweep_id, task, number))
+            db.executemany("UPDATE attempts SET detail = ? WHERE sweep_id = ? AND task = ? AND number = ?", updated)
 
     def record_worker_process(self, sweep_id: str, worker: str, host: str | None,
                               process_group: int | None) -> None:
