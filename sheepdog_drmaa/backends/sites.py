@@ -174,7 +174,7 @@ class GridEngineSite(_Site):
         complexes = self.complexes()
         if with_pe:
             self._check_parallel_env(spec, queues)
-            queues = [q for q in queues if spec.parallel_env in self._queue(q).get("pe_list", "").replace(",", " ")]
+            queues = self._offering(queues, spec.parallel_env)
         if spec.memory is not None and spec.memory_resource not in complexes:
             memory = sorted({f[0] for f in complexes.values() if f[2] == "MEMORY"})
             raise ConfigurationError(f"memory_resource={spec.memory_resource!r}: Grid Engine has no such complex; its "
@@ -202,12 +202,16 @@ class GridEngineSite(_Site):
         except ConfigurationError:
             return None  # the check says what is wrong with the queue
         if spec.cores is not None and "-pe" not in words:
-            queues = [q for q in queues if spec.parallel_env in self._queue(q).get("pe_list", "").replace(",", " ")]
+            queues = self._offering(queues, spec.parallel_env)
         queues = self._taking(queues, words, self.complexes())
         self.answers.fetch(*(("qconf", "-shgrp_resolved", group) for queue in queues for group in
                              self._group_names(queue)))
         names = dict.fromkeys(host for queue in queues for host in self._hosts(queue))
         return [Host(name, name) for name in names]
+
+    def _offering(self, queues: list[str], parallel_env: str) -> list[str]:
+        """The queues that parallel environment ``parallel_env`` is attached to (their pe_list)."""
+        return [q for q in queues if parallel_env in self._queue(q).get("pe_list", "").replace(",", " ").split()]
 
     def _taking(self, queues: list[str], words: list[str], complexes: dict[str, list[str]]) -> list[str]:
         """The queues that take the job: a queue whose FORCED complex the job does not request takes none."""
@@ -242,7 +246,7 @@ class GridEngineSite(_Site):
             known = ", ".join(environments) if environments else "none (qconf -spl lists none)"
             raise ConfigurationError(f"parallel_env={spec.parallel_env!r} (for cores={spec.cores}): Grid Engine has no "
                                      f"such parallel environment; its parallel environments are {known}")
-        attached = [q for q in queues if spec.parallel_env in self._queue(q).get("pe_list", "").replace(",", " ")]
+        attached = self._offering(queues, spec.parallel_env)
         if not attached:
             raise ConfigurationError(f"parallel_env={spec.parallel_env!r} (for cores={spec.cores}) is not attached to "
                                      f"queue {', '.join(queues)} (its pe_list); choose another parallel_env= or queue=")
@@ -357,7 +361,6 @@ class SlurmSite(_Site):
             if spec.gpus > most_gpus:
                 having = f"the most is {most_gpus}" if most_gpus else "none has a gres gpu"
                 raise ConfigurationError(f"gpus={spec.gpus}: no node of {where} has that many GPUs ({having})")
-
 
     def hosts(self, spec: WorkerSpec) -> list[Host] | None:
         """The nodes of the partitions the request's jobs go to, each with its NodeAddr; None when
