@@ -6,7 +6,9 @@
 # interpreter here is skipped, saying so, except in CI (CI=true), where it is an error. Versions
 # listed in $SHEEPDOG_PYTHONS_SKIP are left to the caller (ci/test.sh runs the whole suite under
 # python3). The browser tests of the dashboard (marker dashboard) run under python3 alone, where
-# ci/test.sh installs its extra, Playwright and Chromium. Arguments go to pytest.
+# ci/test.sh installs its extra, Playwright and Chromium. Arguments go to pytest. With
+# SHEEPDOG_PYTHONS_PREPARE_ONLY=1 it only makes the virtual environments (ci/test.sh does that early,
+# in the background, and runs the suites later).
 # Prints one line per version at the end; exits non-zero if any version failed or was missing in CI.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -62,6 +64,11 @@ for version in $versions; do
   echo "=== Python $version: $python, venv ready in $((SECONDS - started)) s"
   runs+=("$version:$venv")
 done
+
+if [ -n "${SHEEPDOG_PYTHONS_PREPARE_ONLY:-}" ]; then
+  [ ${#summary[@]} -eq 0 ] || printf '%s\n' "${summary[@]}"
+  exit "$status"
+fi
 
 result_line() {  # pytest's last summary line (a worker thread may print after it)
   grep -E '[0-9]+ (passed|failed|errors?)' "$1" | tail -n 1 || tail -n 1 "$1"

@@ -19,6 +19,9 @@ prefix=${SLURM_DRMAA_PREFIX:-/opt/slurm-drmaa}
 conf=/etc/slurm/slurm.conf
 gres=/etc/slurm/gres.conf
 state=/var/lib/slurm/slurmctld
+slurmd_timeout=30
+multi_nodes='snode[1-3]'           # ci/slurm-multihost.sh starts them
+multi_addresses='10.78.0.[11-13]'
 log() { echo "[slurm] $*" >&2; }
 
 . "$(dirname "$0")/lib.sh"
@@ -71,11 +74,13 @@ SlurmctldHost=$host
 SlurmUser=slurm
 AuthType=auth/munge
 StateSaveLocation=$state
-SlurmdSpoolDir=/var/lib/slurm/slurmd
+# Per node (%n: the node's name), so that the nodes of ci/slurm-multihost.sh, each a slurmd of its own
+# on this one machine, do not share a spool, a pid file or a log with this one (node $host).
+SlurmdSpoolDir=/var/lib/slurm/slurmd/%n
 SlurmctldPidFile=/run/slurm/slurmctld.pid
-SlurmdPidFile=/run/slurm/slurmd.pid
+SlurmdPidFile=/run/slurm/slurmd-%n.pid
 SlurmctldLogFile=/var/log/slurm/slurmctld.log
-SlurmdLogFile=/var/log/slurm/slurmd.log
+SlurmdLogFile=/var/log/slurm/slurmd-%n.log
 # No systemd and no cgroup controllers here.
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
@@ -101,8 +106,19 @@ SchedulerParameters=batch_sched_delay=0
 # and at 30 s half of a 300-task array came back "exit 0" instead of "exit 3". Slurm's default.
 MinJobAge=300
 ReturnToService=2
+# A node that does not answer for this long is set DOWN (default 300 s; measured: DOWN 41-52 s after a
+# node is cut off) and its running jobs NODE_FAIL (then requeued, as JobRequeue=1 by default), so that a
+# multi-host test sees it happen within its bounds.
+SlurmdTimeout=$slurmd_timeout
 NodeName=$host CPUs=8 RealMemory=8000 Gres=gpu:2 State=UNKNOWN
 PartitionName=debug Nodes=$host Default=YES MaxTime=INFINITE State=UP
+# The three nodes of ci/slurm-multihost.sh (network namespaces on this machine), in a partition of
+# their own that is not the default: jobs that do not ask for it never go there. Until that script
+# starts them they are listed DOWN (not responding) by sinfo; once their slurmd registers,
+# ReturnToService=2 puts them back. (Not State=FUTURE, which hides them: slurmctld
+# puts FUTURE nodes back to FUTURE whenever it restarts, even after they registered.)
+NodeName=$multi_nodes NodeAddr=$multi_addresses CPUs=4 RealMemory=4000 State=UNKNOWN
+PartitionName=multi Nodes=$multi_nodes Default=NO MaxTime=INFINITE State=UP
 CONF
   # Slurm drops a gpu without device files ("Removing file-less GPU"), so two stand-ins for GPUs:
   # character devices like /dev/null (with task/none nothing is bound to them; they are counted).
@@ -148,7 +164,17 @@ start_munge() {
 
 controller_up() { scontrol ping | grep -q 'is UP'; }
 
-stop_slurm() {
+# This node's slurmd: the one in this network namespace (the nodes of ci/slurm-multihost.sh run
+# theirs in namespaces of their own, and are left alone unless the configuration changed).
+own_slurmd() {
+  local pid own; own=$(readlink /proc/self/ns/net)
+  for pid in $(pgrep -x slurmd); do
+    [ "$(readlink "/proc/$pid/ns/net" 2>/dev/null)" = "$own" ] && { echo "$pid"; return 0; }
+  done
+  return 1
+}
+
+stop_slurm() {  # every slurmd (those of ci/slurm-multihost.sh's nodes too: it restarts them) and slurmctld
   local pid
   for pid in $(pgrep -x slurmd) $(pgrep -x slurmctld); do kill "$pid" 2>/dev/null || true; done
   wait_for 15 "Slurm daemons to stop" sh -c '! pgrep -x slurmd && ! pgrep -x slurmctld' || {
@@ -157,7 +183,7 @@ stop_slurm() {
 }
 
 start_slurm() {
-  mkdir -p /run/slurm /var/log/slurm "$state" /var/lib/slurm/slurmd
+  mkdir -p /run/slurm /var/log/slurm "$state" "/var/lib/slurm/slurmd/$host"
   chown slurm:slurm /run/slurm /var/log/slurm "$state"
   if ! pgrep -x slurmctld >/dev/null; then
     log "starting slurmctld"
@@ -170,9 +196,9 @@ start_slurm() {
       wait_for 20 "slurmctld" controller_up
     fi
   fi
-  if ! pgrep -x slurmd >/dev/null; then
+  if ! own_slurmd >/dev/null; then
     log "starting slurmd"
-    rm -f /run/slurm/slurmd.pid
+    rm -f "/run/slurm/slurmd-$host.pid"
     slurmd
   fi
 }

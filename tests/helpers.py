@@ -1,5 +1,5 @@
 """Test helpers: waiting on a condition with a deadline, the real schedulers as the tests see them, and the
-multi-host Grid Engine of ci/multihost.sh (its nodes, its queue, a sweep whose tasks block until released)."""
+task the multi-host tests run on the nodes (it blocks until released; multihost_clusters.py has the clusters)."""
 from __future__ import annotations
 
 import contextlib
@@ -12,14 +12,9 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Collection
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TypeVar
 
 import pytest
-
-import sheepdog_drmaa
-
-if TYPE_CHECKING:  # not at run time: a worker imports this module for report_where_then_wait
-    from sheepdog_drmaa.handle import Sweep
 
 T = TypeVar("T")
 
@@ -128,18 +123,11 @@ class BackendName(str):
         return value
 
 
-# ------------------------------------------------------------------ the multi-host Grid Engine
+# ------------------------------------------------------------------ the multi-host clusters
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
-MULTIHOST = REPO / "ci" / "multihost.sh"
-NODES = os.environ.get("SHEEPDOG_TEST_NODES", "").split()
-SUBMIT_ADDRESS = os.environ.get("SHEEPDOG_TEST_SUBMIT_ADDRESS", "")
-QUEUE = os.environ.get("SHEEPDOG_TEST_NODE_QUEUE", "")
-RESOURCE = os.environ.get("SHEEPDOG_TEST_NODE_RESOURCE", "")
-FREEZER = os.environ.get("SHEEPDOG_TEST_NODE_FREEZER", "")
-HEARTBEAT_INTERVAL, HEARTBEAT_TIMEOUT = 1.0, 5.0
 RELEASE_BOUND = 90  # a task never blocks longer than this, whatever happens to the test
 
 
@@ -167,45 +155,6 @@ def runs(directory: str | pathlib.Path, index: int) -> list[str]:
     return [line.split()[0] for line in path.read_text().splitlines()] if path.exists() else []
 
 
-# ----------------------------------------------------------------------------- the cluster
-
-
-def execd_answers(node: str) -> bool:
-    try:
-        return subprocess.run(["qping", "-info", node, "6445", "execd", "1"], capture_output=True,
-                              timeout=5).returncode == 0
-    except subprocess.TimeoutExpired:
-        return False
-
-
-def multihost_problem() -> str | None:
-    if not NODES or not SUBMIT_ADDRESS or not QUEUE or not FREEZER:
-        return ('SHEEPDOG_TEST_NODES and the other SHEEPDOG_TEST_NODE* variables are not set: run '
-                '`eval "$(bash ci/multihost.sh)"` after ci/gridengine.sh')
-    for node in NODES:
-        if not os.path.isdir(FREEZER + node):
-            return f"no freezer group {FREEZER + node} for {node}: run `bash ci/multihost.sh`"
-        if not execd_answers(node):
-            return f"the execd of {node} does not answer qping: run `bash ci/multihost.sh`"
-    return None
-
-
-def multihost_nodes() -> list[str]:
-    """The multi-host cluster's node names; a failure in CI (CI=true) when it is missing, a skip otherwise."""
-    problem = multihost_problem()
-    if problem is not None:
-        if IN_CI:
-            pytest.fail(f"the multi-host Grid Engine is required in CI but is not usable: {problem}")
-        pytest.skip(f"the multi-host Grid Engine is not usable here: {problem}")
-    return list(NODES)
-
-
-def restore(node: str) -> None:
-    """What an admin does when a node comes back: link up, thawed, a dead or unheard execd restarted."""
-    subprocess.run(["bash", str(MULTIHOST), "restore", node], check=True, capture_output=True, text=True,
-                   timeout=120)
-
-
 def sweep_jobs(store: str, sweep_id: str) -> set[str]:
     """The array jobs of every worker the sweep ever submitted."""
     with contextlib.closing(sqlite3.connect(f"file:{store}?mode=ro", uri=True)) as db:
@@ -230,56 +179,6 @@ def poll(predicate: Callable[[], object], timeout: float) -> bool:
             return False
         time.sleep(0.2)
     return True
-
-
-def left_in_qstat(jobs: Collection[str], queue: str | None = None) -> list[str]:
-    """The lines of `qstat` (of one queue, or all) that name one of ``jobs``."""
-    out = subprocess.run(["qstat", "-u", "*", *(["-q", queue] if queue else [])], capture_output=True, text=True,
-                         check=True).stdout
-    return [line for line in out.splitlines()[2:] if line.split() and line.split()[0] in jobs]
-
-
-class MultihostSweep:
-    """One sweep on the nodes' queue, its workers reaching the server only across the bridge."""
-
-    def __init__(self, directory: pathlib.Path, store: str, name: str) -> None:
-        self.directory, self.store, self.name = directory, store, name
-        self.handle: Sweep | None = None
-
-    def start(self, n_tasks: int, **options: Any) -> Sweep:
-        """Start the sweep (map_async); ``options`` add to or override the ones here."""
-        options = {"backend": "drmaa", "store": self.store, "name": self.name, "host": SUBMIT_ADDRESS,
-                   "bind": SUBMIT_ADDRESS, "queue": QUEUE, "native_spec": RESOURCE,
-                   "env": {"MULTIHOST_SUBMIT_ADDRESS": SUBMIT_ADDRESS}, "job_name": f"mh-{self.name}",
-                   "heartbeat_interval": HEARTBEAT_INTERVAL, "heartbeat_timeout": HEARTBEAT_TIMEOUT,
-                   "progress": False, **options}
-        self.handle = sheepdog_drmaa.map_async(
-            report_where_then_wait, [(str(self.directory), index) for index in range(n_tasks)],
-            **{name: value for name, value in options.items() if value is not None})
-        return self.handle
-
-    def all_started(self, n_tasks: int) -> bool:
-        return all(runs(self.directory, index) for index in range(n_tasks))
-
-    def release(self) -> None:
-        (self.directory / "release").touch()
-
-    def jobs(self) -> set[str]:
-        return sweep_jobs(self.store, self.handle.id) if self.handle is not None else set()
-
-    def close(self) -> None:
-        """Release the tasks; cancel a sweep that has not ended (only after a failed test)."""
-        self.release()
-        if self.handle is not None and not self.handle.wait(30):
-            self.handle.cancel(60)
-
-
-def check_results(results: list[tuple[int, str, str]], n_tasks: int, nodes: Collection[str]) -> None:
-    assert [result[0] for result in results] == list(range(n_tasks))
-    for index, host, address in results:
-        assert host in nodes, (index, host)
-        assert address == f"{SUBMIT_ADDRESS.rsplit('.', 1)[0]}.{10 + int(host.removeprefix('node'))}", \
-            (index, host, address)
 
 
 def cli(store: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:

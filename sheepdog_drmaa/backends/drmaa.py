@@ -434,11 +434,9 @@ class DrmaaBackend:
             self._wait_for_kept_removals()
         self._started.stop()
         if self._saw_outage and leftover:
-            log.warning("%d workers of this sweep never reported their end after %s was unreachable: Son of Grid "
-                        "Engine 8.1.9 goes on showing such jobs as running (state r, dr once removed) after they "
-                        "ended, holding their slots; their removal was asked for, and an administrator can clear "
-                        "what is left with `qdel -f %s`", len(leftover), self.scheduler.title,
-                        " ".join(sorted({self.scheduler.array_of(w) for w in leftover})))
+            log.warning("%d workers of this sweep never reported their end after %s was unreachable: %s",
+                        len(leftover), self.scheduler.title,
+                        self.scheduler.stale_after_outage(sorted({self.scheduler.array_of(w) for w in leftover})))
         self._exits.forget_owners(leftover)
         _shared.release(answers=not self._kept, outage_seen=self._saw_outage)
 

@@ -111,6 +111,10 @@ class Scheduler(WorkerIds):
         return status == 0 or (status > 0 and bool(lines) and all(any(words in line for words in self.removal_answers)
                                                                   for line in lines))
 
+    def stale_after_outage(self, arrays: Sequence[str]) -> str:
+        """What to know of jobs that never reported their end after the scheduler was unreachable."""
+        return f"their removal was asked for; `{self.removal_hint(arrays)}` removes whatever is left of them"
+
     def removal_hint(self, targets: Sequence[str]) -> str:
         """The command that removes ``targets`` by hand."""
         if not self.remove_command:
@@ -161,6 +165,11 @@ class GridEngine(GridEngineIds, Scheduler):
         if cut:
             raise ConfigurationError(f"the job variable(s) {', '.join(cut)} contain '=', which Grid Engine's DRMAA "
                                      "library cuts off with the rest of the value; set them in a setup= line instead")
+
+    def stale_after_outage(self, arrays: Sequence[str]) -> str:
+        return ("Son of Grid Engine 8.1.9 goes on showing such jobs as running (state r, dr once removed) after they "
+                "ended, holding their slots; their removal was asked for, and an administrator can clear what is "
+                f"left with `qdel -f {' '.join(arrays)}`")
 
     def max_array_size(self, config_text: str) -> int:
         for line in config_text.splitlines():
