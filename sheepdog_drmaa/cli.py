@@ -106,9 +106,9 @@ def cmd_wait(args: argparse.Namespace) -> int:
 
 
 def cmd_attach(args: argparse.Namespace) -> int:
-    """A live progress bar until the sweep ends; Ctrl-C leaves it running."""
-    sweep = _open(args)
+    """A live progress bar until the sweep ends; Ctrl-C leaves it running (also while the store opens)."""
     try:
+        sweep = _open(args)
         sweep.watch()
     except KeyboardInterrupt:
         print(f"left sweep {args.name}; it goes on (`sheepdog-drmaa attach {args.name}` to watch it again)",
