@@ -5,21 +5,18 @@ gone once map() returns; workers end in ways the local backend once could not re
 """
 from __future__ import annotations
 
-import contextlib
 import os
 import pathlib
-import resource
 import signal
 import subprocess
+import sys
 import time
-from collections.abc import Iterator
-from typing import NoReturn
 
 import pytest
 from helpers import BackendName, wait_until
 
 import sheepdog_drmaa
-from sheepdog_drmaa import SweepFailed, WorkersCannotStart
+from sheepdog_drmaa import SweepFailed
 
 
 def leave_processes_behind(directory: str) -> None:
@@ -105,44 +102,58 @@ def test_a_local_worker_killed_by_a_signal_without_a_name_is_reaped(store: str) 
     assert "Real-time signal 6" in caught.value.failures[0].summary
 
 
-def exit_on_go(go: str, x: int) -> NoReturn:
-    """Run until ``go`` exists, then end the worker without a report (so that no connection is needed)."""
+# Run in a process of its own: using up the descriptors of the test process would also starve the
+# scheduler libraries loaded there (Son of Grid Engine's libdrmaa, failing to resolve qmaster's name
+# while no descriptor was left, refused every later session of that process: seen in CI).
+STARVED = """
+import contextlib, logging, os, resource, sys, time
+import sheepdog_drmaa
+from sheepdog_drmaa import WorkersCannotStart
+
+def exit_on_go(go, x):
+    # Run until go exists, then end the worker without a report (so that no connection is needed).
     open(f"{go}.{x}", "w").close()
     while not os.path.exists(go):
         time.sleep(0.05)
     os._exit(3)
 
+store, go = sys.argv[1], sys.argv[2]
+logging.basicConfig(level=logging.WARNING)
+handle = sheepdog_drmaa.map_async(exit_on_go, [(go, x) for x in range(3)], backend="local", store=store,
+                                  progress=False, workers=1)
+deadline = time.monotonic() + 30
+while not os.path.exists(f"{go}.0"):
+    assert time.monotonic() < deadline, "the first task never ran"
+    time.sleep(0.05)
+open(go + ".tmp", "w").close()
+started = time.monotonic()
+# Use up the descriptors under a lowered soft limit; give them back afterwards.
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")) + 32, hard))
+held = []
+with contextlib.suppress(OSError):
+    while True:
+        held.append(os.open(os.devnull, os.O_RDONLY))
+os.rename(go + ".tmp", go)  # needs no descriptor; the worker exits, its replacement cannot start
+ended = handle.wait(60)
+for fd in held:
+    os.close(fd)
+resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+assert ended, "the sweep hung after workers could not be started"
+assert time.monotonic() - started < 30, time.monotonic() - started
+try:
+    handle.results()
+except WorkersCannotStart as error:
+    assert "before they could run a task" in str(error), error
+else:
+    raise AssertionError("the sweep did not end with WorkersCannotStart")
+print("ended as expected")
+"""
 
-@contextlib.contextmanager
-def no_descriptors_left() -> Iterator[None]:
-    """Use up this process's file descriptors (under a lowered soft limit); give them back afterwards."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")) + 32, hard))
-    held: list[int] = []
-    try:
-        with contextlib.suppress(OSError):
-            while True:
-                held.append(os.open(os.devnull, os.O_RDONLY))
-        yield
-    finally:
-        for fd in held:
-            os.close(fd)
-        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
-
-def test_local_workers_that_cannot_start_for_want_of_descriptors_end_the_sweep(
-        store: str, tmp_path: pathlib.Path, caplog: pytest.LogCaptureFixture) -> None:
-    go = tmp_path / "go"
-    handle = sheepdog_drmaa.map_async(exit_on_go, [(str(go), x) for x in range(3)], backend="local", store=store,
-                                      progress=False, workers=1)
-    wait_until(lambda: os.path.exists(f"{go}.0"), 30, "the first task to run")
-    (tmp_path / "go.tmp").touch()
-    started = time.monotonic()
-    with no_descriptors_left():
-        os.rename(tmp_path / "go.tmp", go)  # needs no descriptor; the worker exits, its replacement cannot start
-        ended = handle.wait(60)
-    assert ended, "the sweep hung after workers could not be started"
-    assert time.monotonic() - started < 30
-    with pytest.raises(WorkersCannotStart, match="before they could run a task"):
-        handle.results()
-    assert "Too many open files" in caplog.text
+def test_local_workers_that_cannot_start_for_want_of_descriptors_end_the_sweep(store: str,
+                                                                               tmp_path: pathlib.Path) -> None:
+    result = subprocess.run([sys.executable, "-c", STARVED, store, str(tmp_path / "go")], capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0 and "ended as expected" in result.stdout, result.stderr
+    assert "Too many open files" in result.stderr, result.stderr

@@ -108,3 +108,15 @@ def test_a_grid_engine_request_runs_on_the_hosts_of_the_queues_that_take_it(monk
                                                    avoid_hosts=("node3",))) == ("node3",)
     finally:
         sites._answers.cache_clear()
+
+
+def test_a_parallel_environment_given_for_some_hosts_only_counts_as_attached(monkeypatch: pytest.MonkeyPatch) -> None:
+    table = {("qconf", "-sq", "*"): "qname gpu.q\nhostlist vm\npe_list make,[@gpu=smp mpi]\ncomplex_values NONE\n",
+             ("qconf", "-sc"): ""}
+    monkeypatch.setattr(sites, "_command_output", lambda command: table.get(command))
+    sites._answers.cache_clear()
+    try:
+        assert sites.request_hosts(GridEngine(), spec(cores=2)) == [sites.Host("vm", "vm")]  # smp, on @gpu
+        assert sites.request_hosts(GridEngine(), spec(cores=2, parallel_env="threads")) == []
+    finally:
+        sites._answers.cache_clear()

@@ -267,14 +267,15 @@ class DrmaaBackend:
         sites.check_request(self.scheduler, spec)
 
     def submit(self, count: int, spec: WorkerSpec) -> list[str]:
-        """Submit, excluding only the hosts to avoid that may be excluded (see :func:`.sites.exclusions`);
-        a submission refused for its exclusions goes out again without them."""
-        if spec.avoid_hosts:
+        """Submit, excluding only the hosts to avoid that may be excluded (see :func:`.sites.exclusions`;
+        not asked after an outage, when its commands may hang); a Grid Engine or Slurm submission refused
+        with exclusions goes out again without them."""
+        if spec.avoid_hosts and not self._saw_outage:
             spec = dataclasses.replace(spec, avoid_hosts=sites.exclusions(self.scheduler, spec))
         try:
             return self._submit(count, spec)
         except SubmissionRefused as refusal:
-            if not spec.avoid_hosts:
+            if not spec.avoid_hosts or not self.scheduler.bulk:
                 raise
             log.warning("%s; submitting without excluding %s instead", refusal, ", ".join(spec.avoid_hosts))
             return self._submit(count, dataclasses.replace(spec, avoid_hosts=()))

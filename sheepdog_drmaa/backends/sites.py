@@ -211,7 +211,7 @@ class GridEngineSite(_Site):
 
     def _offering(self, queues: list[str], parallel_env: str) -> list[str]:
         """The queues that parallel environment ``parallel_env`` is attached to (their pe_list)."""
-        return [q for q in queues if parallel_env in self._queue(q).get("pe_list", "").replace(",", " ").split()]
+        return [q for q in queues if parallel_env in re.split(r"[\s,\[\]=]+", self._queue(q).get("pe_list", ""))]
 
     def _taking(self, queues: list[str], words: list[str], complexes: dict[str, list[str]]) -> list[str]:
         """The queues that take the job: a queue whose FORCED complex the job does not request takes none."""
