@@ -186,7 +186,10 @@ def test_a_sweep_whose_every_task_is_done_returns_within_outage_wait_while_the_c
         restart_sweep.release()
         wait_until(lambda: handle.status()["done"] == n_tasks, 60, "every task to be done while the controller is down")
         done = time.time()
-        assert handle.wait(outage_wait + 20), "a sweep with every task done did not return with the controller down"
+        # On Slurm a DRMAA call under way when the last task ends finishes first: slurm-drmaa blocks about
+        # 18 s in wait/jobStatus and 9 s in control() while slurmctld is down (measured), before outage_wait.
+        slack = 20 if controller.name == "gridengine" else 20 + 18 + 9
+        assert handle.wait(outage_wait + slack), "a sweep with every task done did not return with the controller down"
         returned = time.time()
         assert not controller.controller_answers()
     check_results(handle.results(), n_tasks, controller)
