@@ -19,7 +19,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from helpers import Cluster, brief, clear_removed_jobs, grid_engine_queues_known, wait_until
+from helpers import Cluster, alive, brief, clear_removed_jobs, grid_engine_queues_known, wait_until
 
 import sheepdog_drmaa
 from sheepdog_drmaa.errors import SchedulerOutage
@@ -63,7 +63,8 @@ class Controller:
             subprocess.run(["qconf", "-km"], check=True, capture_output=True, timeout=30)
         else:
             os.kill(pid, signal.SIGTERM)
-        wait_until(lambda: not os.path.exists(f"/proc/{pid}"), 30, "the controller to stop")
+        # An ended controller whose parent has not reaped it yet stays in /proc as a zombie: not alive.
+        wait_until(lambda: not alive(pid), 60, "the controller to stop")
         assert not answers(self.cluster)
         self.stopped = time.monotonic()
 
