@@ -58,13 +58,14 @@ def test_a_killed_client_resumes_without_rerunning_finished_tasks(backend: Backe
     script = tmp_path / "client.py"
     script.write_text(CLIENT.format(root=ROOT, directory=str(directory), backend=backend, store=store))
     first = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_until(lambda: all(runs(directory, x) for x in range(6)) and runs(directory, 6), 120,
-               "the first six tasks to finish and the seventh to start")
+    # Task 6 can start while task 5's result is still on its way to the store: wait for the store too.
+    wait_until(lambda: runs(directory, 6) and _done(store, "sweep-42") >= 6, 120,
+               "the first six tasks to be stored and the seventh to start")
     os.kill(first.pid, signal.SIGKILL)
     first.wait(timeout=30)
     (directory / "go").write_text("")
     finished_before = list(range(6))
-    assert _done(store, "sweep-42") >= 6
+    assert _done(store, "sweep-42") >= 6, "a stored result was lost with the killed client"
 
     second = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
     assert second.returncode == 0, second.stderr
