@@ -230,13 +230,13 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     check_readable(args.store)
     from .dashboard import app
     server, url = app.serve(args.store, args.bind, args.port, args.name)
-    print(url, flush=True)
-    if not app.needs_token(args.bind):
-        port = server.server_port
-        print(f"from your laptop: ssh -N -L {port}:{args.bind}:{port} {os.environ.get('USER', 'you')}@"
-              f"{socket.getfqdn()}  then open the URL above", file=sys.stderr, flush=True)
-    app.announce(args.store, url)
+    app.announce(args.store, url)  # before the URL is said: whoever reads it finds the sweep's link too
     try:
+        print(url, flush=True)
+        if not app.needs_token(args.bind):
+            port = server.server_port
+            print(f"from your laptop: ssh -N -L {port}:{args.bind}:{port} {os.environ.get('USER', 'you')}@"
+                  f"{socket.getfqdn()}  then open the URL above", file=sys.stderr, flush=True)
         server.serve_forever()
     except KeyboardInterrupt:
         pass

@@ -83,7 +83,7 @@ class NodeCluster:
         self.submit_address = os.environ.get(self.variables["submit_address"], "")
         self.freezer_prefix = os.environ.get(self.variables["freezer"], "")
         self.queue = os.environ.get(self.variables["queue"], "")
-        self.controller_started = self.controller_killed = self.save_waited = 0.0
+        self.controller_started = self.controller_killed = self.save_waited = self.controller_start_asked = 0.0
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.nodes})"
@@ -192,7 +192,8 @@ class NodeCluster:
         self.controller_killed = time.time()
 
     def start_controller(self) -> None:
-        """The controller started again, the way ci/ starts it."""
+        """The controller started again, the way ci/ starts it; when it was asked to start, and when it answered."""
+        self.controller_start_asked = time.time()
         self.start_controller_command()
         wait_until(self.controller_answers, 60, f"the {self.controller_name} to answer after its start")
         self.controller_started = time.time()

@@ -19,7 +19,15 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from helpers import Cluster, alive, brief, clear_removed_jobs, grid_engine_queues_known, wait_until
+from helpers import (
+    Cluster,
+    alive,
+    brief,
+    clear_removed_jobs,
+    drmaa_session_closed,
+    grid_engine_queues_known,
+    wait_until,
+)
 
 import sheepdog_drmaa
 from sheepdog_drmaa.errors import SchedulerOutage
@@ -99,6 +107,7 @@ def controller(cluster: Cluster) -> Iterator[Controller]:
         if not answers(cluster):
             control.start()
         wait_until(lambda: nodes_known(cluster), 90, "every execution host to report to the controller again")
+        wait_until(drmaa_session_closed, 120, "this process's DRMAA session to finish closing")
         if cluster.name == "gridengine":
             stale = clear_removed_jobs()
             if stale:
@@ -131,4 +140,5 @@ def test_a_controller_down_longer_than_the_bound_fails_the_map_and_the_next_one_
     assert waited >= 5, f"gave up after {waited:.1f} s, before outage_wait"
     assert "outage_wait" in str(raised.value) or "tried for 5 s" in str(raised.value), str(raised.value)
     controller.start()
+    wait_until(lambda: nodes_known(controller.cluster), 90, "every execution host to report to the controller again")
     assert sheepdog_drmaa.map(square, range(3), backend="drmaa", store=store, progress=False) == [0, 1, 4]

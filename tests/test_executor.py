@@ -159,8 +159,9 @@ def test_shutdown_with_cancel_futures_leaves_no_job_and_settles_every_future(
     ex = executor(max_workers=2, name="shut")
     futures = [ex.submit(held, str(tmp_path), str(x)) for x in range(12)]
     wait_until(lambda: sum(runs(tmp_path, x) for x in range(12)) >= 2, 120, "two calls to run")
+    ex.shutdown(wait=False, cancel_futures=True)  # before the release: the held calls cannot drain the rest first
     (tmp_path / "release").touch()
-    ex.shutdown(wait=True, cancel_futures=True)
+    ex.shutdown(wait=True)  # a second shutdown waits, as concurrent.futures allows
     assert all(f.done() for f in futures)
     finished = [f for f in futures if not f.cancelled()]
     assert finished and all(f.result() == str(futures.index(f)) for f in finished)

@@ -94,12 +94,15 @@ def test_a_client_killed_mid_sweep_shows_interrupted_driver_gone_until_cancelled
 
 
 DRIVEN_ELSEWHERE = textwrap.dedent("""
-    import sys, time
+    import os, sys, time
     sys.path.insert(0, {root!r})
     import sheepdog_drmaa
 
     def paced(x):
-        time.sleep(0.5 + 0.1 * x)
+        deadline = time.time() + 300
+        while not os.path.exists({gate!r}) and time.time() < deadline:  # held until the test says go
+            time.sleep(0.05)
+        time.sleep(0.1 * x)
         return x * x
 
     print(sheepdog_drmaa.map(paced, range(8), backend={backend!r}, store={store!r}, progress=False,
@@ -111,7 +114,8 @@ def test_a_sweep_driven_by_another_process_is_followed_until_it_ends(
         backend: BackendName, store: str, tmp_path: pathlib.Path) -> None:
     root = os.path.dirname(os.path.dirname(os.path.abspath(sheepdog_drmaa.__file__)))
     script = tmp_path / "driver.py"
-    script.write_text(DRIVEN_ELSEWHERE.format(root=root, backend=str(backend), store=store))
+    gate = tmp_path / "go"
+    script.write_text(DRIVEN_ELSEWHERE.format(root=root, backend=str(backend), store=store, gate=str(gate)))
     client = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         def opened() -> sheepdog_drmaa.Sweep | None:
@@ -122,6 +126,7 @@ def test_a_sweep_driven_by_another_process_is_followed_until_it_ends(
         sweep = wait_until(opened, 90, "the sweep to be stored")
         with pytest.raises(TimeoutError, match="has not ended within 0.2 s"):
             sweep.results(timeout=0.2)
+        gate.write_text("")
         followed = list(sweep.as_completed(timeout=120))
         assert sorted(followed) == [(x, x * x) for x in range(8)]  # each task once, none made up
         assert sweep.wait(0) and sweep.results() == [x * x for x in range(8)]
@@ -179,7 +184,8 @@ ATTACH = ("import signal, sys; signal.signal(signal.SIGINT, signal.default_int_h
 def test_ctrl_c_leaves_attach_and_the_sweep_goes_on(backend: BackendName, store: str, tmp_path: pathlib.Path) -> None:
     root = os.path.dirname(os.path.dirname(os.path.abspath(sheepdog_drmaa.__file__)))
     script = tmp_path / "driver.py"
-    script.write_text(DRIVEN_ELSEWHERE.format(root=root, backend=str(backend), store=store))
+    gate = tmp_path / "go"
+    script.write_text(DRIVEN_ELSEWHERE.format(root=root, backend=str(backend), store=store, gate=str(gate)))
     client = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         wait_until(lambda: cli(store, "status", "elsewhere").returncode == 0, 90, "the sweep to be stored")
@@ -191,6 +197,7 @@ def test_ctrl_c_leaves_attach_and_the_sweep_goes_on(backend: BackendName, store:
         _, said = attached.communicate(timeout=30)
         assert attached.returncode == 0 and "left sweep elsewhere; it goes on" in said
         assert client.poll() is None  # the sweep goes on
+        gate.write_text("")
         followed = cli(store, "attach", "elsewhere")  # attached again, to the end
         assert followed.returncode == 0 and "elsewhere: finished" in followed.stdout
         out, err = client.communicate(timeout=60)

@@ -105,20 +105,30 @@ def test_a_store_locked_for_a_while_is_waited_for_and_every_result_is_right(stor
     assert results == [x * 3 for x in range(6)]
 
 
+def held_until_locked(locked: str, x: int) -> int:
+    """A task that ends only once the store is locked, so that its result meets the lock."""
+    deadline = time.monotonic() + 60
+    while not os.path.exists(locked) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return x * 3
+
+
 def test_a_store_locked_too_long_ends_the_sweep_with_a_clear_error_and_no_made_up_result(
-        store: str, monkeypatch: pytest.MonkeyPatch) -> None:
+        store: str, monkeypatch: pytest.MonkeyPatch, tmp_path: pathlib.Path) -> None:
     monkeypatch.setattr(store_module, "BUSY_SECONDS", 1.0)
     go = threading.Event()
+    locked = tmp_path / "locked"
 
     def lock_when_started() -> None:
         wait_until(lambda: _running_attempts(store) > 0, 60, "a task to start")
         with HeldLock(store):
+            locked.touch()
             go.wait(30)
     locker = threading.Thread(target=lock_when_started)
     locker.start()
     try:
         with pytest.raises(StoreError, match="stayed locked by another process for 1 s"):
-            run(sleep_then, range(4), store=store, name="locked", workers=2)
+            run(held_until_locked, [(str(locked), x) for x in range(4)], store=store, name="locked", workers=2)
     finally:
         go.set()
         locker.join()
@@ -126,7 +136,8 @@ def test_a_store_locked_too_long_ends_the_sweep_with_a_clear_error_and_no_made_u
     with pytest.raises(SweepIncomplete, match="neither done nor failed.*run the same map"):
         reopened.results()
     monkeypatch.setattr(store_module, "BUSY_SECONDS", 60.0)
-    assert run(sleep_then, range(4), store=store, name="locked", workers=2) == [0, 3, 6, 9]
+    assert run(held_until_locked, [(str(locked), x) for x in range(4)], store=store, name="locked",
+               workers=2) == [0, 3, 6, 9]
 
 
 def _running_attempts(path: str) -> int:

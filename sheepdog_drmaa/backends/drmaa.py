@@ -174,8 +174,9 @@ class _SharedSession:
             log.info("waiting for the previous DRMAA session to close (after an outage this takes about a minute)")
         self.exiting.join(max(0.0, deadline - time.monotonic()))
         if self.exiting.is_alive():
-            raise BackendUnavailable("the previous DRMAA session of this process is still closing (its scheduler "
-                                     "does not answer); try again once the scheduler answers")
+            # An outage, not a missing scheduler: backend="auto" must not run the sweep here instead.
+            raise SchedulerOutage("the previous DRMAA session of this process is still closing (its scheduler "
+                                  "does not answer); try again once the scheduler answers")
         self.exiting = None
 
     def release(self, answers: bool = True, outage_seen: bool = False) -> None:
