@@ -142,3 +142,21 @@ def test_a_controller_down_longer_than_the_bound_fails_the_map_and_the_next_one_
     controller.start()
     wait_until(lambda: nodes_known(controller.cluster), 90, "every execution host to report to the controller again")
     assert sheepdog_drmaa.map(square, range(3), backend="drmaa", store=store, progress=False) == [0, 1, 4]
+
+
+def test_a_session_still_closing_after_an_outage_is_an_outage_and_auto_does_not_run_here(cluster: Cluster,
+                                                                                          store: str) -> None:
+    """After an outage the last session closes in the background; while it cannot close, backend="auto"
+    must fail as for the outage itself, not take DRMAA as missing and run the tasks on this host."""
+    from sheepdog_drmaa.backends.drmaa import _shared
+    unanswered = threading.Event()
+    closing = threading.Thread(target=unanswered.wait, name="a session exit waiting for its scheduler")
+    closing.start()
+    _shared.exiting = closing
+    try:
+        with pytest.raises(SchedulerOutage, match="still closing"):
+            sheepdog_drmaa.map(square, range(2), backend="auto", store=store, progress=False, outage_wait=0.5)
+    finally:
+        unanswered.set()
+        closing.join()
+    assert sheepdog_drmaa.map(square, range(2), backend="auto", store=store, progress=False) == [0, 1]
