@@ -39,7 +39,9 @@ log = logging.getLogger(__name__)
 
 OUTAGE_WAIT_SECONDS = 120.0
 # At close, how often kept removals are tried while waiting for the scheduler to answer.
-CLOSE_POLL_SECONDS = 0.2
+CLOSE_POLL_SECONDS = 0.05
+# At close, a removal not taken within this long is said to be waited for (sooner if it failed already).
+CLOSE_QUIET_SECONDS = 2.0
 # Opening a session while the scheduler is unreachable: tried again after 1 s, 2 s, 4 s ... at most 10 s apart.
 OPEN_RETRY_FIRST_SECONDS = 1.0
 OPEN_RETRY_MAX_SECONDS = 10.0
@@ -391,7 +393,9 @@ class DrmaaBackend:
         if self._kept.outage:  # asking now would only wait for the failure (minutes, over a network)
             self._kept.keep(targets, "unreachable")
             return
-        if self._saw_outage:  # after an outage, control() may block for minutes: the command, in the background
+        # After an outage control() may block for minutes (on Slurm, 9 s whenever slurmctld is down):
+        # the scheduler's command, in the background.
+        if self._saw_outage or self.scheduler.removes_by_command:
             self._kept.add(targets)
             self._background_work()
             return
@@ -435,6 +439,7 @@ class DrmaaBackend:
         if self._kept:
             self._wait_for_kept_removals()
         self._started.stop()
+        self._exits.stop()
         if self._saw_outage and leftover:
             log.warning("%d workers of this sweep never reported their end after %s was unreachable: %s",
                         len(leftover), self.scheduler.title,
@@ -443,13 +448,15 @@ class DrmaaBackend:
         _shared.release(answers=not self._kept, outage_seen=self._saw_outage)
 
     def _wait_for_kept_removals(self) -> None:
-        targets = list(self._kept)
-        if self._kept.outage:
-            log.warning("waiting up to %g s for %s to answer, to remove %d workers or jobs that would otherwise "
-                        "start after this sweep returned (%s)", self.outage_wait, self.scheduler.title, len(targets),
-                        " ".join(targets))
-        deadline = time.monotonic() + self.outage_wait
+        began = time.monotonic()
+        deadline, said = began + self.outage_wait, False
         while self._kept and time.monotonic() < deadline:
+            if not said and (self._kept.outage or time.monotonic() - began > CLOSE_QUIET_SECONDS):
+                targets = list(self._kept)
+                log.warning("waiting up to %g s for %s to answer, to remove %d workers or jobs that would otherwise "
+                            "start after this sweep returned (%s)", self.outage_wait, self.scheduler.title,
+                            len(targets), " ".join(targets))
+                said = True
             self._background_work()
             time.sleep(CLOSE_POLL_SECONDS)
         self._kept.stop()

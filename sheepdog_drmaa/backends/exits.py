@@ -5,7 +5,9 @@ ends to the library, so ``wait(ANY)`` is a local call, polled every 20 ms; worke
 never reports (lost during a qmaster outage) are looked for with ``jobStatus`` every minute. On
 Slurm every ``wait(ANY)`` asks the controller about each unreaped job (1.6 s with 1,000 jobs), so
 instead one ``squeue`` lists the sweep's arrays per poll, every 0.5 s backing off to 4 s while
-nothing changes, and only the tasks it shows ended are waited for, each by its own id.
+nothing changes, and only the tasks it shows ended are waited for, each by its own id. That listing
+runs in the background and is read on a later turn: while slurmctld is down, squeue takes 18 s to
+fail, and the driver must go on deciding meanwhile (writing off silent workers, say).
 
 This module does not import ``drmaa``: :mod:`.drmaa` hands the collector the drmaa module and the
 process's one session, and every call goes under that session's lock. Several backends in one
@@ -17,7 +19,6 @@ from __future__ import annotations
 import collections
 import logging
 import shutil
-import subprocess
 import threading
 import time
 from collections.abc import Iterable, Sequence
@@ -25,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..model import ExitInfo
-from . import commands
+from .commands import Background
 from .schedulers import Scheduler
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,7 @@ class ExitTimings:
     # MinJobAge (300 s by default), after which slurm-drmaa would make up its exit information.
     list_min: float = 0.5
     list_max: float = 4.0
+    list_timeout: float = 30.0  # a listing that hangs is given up
     # How often to look for workers whose end wait() never reported (lost during a qmaster outage).
     reconcile: float = 60.0
     reconcile_after_error: float = 5.0
@@ -111,10 +113,6 @@ class JobNames:
         self._name_of.pop(self._job_of.pop(worker_id, ""), None)
 
 
-class _Unanswered(Exception):
-    """The scheduler's listing command failed (its controller down, most often)."""
-
-
 def _number(text: str) -> Any:
     try:
         return float(text)
@@ -142,6 +140,8 @@ class ExitCollector:
         self._next_reconcile = time.monotonic() + timings.reconcile
         self._next_listing = 0.0
         self._listing_interval = timings.list_min
+        self._lister = Background(timings.list_timeout, with_errors=True)
+        self._listed: set[str] = set()  # the workers unreaped when the running listing started
 
     def track(self, worker_ids: Sequence[str]) -> None:
         """Workers just submitted: their ends are this collector's, and a listing comes soon."""
@@ -166,8 +166,7 @@ class ExitCollector:
                     continue
                 now = time.monotonic()
                 if not self.scheduler.cheap_wait_any:
-                    if now >= self._next_listing:
-                        self._collect_listed()
+                    if self._listing_turn(now):
                         continue
                 elif now >= self._next_reconcile:
                     self._reconcile()
@@ -182,7 +181,10 @@ class ExitCollector:
             now = time.monotonic()
             if now >= deadline:
                 return None
-            pause = self.timings.poll if self.scheduler.cheap_wait_any else self._next_listing - now
+            if self.scheduler.cheap_wait_any or self._lister.busy:
+                pause = self.timings.poll
+            else:
+                pause = self._next_listing - now
             time.sleep(max(0.0, min(pause, deadline - now)))
 
     def _passed_on(self, info: ExitInfo) -> bool:
@@ -243,17 +245,41 @@ class ExitCollector:
                 self.saw_outage = True
                 return  # qmaster unreachable: try again later
 
-    def _collect_listed(self) -> None:
-        """Wait, each by its id, for the workers that one listing of their arrays (or jobStatus) shows ended."""
-        try:
-            states = self._listing()
-        except _Unanswered as error:
-            log.warning("cannot list %s's jobs (will keep asking): %s", self.scheduler.title, error)
+    def _listing_turn(self, now: float) -> bool:
+        """Read the listing of this backend's arrays once it has ended, or start the next one when due;
+        whether ends may have been collected. Never waits for the scheduler's command."""
+        answer = self._lister.answer()
+        if answer is not None:
+            self._read_listing(*answer)
+            return True
+        if self._lister.busy or now < self._next_listing:
+            return False
+        command = self.scheduler.listing_command(self.unreaped.arrays())
+        if not self.unreaped or command is None or shutil.which(command[0]) is None:
+            self._collect_ended(self.unreaped.workers(), None)  # no listing: DRMAA is asked per task
+            return True
+        self._listed = set(self.unreaped.workers())  # workers submitted after it started are not in it
+        self._next_listing = now + self.timings.list_max  # should the command not start
+        self._lister.start(command)
+        return False
+
+    def _read_listing(self, status: int, text: str) -> None:
+        if status != 0 and "Invalid job id" not in text:  # that one: every array purged
+            # Most often the controller is down (squeue fails after 18 s then): the workers carry on
+            # over HTTP, and asking DRMAA per task would block each call as long.
+            log.warning("cannot list %s's jobs (will keep asking): %s", self.scheduler.title,
+                        text.strip() or f"exit status {status}")
+            self.saw_outage = True
             self._next_listing = time.monotonic() + self.timings.list_max
             return
+        listed = [worker_id for worker_id in self.unreaped.workers() if worker_id in self._listed]
+        self._collect_ended(listed, self.scheduler.parse_listing(text))
+
+    def _collect_ended(self, workers: Sequence[str], states: dict[str, str] | None) -> None:
+        """Wait, each by its id, for those of ``workers`` that the listing (or, with none, jobStatus) shows ended."""
         ended_any = False
         try:
-            for worker_id in self.unreaped.workers():
+            for worker_id in workers:
                 info = self._listed_end(worker_id, states)
                 if info is not None:
                     self._gone(worker_id, info)
@@ -289,29 +315,16 @@ class ExitCollector:
         except drmaa.errors.InvalidJobException:  # not known to the session any more: it vanished
             return ExitInfo(worker_id, aborted=True)
 
-    def _listing(self) -> dict[str, str] | None:
-        """{worker id: state} for every task of this backend's arrays in one query, or None to ask DRMAA per task.
-
-        Raises _Unanswered when the scheduler does not answer: asking DRMAA per task then would
-        block each query (slurm-drmaa: 18 s while slurmctld is down).
-        """
-        command = self.scheduler.listing_command(self.unreaped.arrays())
-        if not self.unreaped or command is None or shutil.which(command[0]) is None:
-            return None
-        try:
-            result = commands.run(command)
-        except (OSError, subprocess.SubprocessError) as error:
-            raise _Unanswered(f"{command[0]}: {error}") from error
-        if result.returncode != 0 and "Invalid job id" not in result.stderr:  # that one: every array purged
-            raise _Unanswered(f"{command[0]}: {result.stderr.strip()}")
-        return self.scheduler.parse_listing(result.stdout)
-
     def _gone(self, worker_id: str, info: ExitInfo) -> None:
         """Hand a worker's end to its sweep's backend (this one, most often) and stop tracking it."""
         self.unreaped.discard(worker_id)
         self.names.forget(worker_id)
         owner = self.owners.pop(worker_id, None) or self
         owner.mailbox.append(info)
+
+    def stop(self) -> None:
+        """At close: a listing still running is not waited for."""
+        self._lister.stop()
 
     def forget_owners(self, worker_ids: Sequence[str]) -> None:
         """At close: these workers' ends, if they ever come, are nobody's."""

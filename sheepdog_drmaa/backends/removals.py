@@ -3,7 +3,8 @@
 They are tried again with the scheduler's own command (``qdel``, ``scancel``), run in the background
 and killed when it hangs, not through the DRMAA session: after an outage, Son of Grid Engine's
 ``control()`` can block for minutes, and a sweep whose every task is done must still return within
-its bound. Once the scheduler has been unreachable, every later removal goes this way too. A
+its bound. Once the scheduler has been unreachable, every later removal goes this way too, and on
+Slurm every removal does (slurm-drmaa's ``control()`` waits 9 s for a slurmctld that is down). A
 scheduler without such a command is asked through DRMAA.
 """
 from __future__ import annotations

@@ -38,6 +38,7 @@ class Scheduler(WorkerIds):
     config_command: tuple[str, ...] = ()  # prints the largest array; () when there is no such command
     hosts_command: tuple[str, ...] = ()  # prints the execution hosts' names; () when there is no such command
     remove_command = ""                 # removes jobs by id from the command line; "" when unknown
+    removes_by_command = False          # True: every removal goes by remove_command, in the background
     cheap_wait_any = False              # True: wait(ANY) costs nothing per unreaped job, poll it often
     reports_usage = True                # resourceUsage holds real measurements
     active_states: frozenset[str] = frozenset()  # listed states of a job that has not ended
@@ -227,6 +228,9 @@ class Slurm(SlurmIds, Scheduler):
     config_command = ("scontrol", "show", "config")
     hosts_command = ("sinfo", "--noheader", "--Node", "--format=%N")
     remove_command = "scancel"
+    # slurm-drmaa's control() waits 9 s for a slurmctld that is down before it fails (measured): a
+    # removal asked at a sweep's end would hold the sweep that long beyond outage_wait.
+    removes_by_command = True
     # slurm-drmaa 1.1.6 raises the InternalException of an unreachable controller also for a job that
     # has ended (measured): these words tell the two apart.
     already_gone = ("already completing or completed", "Invalid job id specified")
