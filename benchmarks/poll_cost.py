@@ -66,6 +66,8 @@ def measure(size: int) -> None:
         """One listing of the arrays, started in the background and read once it has ended."""
         exits._next_listing = 0.0
         exits._listing_turn(time.monotonic())
+        if not exits._lister.busy:
+            raise SystemExit("the listing command did not start (is squeue on the PATH?)")
         while not exits._listing_turn(time.monotonic()):
             time.sleep(0.001)
 

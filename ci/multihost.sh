@@ -82,34 +82,8 @@ hosts_entries() {
 strip_block() { awk -v b="$MARK_BEGIN" -v e="$MARK_END" '$0 == b {skip=1} !skip {print} $0 == e {skip=0}'; }
 
 network_up() {
-  if ! ip link show "$BRIDGE" >/dev/null 2>&1; then
-    log "creating bridge $BRIDGE ($SUBMIT_ADDRESS/24)"
-    ip link add "$BRIDGE" type bridge
-  fi
-  [ "$(cat "/sys/class/net/$BRIDGE/address")" = "$BRIDGE_MAC" ] || ip link set "$BRIDGE" address "$BRIDGE_MAC"
-  ip -4 addr show dev "$BRIDGE" | grep -q "inet $SUBMIT_ADDRESS/" || ip addr add "$SUBMIT_ADDRESS/24" dev "$BRIDGE"
-  ip link set "$BRIDGE" up
-
+  namespaces_up
   local node
-  for node in "${NODES[@]}"; do
-    if ! ip netns list | grep -qw "^$node"; then
-      log "creating network namespace $node ($(node_address "$node"))"
-      ip netns add "$node"
-    fi
-    if ! ip netns exec "$node" ip link show eth0 >/dev/null 2>&1; then
-      # A veth left over from a namespace deleted under a running node would hold the name.
-      ip link del "veth-$node" 2>/dev/null || true
-      ip link add "veth-$node" type veth peer name eth0 netns "$node"
-      # The new eth0 has a new MAC: forget the old one, or the submit host keeps sending there.
-      ip neigh flush to "$(node_address "$node")" dev "$BRIDGE" 2>/dev/null || true
-    fi
-    ip link set "veth-$node" master "$BRIDGE"
-    ip link set "veth-$node" up   # also undoes a test's `ip link set veth-nodeN down`
-    ip netns exec "$node" ip link set lo up
-    ip netns exec "$node" ip -4 addr show dev eth0 | grep -q "inet $(node_address "$node")/" ||
-      ip netns exec "$node" ip addr add "$(node_address "$node")/24" dev eth0
-    ip netns exec "$node" ip link set eth0 up
-  done
 
   # The root view must name every node (qmaster resolves the execds' addresses); each node's view
   # (bind-mounted over /etc/hosts by `ip netns exec`) must resolve the qmaster's name to the bridge
@@ -128,14 +102,7 @@ network_up() {
 }
 
 network_down() {
-  local node
-  for node in "${NODES[@]}"; do
-    ip link del "veth-$node" 2>/dev/null || true
-    ip netns del "$node" 2>/dev/null || true
-    rm -rf "/etc/netns/$node"
-  done
-  rmdir /etc/netns 2>/dev/null || true
-  ip link del "$BRIDGE" 2>/dev/null || true
+  namespaces_down
   if grep -qxF "$MARK_BEGIN" /etc/hosts; then
     log "removing the nodes from /etc/hosts"
     set_root_hosts "$(strip_block </etc/hosts)"

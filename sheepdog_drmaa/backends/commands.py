@@ -1,5 +1,5 @@
-"""The scheduler's own command-line tools (qconf, squeue, qdel, scancel ...), run so that they never
-hold up a sweep: in the foreground with a timeout, or in the background with their answer read later."""
+"""The scheduler's own command-line tools (squeue, qstat, qdel, scancel ...), run so that they never
+hold up a sweep: in the background, with their answer read later."""
 from __future__ import annotations
 
 import logging
@@ -9,13 +9,6 @@ import time
 from typing import Any
 
 log = logging.getLogger(__name__)
-
-FOREGROUND_TIMEOUT_SECONDS = 30.0
-
-
-def run(command: list[str]) -> subprocess.CompletedProcess[str]:
-    """Run a scheduler command; an exception when it is missing or hangs."""
-    return subprocess.run(command, capture_output=True, text=True, timeout=FOREGROUND_TIMEOUT_SECONDS)
 
 
 class Background:
@@ -37,16 +30,21 @@ class Background:
     def busy(self) -> bool:
         return self.process is not None
 
-    def start(self, command: list[str]) -> None:
-        self.output = tempfile.TemporaryFile()
+    def start(self, command: list[str]) -> OSError | None:
+        """Start ``command``; the error when it cannot be started (it is then not busy)."""
+        try:
+            self.output = tempfile.TemporaryFile()
+        except OSError as error:
+            return error
         try:
             self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=self.output,
                                             stderr=subprocess.STDOUT if self.with_errors else subprocess.DEVNULL)
         except OSError as error:
             log.debug("cannot run %s: %s", command[0], error)
             self.output.close()
-            return
+            return error
         self.started = time.monotonic()
+        return None
 
     def answer(self) -> tuple[int, str] | None:
         """(exit status, output) once the command has ended; None while it runs or when none ran.

@@ -11,8 +11,9 @@ the session from here); which workers the scheduler shows started, and on which 
 unreachable (:mod:`.removals`).
 
 No removal is lost while the scheduler is unreachable (qmaster restarting, say): a control call
-that fails for that is kept and done once the scheduler answers again; ``close`` waits for that
-(at most ``outage_wait``) and names what it could not remove. Opening the session is tried again
+that fails for that is kept and done once the scheduler answers again (on Slurm, and after an
+outage, removals go by the scheduler's command in the background from the start); ``close`` waits
+for that (at most ``outage_wait``) and names what it could not remove. Opening the session is tried again
 for as long while the scheduler cannot be reached.
 """
 from __future__ import annotations
@@ -40,8 +41,9 @@ log = logging.getLogger(__name__)
 OUTAGE_WAIT_SECONDS = 120.0
 # At close, how often kept removals are tried while waiting for the scheduler to answer.
 CLOSE_POLL_SECONDS = 0.05
-# At close, a removal not taken within this long is said to be waited for (sooner if it failed already).
-CLOSE_QUIET_SECONDS = 2.0
+# At close, a removal command under way is given this long, however short outage_wait (a busy
+# controller may take seconds to answer); one not answered within it is said at INFO.
+CLOSE_LEAST_SECONDS = 5.0
 # Opening a session while the scheduler is unreachable: tried again after 1 s, 2 s, 4 s ... at most 10 s apart.
 OPEN_RETRY_FIRST_SECONDS = 1.0
 OPEN_RETRY_MAX_SECONDS = 10.0
@@ -220,6 +222,12 @@ def _unreachable_at_open(drmaa: Any, error: BaseException) -> bool:
     return any(word in str(error).lower() for word in _UNREACHABLE_WORDS)
 
 
+def _some(targets: Sequence[str], shown: int = 10) -> str:
+    """The first few of many ids, for a log line."""
+    more = len(targets) - shown
+    return " ".join(targets[:shown]) + (f" and {more} more" if more > 0 else "")
+
+
 def _read_max_array_size(scheduler: Scheduler) -> int:
     """The scheduler's largest array (Grid Engine's max_aj_tasks, Slurm's MaxArraySize), or its default;
     remembered beside the store with the site's other answers."""
@@ -371,7 +379,7 @@ class DrmaaBackend:
         """Read a finished listing, start the next one when due, and retry kept removals once the
         scheduler answers again. Never waits for the scheduler."""
         arrays = sorted(set(self._exits.unreaped.arrays()) | {self.scheduler.array_of(target) for target in self._kept})
-        self._started.poll(time.monotonic(), arrays, needed=bool(self._kept))
+        self._started.poll(time.monotonic(), arrays, needed=self._kept.outage)
         if self._kept:
             self._kept.retry(self._started.answered)
 
@@ -435,27 +443,35 @@ class DrmaaBackend:
             return
         self._closed = True
         leftover = self._exits.unreaped.workers()
-        self.terminate(leftover)
-        if self._kept:
-            self._wait_for_kept_removals()
-        self._started.stop()
-        self._exits.stop()
+        try:
+            self.terminate(leftover)
+            if self._kept:
+                self._wait_for_kept_removals()
+        finally:
+            self._started.stop()
+            self._exits.stop()
+            self._exits.forget_owners(leftover)
+            _shared.release(answers=not self._kept, outage_seen=self._saw_outage)
         if self._saw_outage and leftover:
             log.warning("%d workers of this sweep never reported their end after %s was unreachable: %s",
                         len(leftover), self.scheduler.title,
                         self.scheduler.stale_after_outage(sorted({self.scheduler.array_of(w) for w in leftover})))
-        self._exits.forget_owners(leftover)
-        _shared.release(answers=not self._kept, outage_seen=self._saw_outage)
 
     def _wait_for_kept_removals(self) -> None:
+        """Until the removals are taken: at most outage_wait once the scheduler proved unreachable, and
+        at least CLOSE_LEAST_SECONDS for a command under way."""
         began = time.monotonic()
-        deadline, said = began + self.outage_wait, False
-        while self._kept and time.monotonic() < deadline:
-            if not said and (self._kept.outage or time.monotonic() - began > CLOSE_QUIET_SECONDS):
+        said = False
+        while self._kept:
+            waited = time.monotonic() - began
+            if waited >= self.outage_wait and (self._kept.outage or waited >= CLOSE_LEAST_SECONDS):
+                break
+            if not said and (self._kept.outage or waited >= CLOSE_LEAST_SECONDS):
                 targets = list(self._kept)
-                log.warning("waiting up to %g s for %s to answer, to remove %d workers or jobs that would otherwise "
-                            "start after this sweep returned (%s)", self.outage_wait, self.scheduler.title,
-                            len(targets), " ".join(targets))
+                log.log(logging.WARNING if self._kept.outage else logging.INFO,
+                        "waiting up to %g s for %s to answer, to remove %d workers or jobs that would otherwise "
+                        "start after this sweep returned (%s)", max(self.outage_wait - waited, 0.0),
+                        self.scheduler.title, len(targets), _some(targets))
                 said = True
             self._background_work()
             time.sleep(CLOSE_POLL_SECONDS)

@@ -7,7 +7,8 @@ Slurm every ``wait(ANY)`` asks the controller about each unreaped job (1.6 s wit
 instead one ``squeue`` lists the sweep's arrays per poll, every 0.5 s backing off to 4 s while
 nothing changes, and only the tasks it shows ended are waited for, each by its own id. That listing
 runs in the background and is read on a later turn: while slurmctld is down, squeue takes 18 s to
-fail, and the driver must go on deciding meanwhile (writing off silent workers, say).
+fail, and the driver must go on deciding meanwhile (writing off silent workers, say). Without
+squeue on the PATH, DRMAA is asked per task instead, on the driver's thread.
 
 This module does not import ``drmaa``: :mod:`.drmaa` hands the collector the drmaa module and the
 process's one session, and every call goes under that session's lock. Several backends in one
@@ -142,6 +143,8 @@ class ExitCollector:
         self._listing_interval = timings.list_min
         self._lister = Background(timings.list_timeout, with_errors=True)
         self._listed: set[str] = set()  # the workers unreaped when the running listing started
+        self._soon = False  # a change since the running listing started: the next one comes soon
+        self._listing_failed = False  # the last listing failed (said at WARNING once per run of failures)
 
     def track(self, worker_ids: Sequence[str]) -> None:
         """Workers just submitted: their ends are this collector's, and a listing comes soon."""
@@ -153,6 +156,7 @@ class ExitCollector:
 
     def list_soon(self) -> None:
         self._listing_interval = self.timings.list_min
+        self._soon = True
         self._next_listing = min(self._next_listing, time.monotonic() + self.timings.list_min)
 
     def wait_any(self, timeout: float) -> ExitInfo | None:
@@ -160,7 +164,9 @@ class ExitCollector:
         deadline = time.monotonic() + timeout
         while True:
             if self.mailbox:
-                return self.mailbox.popleft()
+                mailed = self.mailbox.popleft()
+                self.unreaped.discard(mailed.worker)  # an end passed on by another backend's wait(ANY) too
+                return mailed
             with self.lock:
                 if self.mailbox:
                     continue
@@ -247,7 +253,7 @@ class ExitCollector:
 
     def _listing_turn(self, now: float) -> bool:
         """Read the listing of this backend's arrays once it has ended, or start the next one when due;
-        whether ends may have been collected. Never waits for the scheduler's command."""
+        whether a listing was read (or DRMAA asked). Never waits for the scheduler's command."""
         answer = self._lister.answer()
         if answer is not None:
             self._read_listing(*answer)
@@ -255,25 +261,37 @@ class ExitCollector:
         if self._lister.busy or now < self._next_listing:
             return False
         command = self.scheduler.listing_command(self.unreaped.arrays())
+        self._soon = False
         if not self.unreaped or command is None or shutil.which(command[0]) is None:
             self._collect_ended(self.unreaped.workers(), None)  # no listing: DRMAA is asked per task
             return True
         self._listed = set(self.unreaped.workers())  # workers submitted after it started are not in it
         self._next_listing = now + self.timings.list_max  # should the command not start
-        self._lister.start(command)
+        error = self._lister.start(command)
+        if error is not None:
+            self._failed(f"cannot run {command[0]}: {error}")
         return False
 
     def _read_listing(self, status: int, text: str) -> None:
         if status != 0 and "Invalid job id" not in text:  # that one: every array purged
             # Most often the controller is down (squeue fails after 18 s then): the workers carry on
             # over HTTP, and asking DRMAA per task would block each call as long.
-            log.warning("cannot list %s's jobs (will keep asking): %s", self.scheduler.title,
-                        text.strip() or f"exit status {status}")
+            lines = text.strip().splitlines()
+            self._failed(lines[-1] if lines else f"{self.scheduler.title}'s listing ended with status {status}")
             self.saw_outage = True
             self._next_listing = time.monotonic() + self.timings.list_max
             return
+        if self._listing_failed:
+            log.warning("%s's jobs are listed again", self.scheduler.title)
+            self._listing_failed = False
         listed = [worker_id for worker_id in self.unreaped.workers() if worker_id in self._listed]
         self._collect_ended(listed, self.scheduler.parse_listing(text))
+
+    def _failed(self, reason: str) -> None:
+        """A listing that failed: said at WARNING the first time in a row, at DEBUG after."""
+        level = logging.DEBUG if self._listing_failed else logging.WARNING
+        log.log(level, "cannot list %s's jobs (will keep asking): %s", self.scheduler.title, reason)
+        self._listing_failed = True
 
     def _collect_ended(self, workers: Sequence[str], states: dict[str, str] | None) -> None:
         """Wait, each by its id, for those of ``workers`` that the listing (or, with none, jobStatus) shows ended."""
@@ -286,7 +304,9 @@ class ExitCollector:
                     ended_any = True
         except self.drmaa.errors.DrmaaException as error:  # the controller is unreachable (slurm-drmaa: after ~18 s)
             log.warning("cannot reach %s for exit information (will keep asking): %s", self.scheduler.title, error)
-        interval = self.timings.list_min if ended_any else min(self._listing_interval * 2, self.timings.list_max)
+            self.saw_outage = True
+        soon = ended_any or self._soon  # a change while the listing ran, which it may not show
+        interval = self.timings.list_min if soon else min(self._listing_interval * 2, self.timings.list_max)
         self._listing_interval = interval
         self._next_listing = time.monotonic() + interval
 
