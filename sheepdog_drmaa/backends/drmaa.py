@@ -222,6 +222,20 @@ def _unreachable_at_open(drmaa: Any, error: BaseException) -> bool:
     return any(word in str(error).lower() for word in _UNREACHABLE_WORDS)
 
 
+def _shows_ended(drmaa: Any, session: Any, job: str, error: BaseException) -> bool:
+    """Whether a control call failed with InternalException because the job has ended, as DRMAA shows it.
+    Seen with slurm-drmaa, which raises it for an ended job as for an unreachable controller: on a
+    scheduler whose words for that are not known, a sweep's end otherwise waited outage_wait for nothing."""
+    if not isinstance(error, drmaa.errors.InternalException):
+        return False  # a communication error: asking again would only wait for another
+    try:
+        return session.jobStatus(job) in (drmaa.JobState.DONE, drmaa.JobState.FAILED)
+    except drmaa.errors.InvalidJobException:
+        return True
+    except drmaa.errors.DrmaaException:
+        return False
+
+
 def _some(targets: Sequence[str], shown: int = 10) -> str:
     """The first few of many ids, for a log line."""
     more = len(targets) - shown
@@ -417,10 +431,12 @@ class DrmaaBackend:
         drmaa = self.drmaa
         with _shared.lock:
             for position, target in enumerate(targets):
+                job = self._names.job(target)
                 try:
-                    self.session.control(self._names.job(target), drmaa.JobControlAction.TERMINATE)
+                    self.session.control(job, drmaa.JobControlAction.TERMINATE)
                 except self._unreachable as error:
-                    if not any(phrase in str(error) for phrase in self.scheduler.already_gone):
+                    if not (any(phrase in str(error) for phrase in self.scheduler.already_gone)
+                            or _shows_ended(drmaa, self.session, job, error)):
                         return list(targets[position:]), error
                     log.debug("terminating %s: %s", target, error)
                 except drmaa.errors.DrmaaException as error:  # already gone, most often
