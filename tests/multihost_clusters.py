@@ -171,6 +171,14 @@ class NodeCluster:
         """Whether every node has reported to the controller (after a restart, before the next test)."""
         raise NotImplementedError
 
+    def jobs_on_nodes(self) -> list[str]:
+        """Every job the scheduler lists in the nodes' queue or partition, of any sweep."""
+        raise NotImplementedError
+
+    def clear_jobs(self, jobs: Collection[str]) -> None:
+        """Removed as an administrator would, whatever the scheduler believes of them."""
+        raise NotImplementedError
+
     def start_controller_command(self) -> None:
         raise NotImplementedError
 
@@ -248,6 +256,13 @@ class GridEngineNodes(NodeCluster):
     def nodes_known(self) -> bool:
         return grid_engine_queues_known()
 
+    def jobs_on_nodes(self) -> list[str]:
+        out = subprocess.run(["qstat", "-u", "*", "-q", self.queue], capture_output=True, text=True, check=True).stdout
+        return sorted({line.split()[0] for line in out.splitlines()[2:] if line.strip()})
+
+    def clear_jobs(self, jobs: Collection[str]) -> None:
+        subprocess.run(["qdel", "-f", *jobs], capture_output=True, timeout=60)
+
     def start_controller_command(self) -> None:
         subprocess.run(["/etc/init.d/gridengine-master", "start"], check=True, capture_output=True, timeout=60)
 
@@ -317,6 +332,14 @@ class SlurmNodes(NodeCluster):
                                 text=True).stdout.split()
         return bool(states) and not any(word in state for state in states
                                         for word in ("down", "unk", "not_responding", "*", "drain", "fail"))
+
+    def jobs_on_nodes(self) -> list[str]:
+        out = subprocess.run(["squeue", "--noheader", f"--partition={self.queue}", "--format=%i"], capture_output=True,
+                             text=True, check=True).stdout
+        return sorted(set(out.split()))
+
+    def clear_jobs(self, jobs: Collection[str]) -> None:
+        subprocess.run(["scancel", *jobs], capture_output=True, timeout=60)
 
     def start_controller_command(self) -> None:
         pathlib.Path("/run/slurm/slurmctld.pid").unlink(missing_ok=True)  # as ci/slurm.sh starts it
